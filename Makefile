@@ -1,0 +1,31 @@
+# Everything from a fresh clone needs only Python 3.11+: these targets make the virtualenv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint unit bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/distillery demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+# Integration tests need Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432; without
+# them those tests skip locally (and fail under CI=true).
+test: lint
+	$(BIN)/pytest -q -ra
+
+unit: $(STAMP)
+	$(BIN)/pytest -q -m "not slow" tests/test_readers.py tests/test_simulator.py tests/test_units.py
+
+clean:
+	rm -rf $(VENV) distillery-demo .pytest_cache .mypy_cache .ruff_cache

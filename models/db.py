@@ -1,0 +1,69 @@
+"""One engine per process and URL; sessions that commit or roll back as a unit."""
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, SQLModel, create_engine
+
+import models.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+
+
+def normalise_url(url: str) -> str:
+    """Accept the plain `postgresql://` URLs people paste; we ship the psycopg 3 driver."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def get_engine(url: str) -> Engine:
+    # Keyed by pid: a forked process must not reuse its parent's sockets.
+    return _engine(normalise_url(url), os.getpid())
+
+
+@lru_cache(maxsize=8)
+def _engine(url: str, pid: int) -> Engine:
+    if url.startswith("sqlite"):
+        return _sqlite_engine(url)
+    # pre_ping: a backend killed by the server (restart, pg_terminate_backend) is replaced
+    # instead of failing the next task.
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30)
+
+
+def _sqlite_engine(url: str) -> Engine:
+    connect_args: dict[str, Any] = {"check_same_thread": False, "timeout": 60}
+    engine = create_engine(url, connect_args=connect_args, pool_size=10, max_overflow=30)
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        # WAL lets readers (status, progress bars) run while workers write;
+        # busy_timeout makes concurrent writers from several processes wait instead of failing.
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return engine
+
+
+def create_tables(engine: Engine) -> None:
+    SQLModel.metadata.create_all(engine)
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """A session whose work commits on success and rolls back on any exception."""
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise

@@ -1,0 +1,144 @@
+"""Keyword-only helpers over the tables: every state change is one conditional UPDATE, so
+a redelivered message or two racing workers can never count a prompt twice."""
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlmodel import Session, col
+
+from models.tables import (
+    TERMINAL_PROMPT_STATUSES,
+    Attempt,
+    Job,
+    JobMode,
+    JobStatus,
+    Prompt,
+    PromptStatus,
+)
+from models.types import utcnow
+
+_COUNTER_FOR_STATUS = {
+    PromptStatus.SUCCEEDED: "completed",
+    PromptStatus.FAILED: "failed",
+    PromptStatus.CANCELLED: "cancelled",
+}
+
+
+def create_job(
+    *,
+    session: Session,
+    mode: JobMode,
+    prompts: Sequence[dict[str, Any]],
+    name: str | None = None,
+    router: str | None = None,
+    params: dict[str, Any] | None = None,
+    source: str | None = None,
+) -> Job:
+    """Store a job and all its prompts (dicts with messages, custom_id, meta) in bulk."""
+    job = Job(name=name, mode=mode, router=router, params=params or {}, source=source)
+    job.total = len(prompts)
+    session.add(job)
+    session.flush()
+    rows = [{"job_id": job.id, "idx": i, "status": PromptStatus.PENDING, **p} for i, p in enumerate(prompts)]
+    for chunk in _chunks(rows, 5000):
+        session.execute(insert(Prompt), chunk)
+    return job
+
+
+def _chunks(rows: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+def unfinished_prompt_ids(*, session: Session, job_id: int) -> list[int]:
+    query = (
+        select(Prompt.id)
+        .where(Prompt.job_id == job_id, col(Prompt.status).not_in(TERMINAL_PROMPT_STATUSES))
+        .order_by(col(Prompt.idx))
+    )
+    return [row[0] for row in session.execute(query)]
+
+
+def record_attempt(*, session: Session, attempt: Attempt) -> None:
+    session.add(attempt)
+
+
+def finish_prompt(
+    *, session: Session, prompt_id: int, job_id: int, status: PromptStatus, **fields: Any
+) -> bool:
+    """Move a prompt to a terminal status and count it on its job, exactly once.
+
+    Returns False (and changes nothing) when the prompt was already terminal: a redelivered
+    message, or a cancel that won the race.
+    """
+    result = session.execute(
+        update(Prompt)
+        .where(col(Prompt.id) == prompt_id, col(Prompt.status).not_in(TERMINAL_PROMPT_STATUSES))
+        .values(status=status, finished_at=utcnow(), **fields)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    counter = _COUNTER_FOR_STATUS[status]
+    extra = {"fell_back": Job.fell_back + 1} if fields.get("fell_back") else {}
+    session.execute(
+        update(Job)
+        .where(col(Job.id) == job_id)
+        .values({counter: getattr(Job, counter) + 1, **extra})
+    )
+    return True
+
+
+def finish_job_if_done(*, session: Session, job_id: int) -> bool:
+    """Mark a running job finished once every prompt is terminal; True only for the caller
+    that made the change (so the reducer is started once)."""
+    done = col(Job.completed) + col(Job.failed) + col(Job.cancelled)
+    result = session.execute(
+        update(Job)
+        .where(col(Job.id) == job_id, col(Job.status) == JobStatus.RUNNING, done >= col(Job.total))
+        .values(status=JobStatus.FINISHED, finished_at=utcnow())
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def cancel_job(*, session: Session, job_id: int) -> int:
+    """Cancel every prompt that has not finished; returns how many were cancelled."""
+    result = session.execute(
+        update(Prompt)
+        .where(col(Prompt.job_id) == job_id, col(Prompt.status).not_in(TERMINAL_PROMPT_STATUSES))
+        .values(status=PromptStatus.CANCELLED, finished_at=utcnow())
+    )
+    cancelled = int(result.rowcount)  # type: ignore[attr-defined]
+    session.execute(
+        update(Job)
+        .where(col(Job.id) == job_id, col(Job.status) == JobStatus.RUNNING)
+        .values(
+            status=JobStatus.CANCELLED,
+            finished_at=utcnow(),
+            cancelled=Job.cancelled + cancelled,
+        )
+    )
+    return cancelled
+
+
+def stream_prompts(
+    *, session: Session, job_id: int, statuses: Iterable[PromptStatus] | None = None, batch: int = 1000
+) -> Iterator[Prompt]:
+    """A job's prompts in input order, fetched in batches so memory stays flat."""
+    query = select(Prompt).where(Prompt.job_id == job_id).order_by(col(Prompt.idx))
+    if statuses is not None:
+        query = query.where(col(Prompt.status).in_(list(statuses)))
+    result = session.execute(query.execution_options(yield_per=batch))
+    for (prompt,) in result:
+        yield prompt
+
+
+def attempt_counts(*, session: Session, job_id: int) -> dict[int, int]:
+    """Number of attempts per prompt id of a job."""
+    query = (
+        select(Attempt.prompt_id, func.count())
+        .join(Prompt, col(Prompt.id) == col(Attempt.prompt_id))
+        .where(Prompt.job_id == job_id)
+        .group_by(col(Attempt.prompt_id))
+    )
+    return {int(pid): int(n) for pid, n in session.execute(query)}

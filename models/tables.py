@@ -1,0 +1,162 @@
+"""The five tables of DESIGN.md. Users query these directly, so names are stable."""
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from models.types import JSONType, UTCDateTime, utcnow
+
+
+class JobMode(StrEnum):
+    TEACHER = "teacher"
+    ROUTE = "route"
+
+
+class JobStatus(StrEnum):
+    RUNNING = "running"
+    FINISHED = "finished"
+    CANCELLED = "cancelled"
+
+
+class PromptStatus(StrEnum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_PROMPT_STATUSES = frozenset(
+    {PromptStatus.SUCCEEDED, PromptStatus.FAILED, PromptStatus.CANCELLED}
+)
+
+
+class AttemptStatus(StrEnum):
+    OK = "ok"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    RATE_LIMITED = "rate_limited"
+
+
+class AttemptPurpose(StrEnum):
+    ANSWER = "answer"
+    ROUTE = "route"
+
+
+class FallbackReason(StrEnum):
+    LOW_CONFIDENCE = "low_confidence"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    RATE_LIMITED = "rate_limited"
+
+
+def _json(nullable: bool = True) -> Any:
+    return Field(default=None, sa_column=Column(JSONType, nullable=nullable))
+
+
+def _time(nullable: bool = True) -> Any:
+    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable))
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "jobs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str | None = None
+    mode: JobMode
+    status: JobStatus = JobStatus.RUNNING
+    router: str | None = None
+    # Per-job settings frozen at submit time (tier, system prompt, temperature, max_tokens), so
+    # a config edit while the job runs does not change half of its answers.
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
+    source: str | None = None
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    fell_back: int = 0
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    finished_at: datetime | None = _time()
+
+    @property
+    def done(self) -> int:
+        return self.completed + self.failed + self.cancelled
+
+
+class Prompt(SQLModel, table=True):
+    __tablename__ = "prompts"
+    __table_args__ = (
+        UniqueConstraint("job_id", "idx"),
+        Index("ix_prompts_job_status", "job_id", "status"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id")
+    idx: int
+    custom_id: str | None = None
+    messages: list[dict[str, Any]] = Field(sa_column=Column(JSONType, nullable=False))
+    # "metadata" is reserved by SQLAlchemy's declarative base; the column keeps the user's name.
+    meta: dict[str, Any] | None = Field(default=None, sa_column=Column("metadata", JSONType))
+    status: PromptStatus = PromptStatus.PENDING
+    routed_tier: str | None = None
+    router_score: float | None = None
+    final_tier: str | None = None
+    response: str | None = Field(default=None, sa_column=Column(Text))
+    confidence: float | None = None
+    fell_back: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms: float | None = None
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    finished_at: datetime | None = _time()
+
+
+class Attempt(SQLModel, table=True):
+    __tablename__ = "attempts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    prompt_id: int = Field(foreign_key="prompts.id", index=True)
+    purpose: AttemptPurpose = AttemptPurpose.ANSWER
+    tier: str
+    model: str
+    status: AttemptStatus
+    http_status: int | None = None
+    latency_ms: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    confidence: float | None = None
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    started_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class Fallback(SQLModel, table=True):
+    __tablename__ = "fallbacks"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    prompt_id: int = Field(foreign_key="prompts.id", index=True)
+    from_tier: str
+    to_tier: str
+    reason: FallbackReason
+    confidence: float | None = None
+    threshold: float | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class TrainingFile(SQLModel, table=True):
+    __tablename__ = "training_files"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    path: str
+    examples: int
+    validation_path: str | None = None
+    validation_examples: int = 0
+    rejected: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
+    sha256: str
+    fine_tune_job_id: str | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))

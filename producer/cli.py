@@ -1,0 +1,283 @@
+"""The `distillery` command (DESIGN.md → CLI contract; scripts rely on its options,
+its `--json` output and its exit codes)."""
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from sqlalchemy.engine import Engine
+
+from producer.errors import ExitCode, UserError, safe_url
+
+F = TypeVar("F", bound=Callable[..., Any])
+console = Console(stderr=True)
+out = Console(highlight=False)
+
+
+def handle_errors(command: F) -> F:
+    """Turn known failures into one clear message and a named exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except UserError as exc:
+            console.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
+            sys.exit(exc.code)
+        except Exception as exc:
+            known = translate(exc)
+            if known is None:
+                raise
+            console.print(f"[red]error:[/] {known}", highlight=False)
+            sys.exit(known.code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def translate(exc: Exception) -> UserError | None:
+    from kombu.exceptions import OperationalError as BrokerError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from sqlalchemy.exc import OperationalError as DatabaseError
+
+    from producer.readers import InputFileError
+    from producer.status import JobNotFound
+    from producer.submit import BrokerUnavailable
+    from workers.reducer import ReduceError
+    from workers.settings import ConfigError
+
+    if isinstance(exc, InputFileError):
+        return UserError(f"{exc}\nnothing was stored or enqueued", ExitCode.BAD_INPUT)
+    if isinstance(exc, ConfigError):
+        return UserError(str(exc), ExitCode.BAD_CONFIG)
+    if isinstance(exc, JobNotFound | ReduceError):
+        return UserError(str(exc), ExitCode.NOT_FOUND)
+    if isinstance(exc, BrokerUnavailable | BrokerError | RedisConnectionError):
+        url = os.environ.get("REDIS_URL", "")
+        return UserError(
+            f"Redis is unreachable at {safe_url(url)}: {exc}\n"
+            "start Redis (redis-server), or unset REDIS_URL to run embedded with --wait",
+            ExitCode.SERVICE_DOWN,
+        )
+    if isinstance(exc, DatabaseError):
+        return UserError(
+            f"the database is unreachable: {str(exc.orig)[:300]}\ncheck DATABASE_URL and that the server runs",
+            ExitCode.SERVICE_DOWN,
+        )
+    return None
+
+
+def settings():  # type: ignore[no-untyped-def]
+    from workers.settings import get_settings
+
+    return get_settings()
+
+
+def engine() -> Engine:
+    from models import create_tables, get_engine
+
+    db = get_engine(settings().database_url)
+    create_tables(db)  # idempotent; keeps the embedded SQLite default zero-setup
+    return db
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="distillery")
+def main() -> None:
+    """Distil a frontier LLM into cheaper models, and route requests to the cheapest tier."""
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--mode", type=click.Choice(["teacher", "route"]), default="teacher", show_default=True)
+@click.option("--router", "router_name", help="route jobs: rules | classifier | llm")
+@click.option("--name", help="a name for the job (default: the file name)")
+@click.option("--tier", help="teacher jobs: the tier to generate with (default: [teacher] tier)")
+@click.option("--system-prompt", help="override [teacher] system_prompt for this job")
+@click.option("--temperature", type=click.FloatRange(0, 2), help="override [teacher] temperature")
+@click.option("--max-tokens", type=click.IntRange(1), help="cap on answer tokens")
+@click.option("--wait", is_flag=True, help="show progress until the job ends, then a summary")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@handle_errors
+def submit(file: Path, mode: str, router_name: str | None, name: str | None, tier: str | None,
+           system_prompt: str | None, temperature: float | None, max_tokens: int | None,
+           wait: bool, as_json: bool) -> None:
+    """Validate FILE (JSONL or CSV), store its prompts and enqueue them."""
+    from producer import jobs
+
+    if mode != "teacher":
+        raise UserError("--mode route is not available yet (only teacher jobs)", ExitCode.USAGE)
+    overrides = {"tier": tier, "system_prompt": system_prompt, "temperature": temperature, "max_tokens": max_tokens}
+    conf = settings()
+    if conf.redis_url is None and not wait:
+        raise UserError(
+            "REDIS_URL is not set, so there is no broker for separate workers.\n"
+            "run embedded with --wait, or set REDIS_URL and start `distillery worker`",
+            ExitCode.USAGE,
+        )
+    summary = jobs.submit_and_maybe_wait(
+        file, settings=conf, engine=engine(), name=name, overrides=overrides,
+        wait=wait, console=None if as_json else console,
+    )
+    if as_json:
+        emit_json(summary)
+    elif wait:
+        jobs.print_summary(out, summary)
+    else:
+        out.print(f"submitted job [bold]{summary['id']}[/]: {summary['total']} prompts")
+        out.print(f"follow it with: distillery status {summary['id']} --watch")
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@click.option("--watch", is_flag=True, help="show live progress until the job ends")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def status(job_id: int, watch: bool, as_json: bool) -> None:
+    """Counts, cost and training file of a job."""
+    from producer import jobs
+    from producer.progress import wait_for_job
+
+    db = engine()
+    if watch:
+        wait_for_job(db, job_id, console=None if as_json else console)
+    summary = jobs.summary(db, job_id)
+    if as_json:
+        emit_json(summary)
+    else:
+        jobs.print_summary(out, summary)
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option("--out", "out_path", type=click.Path(path_type=Path), help="write here instead of stdout")
+@handle_errors
+def results(job_id: int, fmt: str, out_path: Path | None) -> None:
+    """Every prompt of a job with its answer, tiers, tokens, cost and error."""
+    from sqlmodel import Session
+
+    from producer.results import WRITERS, records
+    from producer.status import get_job
+
+    with Session(engine()) as session:
+        get_job(session, job_id)
+        if out_path is None:
+            WRITERS[fmt](records(session, job_id), sys.stdout)
+            return
+        with out_path.open("w", encoding="utf-8", newline="") as handle:
+            count = WRITERS[fmt](records(session, job_id), handle)
+    console.print(f"wrote {count} rows to {out_path}")
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@click.option("--out", "out_path", type=click.Path(path_type=Path), help="training file path")
+@click.option("--min-length", type=click.IntRange(0), help="drop answers shorter than this (characters)")
+@click.option("--validation-fraction", type=click.FloatRange(0, 1, max_open=True), help="share held out")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def reduce(job_id: int, out_path: Path | None, min_length: int | None,
+           validation_fraction: float | None, as_json: bool) -> None:
+    """Filter a teacher job's answers into an OpenAI chat fine-tuning JSONL file."""
+    from producer import jobs
+
+    summary = jobs.reduce(
+        job_id, settings=settings(), engine=engine(), out=out_path,
+        min_length=min_length, validation_fraction=validation_fraction,
+    )
+    if as_json:
+        emit_json(summary)
+    else:
+        jobs.print_reduction(out, summary)
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@handle_errors
+def resume(job_id: int) -> None:
+    """Re-enqueue every prompt of JOB that has no final answer yet."""
+    from producer import jobs
+
+    count = jobs.resume(job_id, settings=settings(), engine=engine())
+    out.print(f"job {job_id}: re-enqueued {count} prompts" if count else f"job {job_id}: nothing left to do")
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@handle_errors
+def cancel(job_id: int) -> None:
+    """Stop JOB: its unfinished prompts are cancelled and no further calls are made."""
+    from producer import jobs
+
+    count = jobs.cancel(job_id, engine=engine())
+    out.print(f"job {job_id}: cancelled {count} unfinished prompts")
+
+
+@main.command()
+@click.option("--limit", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def jobs(limit: int, as_json: bool) -> None:
+    """List recent jobs."""
+    from producer import jobs as job_commands
+
+    rows = job_commands.recent(engine(), limit)
+    if as_json:
+        emit_json(rows)
+    else:
+        job_commands.print_jobs(out, rows)
+
+
+@main.command()
+@click.option("--tiers", required=True, help="comma-separated tier queues to consume, e.g. small,frontier")
+@click.option("--concurrency", type=click.IntRange(1), default=16, show_default=True,
+              help="calls in flight (threads)")
+@click.option("--loglevel", default="INFO", show_default=True)
+@click.option("--no-control", is_flag=True, help="do not consume the control queue (reducer jobs)")
+@handle_errors
+def worker(tiers: str, concurrency: int, loglevel: str, no_control: bool) -> None:
+    """Run a worker process for the given tiers (needs REDIS_URL)."""
+    from producer.worker import run_worker
+
+    run_worker(settings(), tiers=tiers, concurrency=concurrency, loglevel=loglevel,
+               control=not no_control, engine=engine())
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8900, show_default=True)
+@click.option("--config", "config_file", type=click.Path(exists=True, path_type=Path),
+              help="per-model behaviour (TOML or JSON)")
+@handle_errors
+def sim(host: str, port: int, config_file: Path | None) -> None:
+    """Run the OpenAI-compatible model simulator."""
+    from simulator import SimConfig, run
+
+    config = SimConfig.from_file(config_file) if config_file else SimConfig()
+    console.print(f"simulator on http://{host}:{port}/v1 (Ctrl-C to stop)")
+    run(config, host=host, port=port)
+
+
+@main.command()
+@click.option("--dir", "workdir", type=click.Path(path_type=Path), default=Path("distillery-demo"),
+              show_default=True, help="where the demo's database, config and files go")
+@handle_errors
+def demo(workdir: Path) -> None:
+    """Run a whole teacher job against the local simulator, no services needed."""
+    from producer.demo import run_demo
+
+    run_demo(workdir, console=console, out=out)
+
+
+if __name__ == "__main__":
+    main()

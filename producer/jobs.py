@@ -1,0 +1,151 @@
+"""What the job commands do, apart from parsing options: submit (and wait), summarise,
+reduce, resume, cancel, list. Printing lives here too, next to the data it prints."""
+
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from models import JobMode, JobStatus, session_scope
+from models.queries import cancel_job
+from producer.progress import wait_for_job, wait_for_training_file
+from producer.status import get_job, job_summary, list_jobs
+from producer.submit import resume_job, submit_teacher_job
+from workers.settings import Settings
+
+
+def summary(engine: Engine, job_id: int) -> dict[str, Any]:
+    with Session(engine) as session:
+        return job_summary(session, job_id)
+
+
+def _worker_context(settings: Settings, queue: str) -> AbstractContextManager[Any]:
+    """Without REDIS_URL there is no broker between processes: run a worker in this one."""
+    if settings.redis_url:
+        return nullcontext()
+    from workers.app import CONTROL_QUEUE, app
+    from workers.embedded import embedded_worker
+
+    concurrency = settings.tiers[queue].concurrency
+    return embedded_worker(app, queues=[queue, CONTROL_QUEUE], concurrency=concurrency)
+
+
+def submit_and_maybe_wait(
+    path: Path, *, settings: Settings, engine: Engine, name: str | None,
+    overrides: dict[str, Any], wait: bool, console: Console | None,
+) -> dict[str, Any]:
+    from workers.app import app
+
+    queue = overrides.get("tier") or settings.teacher.tier
+    settings.require_tier(queue, "--tier")
+    with _worker_context(settings, queue):
+        submitted = submit_teacher_job(
+            path, settings=settings, engine=engine, app=app, name=name, overrides=overrides
+        )
+        if console:
+            console.print(f"job [bold]{submitted.job_id}[/]: {submitted.total} prompts enqueued on '{submitted.queue}'")
+        if wait:
+            job = wait_for_job(engine, submitted.job_id, console=console)
+            if job.mode == JobMode.TEACHER and job.status == JobStatus.FINISHED:
+                wait_for_training_file(engine, submitted.job_id)
+    return summary(engine, submitted.job_id)
+
+
+def reduce(
+    job_id: int, *, settings: Settings, engine: Engine, out: Path | None,
+    min_length: int | None, validation_fraction: float | None,
+) -> dict[str, Any]:
+    from workers.reducer import ReduceError, reduce_job
+    from workers.tasks import default_training_path
+
+    with Session(engine) as session:
+        job = get_job(session, job_id)
+    if job.mode != JobMode.TEACHER:
+        raise ReduceError(f"job {job_id} is a {job.mode} job; only teacher jobs are reduced")
+    changes = {"min_length": min_length, "validation_fraction": validation_fraction}
+    config = settings.reducer.model_copy(update={k: v for k, v in changes.items() if v is not None})
+    out = out or default_training_path(settings.output_dir, job_id)
+    result = reduce_job(engine=engine, job_id=job_id, out=out, config=config)
+    record = result.record
+    return {
+        "job_id": job_id,
+        "path": record.path,
+        "examples": record.examples,
+        "validation_path": record.validation_path,
+        "validation_examples": record.validation_examples,
+        "rejected": record.rejected,
+        "sha256": record.sha256,
+        "warnings": result.warnings,
+        "unfinished_prompts": job.total - job.done,
+    }
+
+
+def resume(job_id: int, *, settings: Settings, engine: Engine) -> int:
+    from workers.app import app
+
+    with Session(engine) as session:
+        job = get_job(session, job_id)
+    if job.status != JobStatus.RUNNING:
+        return 0
+    return resume_job(job=job, settings=settings, engine=engine, app=app).total
+
+
+def cancel(job_id: int, *, engine: Engine) -> int:
+    with session_scope(engine) as session:
+        get_job(session, job_id)
+        return cancel_job(session=session, job_id=job_id)
+
+
+def recent(engine: Engine, limit: int) -> list[dict[str, Any]]:
+    with Session(engine) as session:
+        return [
+            {"id": j.id, "name": j.name, "mode": j.mode, "status": j.status, "total": j.total,
+             "completed": j.completed, "failed": j.failed, "created_at": j.created_at.isoformat()}
+            for j in list_jobs(session, limit)
+        ]
+
+
+def print_jobs(out: Console, rows: list[dict[str, Any]]) -> None:
+    table = Table("id", "name", "mode", "status", "done", "failed", "created")
+    for row in rows:
+        table.add_row(str(row["id"]), row["name"] or "", row["mode"], row["status"],
+                      f"{row['completed']}/{row['total']}", str(row["failed"]), row["created_at"][:19])
+    out.print(table if rows else "no jobs yet: distillery submit FILE --wait")
+
+
+def print_summary(out: Console, s: dict[str, Any]) -> None:
+    table = Table(title=f"job {s['id']} ({s['mode']}, {s['status']})", show_header=False)
+    table.add_row("prompts", str(s["total"]))
+    table.add_row("succeeded", str(s["completed"]))
+    table.add_row("failed", str(s["failed"]))
+    if s["cancelled"]:
+        table.add_row("cancelled", str(s["cancelled"]))
+    table.add_row("pending", str(s["pending"]))
+    table.add_row("model calls", str(s["attempts"]))
+    table.add_row("tokens (prompt / completion)", f"{s['prompt_tokens']:,} / {s['completion_tokens']:,}")
+    table.add_row("cost", f"${s['cost_usd']:.4f}")
+    table.add_row("elapsed", f"{s['elapsed_s']:.1f} s")
+    out.print(table)
+    training = s.get("training_file")
+    if training:
+        print_reduction(out, {**training, "warnings": []})
+    elif s["status"] == JobStatus.RUNNING:
+        out.print(f"still running: distillery status {s['id']} --watch")
+    if s["failed"]:
+        out.print(f"see the errors: distillery results {s['id']} --format csv | grep failed")
+
+
+def print_reduction(out: Console, r: dict[str, Any]) -> None:
+    rejected = ", ".join(f"{k} {v}" for k, v in sorted(r["rejected"].items())) or "none"
+    out.print(f"training file: [bold]{r['path']}[/] ({r['examples']} examples)")
+    if r.get("validation_path"):
+        out.print(f"validation file: {r['validation_path']} ({r['validation_examples']} examples)")
+    out.print(f"rejected: {rejected}")
+    for warning in r.get("warnings", []):
+        out.print(f"[yellow]warning:[/] {warning}")
+    if r.get("unfinished_prompts"):
+        out.print(f"[yellow]note:[/] {r['unfinished_prompts']} prompts are not finished yet")

@@ -1,0 +1,70 @@
+"""Exporting a job's results as JSONL or CSV, streamed row by row."""
+
+import csv
+import json
+from collections.abc import Iterator
+from typing import IO, Any
+
+from sqlmodel import Session
+
+from models import Prompt
+from models.queries import stream_prompts
+
+COLUMNS = [
+    "idx", "custom_id", "status", "routed_tier", "final_tier", "confidence", "fell_back",
+    "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms", "error", "prompt", "response",
+]
+
+
+def last_user_text(messages: list[dict[str, Any]]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return str(message.get("content", ""))
+    return ""
+
+
+def result_record(prompt: Prompt) -> dict[str, Any]:
+    return {
+        "idx": prompt.idx,
+        "custom_id": prompt.custom_id,
+        "status": prompt.status,
+        "routed_tier": prompt.routed_tier,
+        "final_tier": prompt.final_tier,
+        "confidence": prompt.confidence,
+        "fell_back": prompt.fell_back,
+        "prompt_tokens": prompt.prompt_tokens,
+        "completion_tokens": prompt.completion_tokens,
+        "cost_usd": prompt.cost_usd,
+        "latency_ms": prompt.latency_ms,
+        "error": prompt.error,
+        "prompt": last_user_text(prompt.messages),
+        "response": prompt.response,
+        "messages": prompt.messages,
+        "metadata": prompt.meta,
+    }
+
+
+def records(session: Session, job_id: int) -> Iterator[dict[str, Any]]:
+    for prompt in stream_prompts(session=session, job_id=job_id):
+        yield result_record(prompt)
+
+
+def write_jsonl(rows: Iterator[dict[str, Any]], out: IO[str]) -> int:
+    count = 0
+    for row in rows:
+        out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        count += 1
+    return count
+
+
+def write_csv(rows: Iterator[dict[str, Any]], out: IO[str]) -> int:
+    writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    count = 0
+    for row in rows:
+        writer.writerow(row)
+        count += 1
+    return count
+
+
+WRITERS = {"jsonl": write_jsonl, "csv": write_csv}

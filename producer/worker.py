@@ -1,0 +1,40 @@
+"""`distillery worker`: a Celery worker consuming the queues of some tiers."""
+
+import os
+import socket
+
+from sqlalchemy.engine import Engine
+
+from producer.errors import ExitCode, UserError
+from workers.settings import Settings
+
+
+def worker_queues(settings: Settings, tiers: str, control: bool) -> list[str]:
+    names = [name.strip() for name in tiers.split(",") if name.strip()]
+    if not names:
+        raise UserError("--tiers needs at least one tier name", ExitCode.USAGE)
+    for name in names:
+        settings.require_tier(name, "--tiers")
+    from workers.app import CONTROL_QUEUE
+
+    return [*names, CONTROL_QUEUE] if control else names
+
+
+def run_worker(
+    settings: Settings, *, tiers: str, concurrency: int, loglevel: str, control: bool, engine: Engine
+) -> None:
+    if not settings.redis_url:
+        raise UserError(
+            "a separate worker needs a broker: set REDIS_URL (e.g. redis://localhost:6379/0)",
+            ExitCode.USAGE,
+        )
+    queues = worker_queues(settings, tiers, control)
+    from workers.app import app
+
+    # A unique node name per process, so several workers can run on one host.
+    node = f"{'+'.join(q for q in queues if q != 'control')}-{os.getpid()}@{socket.gethostname()}"
+    app.worker_main([
+        "worker", "--queues", ",".join(queues), "--pool", "threads",
+        "--concurrency", str(concurrency), "--loglevel", loglevel, "--hostname", node,
+        "--without-mingle", "--without-gossip",
+    ])

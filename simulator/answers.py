@@ -1,0 +1,155 @@
+"""Deterministic answer text: a pure function of (model, messages, seed).
+
+The same request always gets byte-identical content (and logprobs); another model name or
+another seed gets different text. Everything is derived from a blake2b hash of the
+inputs, never from Python's per-process `hash`.
+
+Normal answers are 40-120 words of plausible prose, opening with a sentence that echoes
+the first words of the last user message: `Regarding "how do I bake bread": ...`.
+
+Markers, looked for in the last user message, let downstream tests know what they get:
+
+    [refuse]   content is exactly "I'm sorry, but I can't help with that."
+    [short]    content is exactly "OK."
+    [long]     about 3000 words (still cut by max_tokens)
+    [hard]     difficulty 1.0 (low confidence from a weak model; router says HARD)
+    [easy]     difficulty 0.0 (high confidence from any model; router says EASY)
+
+Router instruction: when any message contains "EASY, MEDIUM, or HARD" (any case), the
+answer is exactly one word, EASY / MEDIUM / HARD, from the difficulty of the text being
+classified: the last user message minus the instruction's clause (so the prompt may come
+before or after the phrase), or the last user message whole when the instruction is in a
+system prompt. This takes precedence over the content markers.
+"""
+
+import hashlib
+import json
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from simulator.difficulty import difficulty, difficulty_label
+from simulator.tokens import split_tokens
+from simulator.vocabulary import WORDS
+
+REFUSAL = "I'm sorry, but I can't help with that."
+SHORT_ANSWER = "OK."
+REFUSE_MARKER = "[refuse]"
+SHORT_MARKER = "[short]"
+LONG_MARKER = "[long]"
+ROUTER_PHRASE = "easy, medium, or hard"
+
+LONG_ANSWER_WORDS = 3000
+ECHO_WORDS = 6
+# body word counts chosen so that echo + body + the last sentence's overshoot stays in 40..120
+BODY_WORDS_MIN, BODY_WORDS_MAX = 34, 98
+SENTENCE_WORDS_MIN, SENTENCE_WORDS_MAX = 6, 14
+SENTENCES_PER_PARAGRAPH = 6
+_CLAUSE_ENDS = (".", "!", "?", ":", "\n")  # where the instruction's clause begins, at the latest
+
+_MARKER = re.compile(r"\[[a-z]+\]", re.IGNORECASE)
+_ROUTER = re.compile(re.escape(ROUTER_PHRASE), re.IGNORECASE)
+
+Message = tuple[str, str]  # (role, text)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    content: str
+    tokens: list[str]  # "".join(tokens) == content
+    finish_reason: str  # "stop", or "length" when max_tokens cut it
+    difficulty: float  # of the prompt, drives the logprobs
+    key: int  # stable per (model, messages, seed); seeds anything else derived from it
+
+
+def answer(
+    model: str, messages: Sequence[Message], seed: int | None, max_tokens: int | None
+) -> Answer:
+    key = stable_key(model, messages, seed)
+    content, prompt_difficulty = _full_content(messages, random.Random(key))
+    tokens = split_tokens(content)
+    finish_reason = "stop"
+    if max_tokens is not None and len(tokens) > max_tokens:
+        tokens = tokens[:max_tokens]
+        content = "".join(tokens)
+        finish_reason = "length"
+    return Answer(content, tokens, finish_reason, prompt_difficulty, key)
+
+
+def stable_key(model: str, messages: Sequence[Message], seed: int | None) -> int:
+    payload = json.dumps([model, list(messages), seed], ensure_ascii=False)
+    digest = hashlib.blake2b(payload.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _full_content(messages: Sequence[Message], rng: random.Random) -> tuple[str, float]:
+    router_text = _router_subject(messages)
+    if router_text is not None:
+        score = difficulty(router_text)
+        return difficulty_label(score), score
+    last = last_user_text(messages)
+    score = difficulty(last)
+    lowered = last.lower()
+    if REFUSE_MARKER in lowered:
+        return REFUSAL, score
+    if SHORT_MARKER in lowered:
+        return SHORT_ANSWER, score
+    if LONG_MARKER in lowered:
+        return _echo(last) + _prose(rng, LONG_ANSWER_WORDS), score
+    return _echo(last) + _prose(rng, rng.randint(BODY_WORDS_MIN, BODY_WORDS_MAX)), score
+
+
+def last_user_text(messages: Sequence[Message]) -> str:
+    """Falls back to the whole conversation when there is no user message."""
+    for role, text in reversed(messages):
+        if role == "user":
+            return text
+    return "\n".join(text for _, text in messages)
+
+
+def _router_subject(messages: Sequence[Message]) -> str | None:
+    """The text a router asks about, or None when this is not a router request.
+
+    The instruction usually sits either in a system prompt (then the last user message is
+    the subject) or in the user message around the prompt ("Classify as EASY, MEDIUM, or
+    HARD: <prompt>", or "<prompt> Is it EASY, MEDIUM, or HARD?"); then the subject is that
+    message without the instruction's own clause, so it works wherever the prompt sits."""
+    if not any(_ROUTER.search(text) for _, text in messages):
+        return None
+    last = last_user_text(messages)
+    found = _ROUTER.search(last)
+    if found is None:
+        return last
+    clause_start = max(last.rfind(mark, 0, found.start()) for mark in _CLAUSE_ENDS) + 1
+    subject = last[:clause_start] + last[found.end() :]
+    return subject if re.search(r"\w", subject) else "\n".join(t for _, t in messages)
+
+
+def _echo(text: str) -> str:
+    words = _MARKER.sub(" ", text).replace('"', "").split()[:ECHO_WORDS]
+    if not words:
+        return "Regarding your request: "
+    return f'Regarding "{" ".join(words)}": '
+
+
+def _prose(rng: random.Random, words_wanted: int) -> str:
+    """Sentences of 6-14 words, a paragraph break every few sentences."""
+    parts: list[str] = []
+    written = 0
+    while written < words_wanted:
+        count = rng.randint(SENTENCE_WORDS_MIN, SENTENCE_WORDS_MAX)
+        parts.append(_sentence(rng, count))
+        written += count
+        if len(parts) % SENTENCES_PER_PARAGRAPH == 0 and written < words_wanted:
+            parts.append("\n\n")
+    return " ".join(parts).replace(" \n\n ", "\n\n")
+
+
+def _sentence(rng: random.Random, count: int) -> str:
+    words = rng.choices(WORDS, k=count)
+    if count >= 9:  # a comma now and then, so the text does not read like a word list
+        comma_after = rng.randint(3, count - 4)
+        words[comma_after] += ","
+    words[0] = words[0].capitalize()
+    return " ".join(words) + "."

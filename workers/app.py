@@ -1,0 +1,40 @@
+"""The one Celery app. Queues are explicit: one per tier, plus `control` for job-level work
+(reducing a finished job). Messages carry ids only; results live in SQL, not in Celery."""
+
+from celery import Celery
+from kombu import Queue
+
+from workers.settings import Settings, get_settings
+
+CONTROL_QUEUE = "control"
+
+# A call may wait out a long Retry-After and several backoffs; an unacknowledged message is
+# redelivered only after this long (kombu #337), so it must exceed the longest task.
+VISIBILITY_TIMEOUT_S = 6 * 3600
+
+
+def make_app(settings: Settings) -> Celery:
+    celery = Celery("distillery", broker=settings.broker_url, include=["workers.tasks"])
+    queues = [Queue(name) for name in settings.tiers] + [Queue(CONTROL_QUEUE)]
+    celery.conf.update(
+        task_queues=queues,
+        task_default_queue=CONTROL_QUEUE,
+        task_create_missing_queues=False,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # One message at a time per slot: calls are long, and a prefetched message waits
+        # behind them instead of going to an idle worker.
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=False,
+    )
+    return celery
+
+
+app = make_app(get_settings())

@@ -1,0 +1,181 @@
+"""One settings object, from the environment and an optional TOML file.
+
+`REDIS_URL`, `DATABASE_URL` and `DISTILLERY_CONFIG` (default `./distillery.toml`) come from
+the environment; tiers, teacher, reducer and router settings from the TOML file. Tiers are
+data: any names, any number. API keys are never stored here, only the *name* of the
+environment variable that holds each one.
+"""
+
+import os
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_CONFIG_PATH = "distillery.toml"
+SIMULATOR_URL = "http://127.0.0.1:8900/v1"
+
+
+class ConfigError(Exception):
+    """A configuration problem a user can fix; the message says where and how."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TierConfig(_Strict):
+    base_url: HttpUrl
+    model: str
+    api_key_env: str | None = None
+    input_per_1k: float = Field(0.0, ge=0)
+    output_per_1k: float = Field(0.0, ge=0)
+    rpm: int | None = Field(None, gt=0)
+    tpm: int | None = Field(None, gt=0)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(4, ge=0)
+    backoff_base_s: float = Field(0.5, ge=0)
+    backoff_max_s: float = Field(30.0, ge=0)
+    concurrency: int = Field(16, gt=0)
+    context_tokens: int | None = Field(None, gt=0)
+
+    def api_key(self, tier_name: str) -> str:
+        """The key from the environment variable the config names (never from the file)."""
+        if self.api_key_env is None:
+            return "not-needed"  # local servers (simulator, llama.cpp) ignore it
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise ConfigError(
+                f"tier '{tier_name}' reads its API key from ${self.api_key_env}, which is not set; "
+                f"export {self.api_key_env}=... (or remove api_key_env for a local server)"
+            )
+        return key
+
+
+class TeacherConfig(_Strict):
+    tier: str = "frontier"
+    system_prompt: str | None = "You are a helpful assistant."
+    temperature: float = Field(0.7, ge=0, le=2)
+    max_tokens: int | None = Field(None, gt=0)
+
+
+class ReducerConfig(_Strict):
+    min_length: int = Field(50, ge=0)
+    max_example_tokens: int = Field(16384, gt=0)
+    validation_fraction: float = Field(0.0, ge=0, lt=1)
+    refusal_prefixes: list[str] = ["I cannot", "I can't", "I'm sorry", "I am sorry", "As an AI"]
+    include_system_prompt: bool = True
+
+
+class RouterConfig(_Strict):
+    strategy: Literal["rules", "classifier", "llm"] = "rules"
+    classifier: str = "router.joblib"
+    confidence_threshold: float = Field(0.8, ge=0, le=1)
+    confidence_method: Literal["geometric_mean", "seed"] = "geometric_mean"
+    unknown_confidence: float = Field(0.5, ge=0, le=1)
+    fallback: list[str] = ["frontier"]
+
+
+def _default_tiers() -> dict[str, TierConfig]:
+    """Without a config file, three tiers on the local simulator at the seed's prices."""
+    prices = {"small": 0.10, "medium": 0.30, "frontier": 5.00}
+    return {
+        name: TierConfig(
+            base_url=HttpUrl(SIMULATOR_URL),
+            model=f"sim-{name}",
+            input_per_1k=price,
+            output_per_1k=price,
+        )
+        for name, price in prices.items()
+    }
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+
+    redis_url: str | None = None
+    database_url: str = "sqlite:///distillery.db"
+    output_dir: Path = Path("distillery-output")
+    enqueue_batch: int = Field(1, gt=0)
+    tiers: dict[str, TierConfig] = Field(default_factory=_default_tiers)
+    teacher: TeacherConfig = TeacherConfig()
+    reducer: ReducerConfig = ReducerConfig()
+    router: RouterConfig = RouterConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over the file: REDIS_URL / DATABASE_URL are set per deployment.
+        return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _tiers_exist(self) -> "Settings":
+        if not self.tiers:
+            raise ValueError("no tiers configured: add a [tiers.NAME] table")
+        self.require_tier(self.teacher.tier, "[teacher] tier")
+        for name in self.router.fallback:
+            self.require_tier(name, "[router] fallback")
+        return self
+
+    def require_tier(self, name: str, where: str = "tier") -> TierConfig:
+        if name not in self.tiers:
+            known = ", ".join(self.tiers)
+            raise ConfigError(f"unknown tier '{name}' in {where}; configured tiers: {known}")
+        return self.tiers[name]
+
+    @property
+    def broker_url(self) -> str:
+        return self.redis_url or "memory://"
+
+
+def config_path() -> Path:
+    return Path(os.environ.get("DISTILLERY_CONFIG", DEFAULT_CONFIG_PATH))
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The TOML file's contents; {} when the default file is absent."""
+    if not path.exists():
+        if "DISTILLERY_CONFIG" in os.environ:
+            raise ConfigError(f"{path}: config file not found (DISTILLERY_CONFIG={path})")
+        return {}
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    path = path or config_path()
+    data = read_config_file(path)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(path, exc)) from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _describe(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return load_settings()
