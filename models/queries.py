@@ -10,6 +10,7 @@ from sqlmodel import Session, col
 from models.tables import (
     TERMINAL_PROMPT_STATUSES,
     Attempt,
+    Fallback,
     Job,
     JobMode,
     JobStatus,
@@ -40,7 +41,10 @@ def create_job(
     job.total = len(prompts)
     session.add(job)
     session.flush()
-    rows = [{"job_id": job.id, "idx": i, "status": PromptStatus.PENDING, **p} for i, p in enumerate(prompts)]
+    rows = [
+        {"job_id": job.id, "idx": i, "status": PromptStatus.PENDING, **p}
+        for i, p in enumerate(prompts)
+    ]
     for chunk in _chunks(rows, 5000):
         session.execute(insert(Prompt), chunk)
     return job
@@ -51,13 +55,26 @@ def _chunks(rows: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield rows[start : start + size]
 
 
-def unfinished_prompt_ids(*, session: Session, job_id: int) -> list[int]:
+def unfinished_prompts(*, session: Session, job_id: int) -> list[tuple[int, str | None]]:
+    """(prompt id, tier it is due on) for every prompt without a final answer, in input order.
+    The tier is the last escalation's target, else the routed tier, else None (not routed yet)."""
     query = (
-        select(Prompt.id)
-        .where(Prompt.job_id == job_id, col(Prompt.status).not_in(TERMINAL_PROMPT_STATUSES))
+        select(col(Prompt.id), col(Prompt.routed_tier))
+        .where(col(Prompt.job_id) == job_id, col(Prompt.status).not_in(TERMINAL_PROMPT_STATUSES))
         .order_by(col(Prompt.idx))
     )
-    return [row[0] for row in session.execute(query)]
+    rows = session.execute(query).all()
+    escalated = _last_escalations(session, job_id)
+    return [(pid, escalated.get(pid, routed)) for pid, routed in rows]
+
+
+def _last_escalations(session: Session, job_id: int) -> dict[int, str]:
+    query = (
+        select(col(Fallback.prompt_id), col(Fallback.to_tier))
+        .where(col(Fallback.job_id) == job_id)
+        .order_by(col(Fallback.id))
+    )
+    return {pid: tier for pid, tier in session.execute(query)}  # later rows win
 
 
 def record_attempt(*, session: Session, attempt: Attempt) -> None:
@@ -122,10 +139,14 @@ def cancel_job(*, session: Session, job_id: int) -> int:
 
 
 def stream_prompts(
-    *, session: Session, job_id: int, statuses: Iterable[PromptStatus] | None = None, batch: int = 1000
+    *,
+    session: Session,
+    job_id: int,
+    statuses: Iterable[PromptStatus] | None = None,
+    batch: int = 1000,
 ) -> Iterator[Prompt]:
     """A job's prompts in input order, fetched in batches so memory stays flat."""
-    query = select(Prompt).where(Prompt.job_id == job_id).order_by(col(Prompt.idx))
+    query = select(Prompt).where(col(Prompt.job_id) == job_id).order_by(col(Prompt.idx))
     if statuses is not None:
         query = query.where(col(Prompt.status).in_(list(statuses)))
     result = session.execute(query.execution_options(yield_per=batch))
@@ -136,9 +157,9 @@ def stream_prompts(
 def attempt_counts(*, session: Session, job_id: int) -> dict[int, int]:
     """Number of attempts per prompt id of a job."""
     query = (
-        select(Attempt.prompt_id, func.count())
+        select(col(Attempt.prompt_id), func.count())
         .join(Prompt, col(Prompt.id) == col(Attempt.prompt_id))
-        .where(Prompt.job_id == job_id)
+        .where(col(Prompt.job_id) == job_id)
         .group_by(col(Attempt.prompt_id))
     )
     return {int(pid): int(n) for pid, n in session.execute(query)}

@@ -77,7 +77,9 @@ class Job(SQLModel, table=True):
     failed: int = 0
     cancelled: int = 0
     fell_back: int = 0
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
     finished_at: datetime | None = _time()
 
     @property
@@ -102,6 +104,7 @@ class Prompt(SQLModel, table=True):
     status: PromptStatus = PromptStatus.PENDING
     routed_tier: str | None = None
     router_score: float | None = None
+    router_latency_ms: float | None = None
     final_tier: str | None = None
     response: str | None = Field(default=None, sa_column=Column(Text))
     confidence: float | None = None
@@ -130,7 +133,9 @@ class Attempt(SQLModel, table=True):
     cost_usd: float = 0.0
     confidence: float | None = None
     error: str | None = Field(default=None, sa_column=Column(Text))
-    started_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    started_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
 
 
 class Fallback(SQLModel, table=True):
@@ -144,7 +149,9 @@ class Fallback(SQLModel, table=True):
     reason: FallbackReason
     confidence: float | None = None
     threshold: float | None = None
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
 
 
 class TrainingFile(SQLModel, table=True):
@@ -156,7 +163,11 @@ class TrainingFile(SQLModel, table=True):
     examples: int
     validation_path: str | None = None
     validation_examples: int = 0
-    rejected: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
+    rejected: dict[str, int] = Field(
+        default_factory=dict, sa_column=Column(JSONType, nullable=False)
+    )
     sha256: str
     fine_tune_job_id: str | None = None
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )

@@ -7,13 +7,16 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
 from sqlalchemy.engine import Engine
 
 from producer.errors import ExitCode, UserError, safe_url
+
+if TYPE_CHECKING:
+    from workers.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console(stderr=True)
@@ -49,11 +52,14 @@ def translate(exc: Exception) -> UserError | None:
     from producer.status import JobNotFound
     from producer.submit import BrokerUnavailable
     from workers.reducer import ReduceError
+    from workers.routers import RouterError
     from workers.settings import ConfigError
 
     if isinstance(exc, InputFileError):
         return UserError(f"{exc}\nnothing was stored or enqueued", ExitCode.BAD_INPUT)
     if isinstance(exc, ConfigError):
+        return UserError(str(exc), ExitCode.BAD_CONFIG)
+    if isinstance(exc, RouterError):
         return UserError(str(exc), ExitCode.BAD_CONFIG)
     if isinstance(exc, JobNotFound | ReduceError):
         return UserError(str(exc), ExitCode.NOT_FOUND)
@@ -66,13 +72,14 @@ def translate(exc: Exception) -> UserError | None:
         )
     if isinstance(exc, DatabaseError):
         return UserError(
-            f"the database is unreachable: {str(exc.orig)[:300]}\ncheck DATABASE_URL and that the server runs",
+            f"the database is unreachable: {str(exc.orig)[:300]}\n"
+            "check DATABASE_URL and that the server runs",
             ExitCode.SERVICE_DOWN,
         )
     return None
 
 
-def settings():  # type: ignore[no-untyped-def]
+def settings() -> "Settings":
     from workers.settings import get_settings
 
     return get_settings()
@@ -98,25 +105,55 @@ def main() -> None:
 
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--mode", type=click.Choice(["teacher", "route"]), default="teacher", show_default=True)
-@click.option("--router", "router_name", help="route jobs: rules | classifier | llm")
+@click.option(
+    "--mode", type=click.Choice(["teacher", "route"]), default="teacher", show_default=True
+)
+@click.option("--router", "router_name", help="route jobs: rules | classifier | llm | random")
+@click.option("--classifier", type=click.Path(path_type=Path), help="route jobs: router file")
+@click.option(
+    "--threshold", type=click.FloatRange(0, 1), help="route jobs: confidence below this escalates"
+)
 @click.option("--name", help="a name for the job (default: the file name)")
 @click.option("--tier", help="teacher jobs: the tier to generate with (default: [teacher] tier)")
-@click.option("--system-prompt", help="override [teacher] system_prompt for this job")
-@click.option("--temperature", type=click.FloatRange(0, 2), help="override [teacher] temperature")
+@click.option("--system-prompt", help="a system prompt for this job's calls")
+@click.option("--temperature", type=click.FloatRange(0, 2), help="sampling temperature")
 @click.option("--max-tokens", type=click.IntRange(1), help="cap on answer tokens")
 @click.option("--wait", is_flag=True, help="show progress until the job ends, then a summary")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @handle_errors
-def submit(file: Path, mode: str, router_name: str | None, name: str | None, tier: str | None,
-           system_prompt: str | None, temperature: float | None, max_tokens: int | None,
-           wait: bool, as_json: bool) -> None:
+def submit(
+    file: Path,
+    mode: str,
+    router_name: str | None,
+    classifier: Path | None,
+    threshold: float | None,
+    name: str | None,
+    tier: str | None,
+    system_prompt: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    wait: bool,
+    as_json: bool,
+) -> None:
     """Validate FILE (JSONL or CSV), store its prompts and enqueue them."""
+    from models import JobMode
     from producer import jobs
 
-    if mode != "teacher":
-        raise UserError("--mode route is not available yet (only teacher jobs)", ExitCode.USAGE)
-    overrides = {"tier": tier, "system_prompt": system_prompt, "temperature": temperature, "max_tokens": max_tokens}
+    job_mode = JobMode(mode)
+    if job_mode == JobMode.TEACHER and (router_name or classifier or threshold is not None):
+        raise UserError("--router, --classifier and --threshold need --mode route", ExitCode.USAGE)
+    if job_mode == JobMode.ROUTE and tier:
+        raise UserError(
+            "--tier is for teacher jobs; route jobs pick tiers per prompt", ExitCode.USAGE
+        )
+    overrides = {
+        "tier": tier,
+        "system_prompt": system_prompt,
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+        "threshold": threshold,
+        "classifier": str(classifier) if classifier else None,
+    }
     conf = settings()
     if conf.redis_url is None and not wait:
         raise UserError(
@@ -125,8 +162,15 @@ def submit(file: Path, mode: str, router_name: str | None, name: str | None, tie
             ExitCode.USAGE,
         )
     summary = jobs.submit_and_maybe_wait(
-        file, settings=conf, engine=engine(), name=name, overrides=overrides,
-        wait=wait, console=None if as_json else console,
+        file,
+        mode=job_mode,
+        router=router_name,
+        settings=conf,
+        engine=engine(),
+        name=name,
+        overrides=overrides,
+        wait=wait,
+        console=None if as_json else console,
     )
     if as_json:
         emit_json(summary)
@@ -159,8 +203,12 @@ def status(job_id: int, watch: bool, as_json: bool) -> None:
 
 @main.command()
 @click.argument("job_id", type=int)
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
-@click.option("--out", "out_path", type=click.Path(path_type=Path), help="write here instead of stdout")
+@click.option(
+    "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
+)
+@click.option(
+    "--out", "out_path", type=click.Path(path_type=Path), help="write here instead of stdout"
+)
 @handle_errors
 def results(job_id: int, fmt: str, out_path: Path | None) -> None:
     """Every prompt of a job with its answer, tiers, tokens, cost and error."""
@@ -182,23 +230,104 @@ def results(job_id: int, fmt: str, out_path: Path | None) -> None:
 @main.command()
 @click.argument("job_id", type=int)
 @click.option("--out", "out_path", type=click.Path(path_type=Path), help="training file path")
-@click.option("--min-length", type=click.IntRange(0), help="drop answers shorter than this (characters)")
-@click.option("--validation-fraction", type=click.FloatRange(0, 1, max_open=True), help="share held out")
+@click.option(
+    "--min-length", type=click.IntRange(0), help="drop answers shorter than this (characters)"
+)
+@click.option(
+    "--validation-fraction", type=click.FloatRange(0, 1, max_open=True), help="share held out"
+)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def reduce(job_id: int, out_path: Path | None, min_length: int | None,
-           validation_fraction: float | None, as_json: bool) -> None:
+def reduce(
+    job_id: int,
+    out_path: Path | None,
+    min_length: int | None,
+    validation_fraction: float | None,
+    as_json: bool,
+) -> None:
     """Filter a teacher job's answers into an OpenAI chat fine-tuning JSONL file."""
     from producer import jobs
 
     summary = jobs.reduce(
-        job_id, settings=settings(), engine=engine(), out=out_path,
-        min_length=min_length, validation_fraction=validation_fraction,
+        job_id,
+        settings=settings(),
+        engine=engine(),
+        out=out_path,
+        min_length=min_length,
+        validation_fraction=validation_fraction,
     )
     if as_json:
         emit_json(summary)
     else:
         jobs.print_reduction(out, summary)
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="the same numbers as JSON")
+@click.option(
+    "--plot", "plot_path", type=click.Path(path_type=Path), help="draw charts to PATH.png"
+)
+@handle_errors
+def report(job_id: int, as_json: bool, plot_path: Path | None) -> None:
+    """Routing report: tiers, fallbacks, latency, cost and savings of a job."""
+    from sqlmodel import Session
+
+    from producer.report import build_report, print_report
+
+    with Session(engine()) as session:
+        data = build_report(session, job_id, tiers=settings().tiers)
+    if plot_path:
+        from producer.report_plot import plot_report
+
+        plot_report(data, plot_path)
+    if as_json:
+        emit_json(data)
+    else:
+        print_report(out, data)
+        if plot_path:
+            out.print(f"plot: {plot_path}")
+
+
+@main.group()
+def router() -> None:
+    """Train and inspect routers."""
+
+
+@router.command("train")
+@click.argument("labeled", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(path_type=Path),
+    default=Path("router.joblib"),
+    show_default=True,
+)
+@click.option("--test-fraction", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def router_train(labeled: Path, out_path: Path, test_fraction: float, as_json: bool) -> None:
+    """Train the classifier router on LABELED (CSV/JSONL with `label`, or weak_correct/strong_correct)."""
+    import dataclasses
+
+    from workers.routers.training import train_classifier
+
+    with console.status("training the classifier router..."):
+        result = train_classifier(
+            labeled, out_path, test_fraction=test_fraction, tiers=list(settings().tiers)
+        )
+    if as_json:
+        emit_json(dataclasses.asdict(result))
+        return
+    out.print(f"trained on {result.train_rows} rows, tested on {result.test_rows} held out")
+    out.print(
+        f"held-out accuracy {result.held_out_accuracy:.3f}"
+        + (f", AUC {result.held_out_auc:.3f}" if result.held_out_auc is not None else "")
+    )
+    out.print(f"router file: [bold]{result.path}[/]")
+    out.print(
+        f"use it: distillery submit FILE --mode route --router classifier --classifier {result.path}"
+    )
 
 
 @main.command()
@@ -209,7 +338,11 @@ def resume(job_id: int) -> None:
     from producer import jobs
 
     count = jobs.resume(job_id, settings=settings(), engine=engine())
-    out.print(f"job {job_id}: re-enqueued {count} prompts" if count else f"job {job_id}: nothing left to do")
+    out.print(
+        f"job {job_id}: re-enqueued {count} prompts"
+        if count
+        else f"job {job_id}: nothing left to do"
+    )
 
 
 @main.command()
@@ -239,9 +372,16 @@ def jobs(limit: int, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--tiers", required=True, help="comma-separated tier queues to consume, e.g. small,frontier")
-@click.option("--concurrency", type=click.IntRange(1), default=16, show_default=True,
-              help="calls in flight (threads)")
+@click.option(
+    "--tiers", required=True, help="comma-separated tier queues to consume, e.g. small,frontier"
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1),
+    default=16,
+    show_default=True,
+    help="calls in flight (threads)",
+)
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--no-control", is_flag=True, help="do not consume the control queue (reducer jobs)")
 @handle_errors
@@ -249,15 +389,25 @@ def worker(tiers: str, concurrency: int, loglevel: str, no_control: bool) -> Non
     """Run a worker process for the given tiers (needs REDIS_URL)."""
     from producer.worker import run_worker
 
-    run_worker(settings(), tiers=tiers, concurrency=concurrency, loglevel=loglevel,
-               control=not no_control, engine=engine())
+    run_worker(
+        settings(),
+        tiers=tiers,
+        concurrency=concurrency,
+        loglevel=loglevel,
+        control=not no_control,
+        engine=engine(),
+    )
 
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8900, show_default=True)
-@click.option("--config", "config_file", type=click.Path(exists=True, path_type=Path),
-              help="per-model behaviour (TOML or JSON)")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, path_type=Path),
+    help="per-model behaviour (TOML or JSON)",
+)
 @handle_errors
 def sim(host: str, port: int, config_file: Path | None) -> None:
     """Run the OpenAI-compatible model simulator."""
@@ -269,8 +419,14 @@ def sim(host: str, port: int, config_file: Path | None) -> None:
 
 
 @main.command()
-@click.option("--dir", "workdir", type=click.Path(path_type=Path), default=Path("distillery-demo"),
-              show_default=True, help="where the demo's database, config and files go")
+@click.option(
+    "--dir",
+    "workdir",
+    type=click.Path(path_type=Path),
+    default=Path("distillery-demo"),
+    show_default=True,
+    help="where the demo's database, config and files go",
+)
 @handle_errors
 def demo(workdir: Path) -> None:
     """Run a whole teacher job against the local simulator, no services needed."""

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from models import JobMode
+
 from simulator import ModelBehaviour, SimConfig, start_in_thread
 
 DEMO_TIER = "frontier"
@@ -60,7 +62,16 @@ def simulator_config() -> SimConfig:
 def separate_worker(config: Path) -> Iterator[None]:
     """With REDIS_URL set, the work happens in a real worker process."""
     env = {**os.environ, "DISTILLERY_CONFIG": str(config)}
-    command = [sys.executable, "-m", "producer.cli", "worker", "--tiers", DEMO_TIER, "--loglevel", "WARNING"]
+    command = [
+        sys.executable,
+        "-m",
+        "producer.cli",
+        "worker",
+        "--tiers",
+        DEMO_TIER,
+        "--loglevel",
+        "WARNING",
+    ]
     process = subprocess.Popen(command, env=env)
     try:
         yield
@@ -84,12 +95,22 @@ def run_demo(workdir: Path, *, console: Console, out: Console) -> None:
         settings = get_settings()
         engine = get_engine(settings.database_url)
         create_tables(engine)
-        console.print(f"simulator at {sim.base_url}; broker: {'Redis' if settings.redis_url else 'in-process'}")
+        console.print(
+            f"simulator at {sim.base_url}; "
+            f"broker: {'Redis' if settings.redis_url else 'in-process'}"
+        )
         worker = separate_worker(config) if settings.redis_url else nullcontext()
         with worker:
             summary = jobs.submit_and_maybe_wait(
-                demo_prompts(), settings=settings, engine=engine, name="demo",
-                overrides={}, wait=True, console=console,
+                demo_prompts(),
+                mode=JobMode.TEACHER,
+                router=None,
+                settings=settings,
+                engine=engine,
+                name="demo",
+                overrides={},
+                wait=True,
+                console=console,
             )
     jobs.print_summary(out, summary)
     out.print(f"\ndatabase: {settings.database_url}")

@@ -8,12 +8,12 @@ from sqlalchemy.engine import make_url
 
 class ExitCode(IntEnum):
     OK = 0
-    ERROR = 1          # unexpected: a bug, reported with its traceback
-    USAGE = 2          # click's own code for bad options
-    BAD_INPUT = 3      # the prompt file (or another input) is invalid; nothing was stored
-    BAD_CONFIG = 4     # distillery.toml or the environment is wrong
-    SERVICE_DOWN = 5   # Redis or the database cannot be reached
-    NOT_FOUND = 6      # no such job
+    ERROR = 1  # unexpected: a bug, reported with its traceback
+    USAGE = 2  # click's own code for bad options
+    BAD_INPUT = 3  # the prompt file (or another input) is invalid; nothing was stored
+    BAD_CONFIG = 4  # distillery.toml or the environment is wrong
+    SERVICE_DOWN = 5  # Redis or the database cannot be reached
+    NOT_FOUND = 6  # no such job
 
 
 class UserError(Exception):

@@ -14,7 +14,7 @@ from models import JobMode, JobStatus, session_scope
 from models.queries import cancel_job
 from producer.progress import wait_for_job, wait_for_training_file
 from producer.status import get_job, job_summary, list_jobs
-from producer.submit import resume_job, submit_teacher_job
+from producer.submit import resume_job, submit_job
 from workers.settings import Settings
 
 
@@ -23,31 +23,48 @@ def summary(engine: Engine, job_id: int) -> dict[str, Any]:
         return job_summary(session, job_id)
 
 
-def _worker_context(settings: Settings, queue: str) -> AbstractContextManager[Any]:
-    """Without REDIS_URL there is no broker between processes: run a worker in this one."""
+def _worker_context(settings: Settings) -> AbstractContextManager[Any]:
+    """Without REDIS_URL there is no broker between processes: run a worker in this one,
+    consuming every tier's queue."""
     if settings.redis_url:
         return nullcontext()
     from workers.app import CONTROL_QUEUE, app
     from workers.embedded import embedded_worker
 
-    concurrency = settings.tiers[queue].concurrency
-    return embedded_worker(app, queues=[queue, CONTROL_QUEUE], concurrency=concurrency)
+    concurrency = sum(tier.concurrency for tier in settings.tiers.values())
+    return embedded_worker(app, queues=[*settings.tiers, CONTROL_QUEUE], concurrency=concurrency)
 
 
 def submit_and_maybe_wait(
-    path: Path, *, settings: Settings, engine: Engine, name: str | None,
-    overrides: dict[str, Any], wait: bool, console: Console | None,
+    path: Path,
+    *,
+    mode: JobMode,
+    settings: Settings,
+    engine: Engine,
+    name: str | None,
+    router: str | None,
+    overrides: dict[str, Any],
+    wait: bool,
+    console: Console | None,
 ) -> dict[str, Any]:
     from workers.app import app
 
-    queue = overrides.get("tier") or settings.teacher.tier
-    settings.require_tier(queue, "--tier")
-    with _worker_context(settings, queue):
-        submitted = submit_teacher_job(
-            path, settings=settings, engine=engine, app=app, name=name, overrides=overrides
+    with _worker_context(settings):
+        submitted = submit_job(
+            path,
+            mode=mode,
+            settings=settings,
+            engine=engine,
+            app=app,
+            name=name,
+            router=router,
+            overrides=overrides,
         )
         if console:
-            console.print(f"job [bold]{submitted.job_id}[/]: {submitted.total} prompts enqueued on '{submitted.queue}'")
+            console.print(
+                f"job [bold]{submitted.job_id}[/]: {submitted.total} prompts "
+                f"enqueued on '{submitted.queue}'"
+            )
         if wait:
             job = wait_for_job(engine, submitted.job_id, console=console)
             if job.mode == JobMode.TEACHER and job.status == JobStatus.FINISHED:
@@ -56,8 +73,13 @@ def submit_and_maybe_wait(
 
 
 def reduce(
-    job_id: int, *, settings: Settings, engine: Engine, out: Path | None,
-    min_length: int | None, validation_fraction: float | None,
+    job_id: int,
+    *,
+    settings: Settings,
+    engine: Engine,
+    out: Path | None,
+    min_length: int | None,
+    validation_fraction: float | None,
 ) -> dict[str, Any]:
     from workers.reducer import ReduceError, reduce_job
     from workers.tasks import default_training_path
@@ -103,8 +125,16 @@ def cancel(job_id: int, *, engine: Engine) -> int:
 def recent(engine: Engine, limit: int) -> list[dict[str, Any]]:
     with Session(engine) as session:
         return [
-            {"id": j.id, "name": j.name, "mode": j.mode, "status": j.status, "total": j.total,
-             "completed": j.completed, "failed": j.failed, "created_at": j.created_at.isoformat()}
+            {
+                "id": j.id,
+                "name": j.name,
+                "mode": j.mode,
+                "status": j.status,
+                "total": j.total,
+                "completed": j.completed,
+                "failed": j.failed,
+                "created_at": j.created_at.isoformat(),
+            }
             for j in list_jobs(session, limit)
         ]
 
@@ -112,8 +142,15 @@ def recent(engine: Engine, limit: int) -> list[dict[str, Any]]:
 def print_jobs(out: Console, rows: list[dict[str, Any]]) -> None:
     table = Table("id", "name", "mode", "status", "done", "failed", "created")
     for row in rows:
-        table.add_row(str(row["id"]), row["name"] or "", row["mode"], row["status"],
-                      f"{row['completed']}/{row['total']}", str(row["failed"]), row["created_at"][:19])
+        table.add_row(
+            str(row["id"]),
+            row["name"] or "",
+            row["mode"],
+            row["status"],
+            f"{row['completed']}/{row['total']}",
+            str(row["failed"]),
+            row["created_at"][:19],
+        )
     out.print(table if rows else "no jobs yet: distillery submit FILE --wait")
 
 
@@ -126,7 +163,9 @@ def print_summary(out: Console, s: dict[str, Any]) -> None:
         table.add_row("cancelled", str(s["cancelled"]))
     table.add_row("pending", str(s["pending"]))
     table.add_row("model calls", str(s["attempts"]))
-    table.add_row("tokens (prompt / completion)", f"{s['prompt_tokens']:,} / {s['completion_tokens']:,}")
+    table.add_row(
+        "tokens (prompt / completion)", f"{s['prompt_tokens']:,} / {s['completion_tokens']:,}"
+    )
     table.add_row("cost", f"${s['cost_usd']:.4f}")
     table.add_row("elapsed", f"{s['elapsed_s']:.1f} s")
     out.print(table)

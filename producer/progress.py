@@ -4,9 +4,16 @@ import time
 from collections.abc import Callable
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from models import Job, JobStatus, TrainingFile
 from producer.status import get_job
@@ -42,7 +49,11 @@ def detail(job: Job) -> str:
 
 
 def wait_for_job(
-    engine: Engine, job_id: int, *, console: Console | None, interval: float = 0.5,
+    engine: Engine,
+    job_id: int,
+    *,
+    console: Console | None,
+    interval: float = 0.5,
     until: Callable[[Job], bool] = lambda job: job.status != JobStatus.RUNNING,
 ) -> Job:
     """Poll the ledger until the job ends; draw a bar when a console is given."""
@@ -67,7 +78,7 @@ def wait_for_training_file(engine: Engine, job_id: int, timeout: float = 120.0) 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with Session(engine) as session:
-            if session.query(TrainingFile).filter(TrainingFile.job_id == job_id).first():
+            if session.query(TrainingFile).filter(col(TrainingFile.job_id) == job_id).first():
                 return True
         time.sleep(0.3)
     return False

@@ -11,8 +11,20 @@ from models import Prompt
 from models.queries import stream_prompts
 
 COLUMNS = [
-    "idx", "custom_id", "status", "routed_tier", "final_tier", "confidence", "fell_back",
-    "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms", "error", "prompt", "response",
+    "idx",
+    "custom_id",
+    "status",
+    "routed_tier",
+    "final_tier",
+    "confidence",
+    "fell_back",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "latency_ms",
+    "error",
+    "prompt",
+    "response",
 ]
 
 

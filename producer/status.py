@@ -49,7 +49,7 @@ def _usage(session: Session, job_id: int) -> dict[str, Any]:
         func.coalesce(func.sum(Prompt.prompt_tokens), 0),
         func.coalesce(func.sum(Prompt.completion_tokens), 0),
         func.coalesce(func.sum(Prompt.cost_usd), 0.0),
-    ).where(Prompt.job_id == job_id)
+    ).where(col(Prompt.job_id) == job_id)
     prompt_tokens, completion_tokens, cost = session.execute(query).one()
     return {
         "prompt_tokens": int(prompt_tokens),
@@ -63,14 +63,16 @@ def _attempt_count(session: Session, job_id: int) -> int:
         select(func.count())
         .select_from(Attempt)
         .join(Prompt, col(Prompt.id) == col(Attempt.prompt_id))
-        .where(Prompt.job_id == job_id)
+        .where(col(Prompt.job_id) == job_id)
     )
     return int(session.execute(query).scalar_one())
 
 
 def _training_file(session: Session, job_id: int) -> dict[str, Any] | None:
     query = (
-        select(TrainingFile).where(TrainingFile.job_id == job_id).order_by(col(TrainingFile.id).desc())
+        select(TrainingFile)
+        .where(col(TrainingFile.job_id) == job_id)
+        .order_by(col(TrainingFile.id).desc())
     )
     record = session.execute(query.limit(1)).scalar_one_or_none()
     if record is None:

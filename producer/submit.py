@@ -1,6 +1,7 @@
 """Submitting a job: validate the whole file, store the job and its prompts in bulk, then
 enqueue messages that carry prompt ids only."""
 
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,12 +11,17 @@ from celery import Celery
 from sqlalchemy.engine import Engine
 
 from models import Job, JobMode, session_scope
-from models.queries import create_job, unfinished_prompt_ids
+from models.queries import create_job, unfinished_prompts
 from producer.readers import PromptInput, read_prompts
+from workers.app import CONTROL_QUEUE
+from workers.routers import validate_router
+from workers.routing import route_params
 from workers.settings import Settings
 from workers.teacher import teacher_params
 
 Progress = Callable[[int], None]
+ANSWER_TASK = "distillery.answer"
+ROUTE_TASK = "distillery.route"
 
 
 class BrokerUnavailable(Exception):
@@ -43,44 +49,107 @@ def check_broker(app: Celery) -> None:
 
 
 def enqueue(
-    app: Celery, task_name: str, prompt_ids: Sequence[int], *, queue: str, batch: int,
+    app: Celery,
+    task_name: str,
+    prompt_ids: Sequence[int],
+    *,
+    queue: str,
+    batch: int,
+    extra_args: tuple[Any, ...] = (),
     progress: Progress | None = None,
 ) -> None:
     """Publish one message per `batch` prompt ids over a single connection."""
     with app.producer_or_acquire() as producer:
         for start in range(0, len(prompt_ids), batch):
             chunk = list(prompt_ids[start : start + batch])
-            app.send_task(task_name, (chunk,), queue=queue, producer=producer)
+            app.send_task(task_name, (chunk, *extra_args), queue=queue, producer=producer)
             if progress:
                 progress(len(chunk))
 
 
-def submit_teacher_job(
-    path: Path, *, settings: Settings, engine: Engine, app: Celery, name: str | None = None,
-    overrides: dict[str, Any] | None = None, progress: Progress | None = None,
+def job_params(
+    mode: JobMode, settings: Settings, *, router: str | None, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """The job's frozen settings, validated: every tier it may call exists and has its key."""
+    if mode == JobMode.TEACHER:
+        params = teacher_params(settings.teacher, **overrides)
+        tiers = [params["tier"]]
+    else:
+        overrides = {k: v for k, v in overrides.items() if k != "tier"}
+        params = route_params(settings, router=router, **overrides)
+        validate_router(params["router"], settings=settings, classifier_path=params["classifier"])
+        tiers = params["tiers"]
+    for name in tiers:
+        settings.require_tier(name, "--tier").api_key(
+            name
+        )  # a missing key fails now, not in workers
+    return params
+
+
+def submit_job(
+    path: Path,
+    *,
+    mode: JobMode,
+    settings: Settings,
+    engine: Engine,
+    app: Celery,
+    name: str | None = None,
+    router: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    progress: Progress | None = None,
 ) -> Submitted:
     prompts = read_prompts(path)  # raises InputFileError listing every bad line
-    params = teacher_params(settings.teacher, **(overrides or {}))
-    tier = settings.require_tier(params["tier"], "--tier")
-    tier.api_key(params["tier"])  # a missing key variable fails now, not in every worker
+    params = job_params(mode, settings, router=router, overrides=overrides or {})
     check_broker(app)
     with session_scope(engine) as session:
         job = create_job(
-            session=session, mode=JobMode.TEACHER, prompts=prompt_rows(prompts),
-            name=name or path.name, params=params, source=str(path),
+            session=session,
+            mode=mode,
+            prompts=prompt_rows(prompts),
+            name=name or path.name,
+            router=params.get("router"),
+            params=params,
+            source=str(path),
         )
         assert job.id is not None
         job_id = job.id
-    return _enqueue_job(app, engine, job_id, queue=params["tier"], batch=settings.enqueue_batch, progress=progress)
+    return enqueue_unfinished(app, engine, job_id, settings=settings, progress=progress)
 
 
-def _enqueue_job(
-    app: Celery, engine: Engine, job_id: int, *, queue: str, batch: int, progress: Progress | None
+def enqueue_unfinished(
+    app: Celery,
+    engine: Engine,
+    job_id: int,
+    *,
+    settings: Settings,
+    progress: Progress | None = None,
 ) -> Submitted:
+    """Send every prompt without a final answer where it is due: teacher prompts to the
+    teacher tier; route prompts to the router, or to the tier they last reached."""
     with session_scope(engine) as session:
-        ids = unfinished_prompt_ids(session=session, job_id=job_id)
-    enqueue(app, "distillery.teach", ids, queue=queue, batch=batch, progress=progress)
-    return Submitted(job_id, len(ids), queue)
+        job = session.get(Job, job_id)
+        assert job is not None
+        mode, params = job.mode, job.params
+        targets = unfinished_prompts(session=session, job_id=job_id)
+    by_queue: dict[str | None, list[int]] = defaultdict(list)
+    for prompt_id, tier in targets:
+        by_queue[params["tier"] if mode == JobMode.TEACHER else tier].append(prompt_id)
+    batch = settings.enqueue_batch
+    for tier, ids in by_queue.items():
+        if tier is None:
+            enqueue(app, ROUTE_TASK, ids, queue=CONTROL_QUEUE, batch=batch, progress=progress)
+        else:
+            enqueue(
+                app,
+                ANSWER_TASK,
+                ids,
+                queue=tier,
+                batch=batch,
+                extra_args=(tier,),
+                progress=progress,
+            )
+    queue = params["tier"] if mode == JobMode.TEACHER else CONTROL_QUEUE
+    return Submitted(job_id, len(targets), queue)
 
 
 def resume_job(*, job: Job, settings: Settings, engine: Engine, app: Celery) -> Submitted:
@@ -88,6 +157,4 @@ def resume_job(*, job: Job, settings: Settings, engine: Engine, app: Celery) -> 
     harmless because workers skip prompts that already have their final answer."""
     assert job.id is not None
     check_broker(app)
-    queue = job.params["tier"]
-    settings.require_tier(queue, f"job {job.id}")
-    return _enqueue_job(app, engine, job.id, queue=queue, batch=settings.enqueue_batch, progress=None)
+    return enqueue_unfinished(app, engine, job.id, settings=settings)

@@ -21,7 +21,13 @@ def worker_queues(settings: Settings, tiers: str, control: bool) -> list[str]:
 
 
 def run_worker(
-    settings: Settings, *, tiers: str, concurrency: int, loglevel: str, control: bool, engine: Engine
+    settings: Settings,
+    *,
+    tiers: str,
+    concurrency: int,
+    loglevel: str,
+    control: bool,
+    engine: Engine,
 ) -> None:
     if not settings.redis_url:
         raise UserError(
@@ -33,8 +39,20 @@ def run_worker(
 
     # A unique node name per process, so several workers can run on one host.
     node = f"{'+'.join(q for q in queues if q != 'control')}-{os.getpid()}@{socket.gethostname()}"
-    app.worker_main([
-        "worker", "--queues", ",".join(queues), "--pool", "threads",
-        "--concurrency", str(concurrency), "--loglevel", loglevel, "--hostname", node,
-        "--without-mingle", "--without-gossip",
-    ])
+    app.worker_main(
+        [
+            "worker",
+            "--queues",
+            ",".join(queues),
+            "--pool",
+            "threads",
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            loglevel,
+            "--hostname",
+            node,
+            "--without-mingle",
+            "--without-gossip",
+        ]
+    )

@@ -19,6 +19,7 @@ import pytest
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 TEST_PG_ADMIN_URL = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TIERS = ("small", "medium", "frontier")
+PRICES = {"small": 0.1, "medium": 0.3, "frontier": 5.0}
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="distillery-tests-"))
 _SESSION_CONFIG = _SESSION_DIR / "session.toml"
 _SESSION_CONFIG.write_text(
@@ -76,7 +77,9 @@ def _postgres_database() -> Iterator[str]:
 
     name = f"distillery_t_{uuid.uuid4().hex[:12]}"
     try:
-        admin = psycopg.connect(TEST_PG_ADMIN_URL.replace("postgresql://", "postgresql://", 1), autocommit=True)
+        admin = psycopg.connect(
+            TEST_PG_ADMIN_URL.replace("postgresql://", "postgresql://", 1), autocommit=True
+        )
     except psycopg.OperationalError as exc:
         need("postgresql", str(exc))
     with admin:
@@ -114,14 +117,14 @@ def sim() -> Iterator[RunningSimulator]:
         yield running
 
 
-def write_config(path: Path, *, base_url: str, database_url: str, extra: str = "", **tier: Any) -> Path:
+def write_config(
+    path: Path, *, base_url: str, database_url: str, extra: str = "", **tier: Any
+) -> Path:
     """A worker config: the three test tiers on the given server."""
     tier_lines = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in tier.items())
-    blocks = [
-        f'database_url = "{database_url}"\noutput_dir = "{path.parent / "output"}"\n'
-    ] + [
+    blocks = [f'database_url = "{database_url}"\noutput_dir = "{path.parent / "output"}"\n'] + [
         f'[tiers.{t}]\nbase_url = "{base_url}"\nmodel = "sim-{t}"\n'
-        f"input_per_1k = {0.1 if t != 'frontier' else 5.0}\noutput_per_1k = {0.1 if t != 'frontier' else 5.0}\n"
+        f"input_per_1k = {PRICES[t]}\noutput_per_1k = {PRICES[t]}\n"
         f"backoff_base_s = 0.05\n{tier_lines}"
         for t in TIERS
     ]
@@ -136,12 +139,29 @@ class Workers:
         self.logs = logs
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def start(self, config: Path, tiers: str = "frontier", concurrency: int = 8, **env: str) -> subprocess.Popen[bytes]:
+    def start(
+        self, config: Path, tiers: str = "frontier", concurrency: int = 8, **env: str
+    ) -> subprocess.Popen[bytes]:
         log = (self.logs / f"worker-{len(self.processes)}.log").open("wb")
-        environ = {**os.environ, "DISTILLERY_CONFIG": str(config), "REDIS_URL": TEST_REDIS_URL, **env}
+        environ = {
+            **os.environ,
+            "DISTILLERY_CONFIG": str(config),
+            "REDIS_URL": TEST_REDIS_URL,
+            **env,
+        }
         environ.pop("DATABASE_URL", None)  # the worker's config names its database
-        command = [sys.executable, "-m", "producer.cli", "worker", "--tiers", tiers,
-                   "--concurrency", str(concurrency), "--loglevel", "INFO"]
+        command = [
+            sys.executable,
+            "-m",
+            "producer.cli",
+            "worker",
+            "--tiers",
+            tiers,
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            "INFO",
+        ]
         process = subprocess.Popen(command, env=environ, stdout=log, stderr=subprocess.STDOUT)
         self.processes.append(process)
         return process
@@ -158,7 +178,9 @@ class Workers:
                 process.wait()
 
     def log_text(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("worker-*.log")))
+        return "\n".join(
+            p.read_text(errors="replace") for p in sorted(self.logs.glob("worker-*.log"))
+        )
 
 
 @pytest.fixture
@@ -168,7 +190,13 @@ def workers(tmp_path: Path, clean_redis: Any) -> Iterator[Workers]:
     pool.stop()
 
 
-def wait_until(condition: Callable[[], bool], *, timeout: float, what: str, logs: Callable[[], str] | None = None) -> None:
+def wait_until(
+    condition: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    logs: Callable[[], str] | None = None,
+) -> None:
     """Poll until `condition` holds; a generous timeout guards against hangs, never speed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from models import Attempt, Job, JobStatus, Prompt, TrainingFile
+from models import Attempt, Job, JobMode, JobStatus, Prompt, TrainingFile
 from tests.conftest import Workers, make_engine, wait_until
 
 
@@ -15,15 +15,17 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def submit_file(path: Path, config: Path) -> tuple[int, Any, Any]:
+def submit_file(
+    path: Path, config: Path, mode: JobMode = JobMode.TEACHER, **options: Any
+) -> tuple[int, Any, Any]:
     """Submit through the producer API with the worker's own config."""
-    from producer.submit import submit_teacher_job
+    from producer.submit import submit_job
     from workers.app import app
     from workers.settings import load_settings
 
     settings = load_settings(config)
     engine = make_engine(settings.database_url)
-    submitted = submit_teacher_job(path, settings=settings, engine=engine, app=app)
+    submitted = submit_job(path, mode=mode, settings=settings, engine=engine, app=app, **options)
     return submitted.job_id, engine, settings
 
 
@@ -43,7 +45,10 @@ def wait_for_job(engine: Any, job_id: int, workers: Workers, *, timeout: float =
 def wait_for_training_file(engine: Any, job_id: int, workers: Workers) -> TrainingFile:
     def exists() -> bool:
         with Session(engine) as session:
-            return session.exec(select(TrainingFile).where(TrainingFile.job_id == job_id)).first() is not None
+            return (
+                session.exec(select(TrainingFile).where(TrainingFile.job_id == job_id)).first()
+                is not None
+            )
 
     wait_until(exists, timeout=120, what="the reducer's training file", logs=workers.log_text)
     with Session(engine) as session:
@@ -52,7 +57,9 @@ def wait_for_training_file(engine: Any, job_id: int, workers: Workers) -> Traini
 
 def prompts_of(engine: Any, job_id: int) -> list[Prompt]:
     with Session(engine) as session:
-        return list(session.exec(select(Prompt).where(Prompt.job_id == job_id).order_by(Prompt.idx)))
+        return list(
+            session.exec(select(Prompt).where(Prompt.job_id == job_id).order_by(Prompt.idx))
+        )
 
 
 def attempts_of(engine: Any, job_id: int) -> list[Attempt]:

@@ -19,8 +19,16 @@ from tests.pipeline import (
 )
 
 TOPICS = [
-    "photosynthesis", "the French revolution", "binary search", "compound interest", "volcanoes",
-    "the immune system", "supply and demand", "black holes", "sourdough bread", "plate tectonics",
+    "photosynthesis",
+    "the French revolution",
+    "binary search",
+    "compound interest",
+    "volcanoes",
+    "the immune system",
+    "supply and demand",
+    "black holes",
+    "sourdough bread",
+    "plate tectonics",
 ]
 
 
@@ -30,7 +38,9 @@ def teacher_rows() -> tuple[list[dict[str, Any]], dict[str, int], set[int]]:
     kept: set[int] = set()
     for i in range(155):
         kept.add(len(rows))
-        rows.append({"prompt": f"Explain {TOPICS[i % 10]} to a student, angle {i}.", "custom_id": f"n{i}"})
+        rows.append(
+            {"prompt": f"Explain {TOPICS[i % 10]} to a student, angle {i}.", "custom_id": f"n{i}"}
+        )
     for i in range(10):  # the same prompt again: the same answer, an exact duplicate
         rows.append({"prompt": f"Explain {TOPICS[i % 10]} to a student, angle {i}."})
     for i in range(15):
@@ -46,7 +56,9 @@ def teacher_rows() -> tuple[list[dict[str, Any]], dict[str, int], set[int]]:
 def test_teacher_job_end_to_end(tmp_path: Path, sim: Any, database_url: str, workers: Any) -> None:
     rows, expected_rejections, kept = teacher_rows()
     config = write_config(
-        tmp_path / "distillery.toml", base_url=sim.base_url, database_url=database_url,
+        tmp_path / "distillery.toml",
+        base_url=sim.base_url,
+        database_url=database_url,
         extra="[reducer]\nmax_example_tokens = 2000\n",
     )
     source = write_jsonl(tmp_path / "prompts.jsonl", rows)
@@ -65,7 +77,9 @@ def test_teacher_job_end_to_end(tmp_path: Path, sim: Any, database_url: str, wor
     assert all(a.status == AttemptStatus.OK and a.http_status == 200 for a in attempts)
     for prompt in prompts:  # the prompt's totals are its attempt's usage, priced by the tier
         assert prompt.completion_tokens > 0
-        assert prompt.cost_usd == pytest.approx((prompt.prompt_tokens + prompt.completion_tokens) * 5.0 / 1000)
+        assert prompt.cost_usd == pytest.approx(
+            (prompt.prompt_tokens + prompt.completion_tokens) * 5.0 / 1000
+        )
 
     record = wait_for_training_file(engine, job_id, workers)
     assert record.rejected == expected_rejections
@@ -83,13 +97,17 @@ def test_teacher_job_end_to_end(tmp_path: Path, sim: Any, database_url: str, wor
 def test_alpaca_seed_tasks(tmp_path: Path, sim: Any, sqlite_url: str, workers: Any) -> None:
     import json
 
-    tasks = [json.loads(line) for line in shared_data("alpaca_seed_tasks.jsonl").read_text().splitlines()]
+    tasks = [
+        json.loads(line) for line in shared_data("alpaca_seed_tasks.jsonl").read_text().splitlines()
+    ]
     rows = []
     for task in tasks:
         instance = task["instances"][0]["input"]
         prompt = task["instruction"] + (f"\n\n{instance}" if instance else "")
         rows.append({"prompt": prompt, "custom_id": task["id"], "metadata": {"name": task["name"]}})
-    config = write_config(tmp_path / "distillery.toml", base_url=sim.base_url, database_url=sqlite_url)
+    config = write_config(
+        tmp_path / "distillery.toml", base_url=sim.base_url, database_url=sqlite_url
+    )
     workers.start(config, concurrency=16)
     job_id, engine, _ = submit_file(write_jsonl(tmp_path / "alpaca.jsonl", rows), config)
 
@@ -103,9 +121,12 @@ def test_alpaca_seed_tasks(tmp_path: Path, sim: Any, sqlite_url: str, workers: A
 
 
 def test_retries_on_500_and_429(tmp_path: Path, sim: Any, sqlite_url: str, workers: Any) -> None:
-    config = write_config(tmp_path / "distillery.toml", base_url=sim.base_url, database_url=sqlite_url,
-                          max_retries=8)
-    rows = [{"prompt": f"Describe {topic} in detail, part {i}."} for i, topic in enumerate(TOPICS * 4)]
+    config = write_config(
+        tmp_path / "distillery.toml", base_url=sim.base_url, database_url=sqlite_url, max_retries=8
+    )
+    rows = [
+        {"prompt": f"Describe {topic} in detail, part {i}."} for i, topic in enumerate(TOPICS * 4)
+    ]
     sim.fail_next(25, status=500)
     job_id, engine, _ = submit_file(write_jsonl(tmp_path / "p.jsonl", rows), config)
     workers.start(config, concurrency=4)
@@ -123,10 +144,13 @@ def test_retries_on_500_and_429(tmp_path: Path, sim: Any, sqlite_url: str, worke
     assert statuses[(AttemptStatus.OK, 200)] == 80
 
 
-def test_prompt_fails_after_last_retry(tmp_path: Path, sim: Any, sqlite_url: str, workers: Any) -> None:
+def test_prompt_fails_after_last_retry(
+    tmp_path: Path, sim: Any, sqlite_url: str, workers: Any
+) -> None:
     sim.configure(None, error_rate=1.0)
-    config = write_config(tmp_path / "distillery.toml", base_url=sim.base_url, database_url=sqlite_url,
-                          max_retries=2)
+    config = write_config(
+        tmp_path / "distillery.toml", base_url=sim.base_url, database_url=sqlite_url, max_retries=2
+    )
     rows = [{"prompt": f"Question number {i} about the weather?"} for i in range(12)]
     workers.start(config, concurrency=4)
     job_id, engine, _ = submit_file(write_jsonl(tmp_path / "p.jsonl", rows), config)
@@ -135,6 +159,8 @@ def test_prompt_fails_after_last_retry(tmp_path: Path, sim: Any, sqlite_url: str
     assert (job.completed, job.failed) == (0, 12)
     prompts = prompts_of(engine, job_id)
     assert all(p.status == PromptStatus.FAILED and "HTTP 500" in (p.error or "") for p in prompts)
-    assert Counter(a.prompt_id for a in attempts_of(engine, job_id)) == Counter({p.id: 3 for p in prompts})
+    assert Counter(a.prompt_id for a in attempts_of(engine, job_id)) == Counter(
+        {p.id: 3 for p in prompts}
+    )
     record = wait_for_training_file(engine, job_id, workers)
     assert record.examples == 0 and record.rejected == {"no_answer": 12}

@@ -84,7 +84,10 @@ def _completion(response: Any, latency_ms: float) -> Completion:
         )
     except (AttributeError, IndexError, TypeError, ValueError) as exc:
         raise CallError(
-            f"malformed response: {exc}", status=AttemptStatus.ERROR, latency_ms=latency_ms, http_status=200
+            f"malformed response: {exc}",
+            status=AttemptStatus.ERROR,
+            latency_ms=latency_ms,
+            http_status=200,
         ) from None
 
 
@@ -118,8 +121,12 @@ def classify(exc: BaseException, latency_ms: float) -> CallError:
             retryable=code >= 500 or code in (408, 409),
         )
     if isinstance(exc, openai.APIConnectionError):
-        return CallError(f"connection failed: {exc}", status=AttemptStatus.ERROR, latency_ms=latency_ms)
-    return CallError(f"{type(exc).__name__}: {exc}", status=AttemptStatus.ERROR, latency_ms=latency_ms)
+        return CallError(
+            f"connection failed: {exc}", status=AttemptStatus.ERROR, latency_ms=latency_ms
+        )
+    return CallError(
+        f"{type(exc).__name__}: {exc}", status=AttemptStatus.ERROR, latency_ms=latency_ms
+    )
 
 
 def _short(exc: openai.APIStatusError) -> str:

@@ -62,9 +62,14 @@ class Filters:
             return "refusal"
         if len(answer) < self.config.min_length:
             return "too_short"
-        if sum(approx_tokens(m["content"]) for m in example["messages"]) > self.config.max_example_tokens:
+        if (
+            sum(approx_tokens(m["content"]) for m in example["messages"])
+            > self.config.max_example_tokens
+        ):
             return "too_long"
-        digest = hashlib.blake2b(json.dumps(example, sort_keys=True).encode(), digest_size=16).digest()
+        digest = hashlib.blake2b(
+            json.dumps(example, sort_keys=True).encode(), digest_size=16
+        ).digest()
         if digest in self.seen:
             return "duplicate"
         self.seen.add(digest)
@@ -90,8 +95,8 @@ def build_example(row: Row, system_prompt: str | None) -> dict[str, Any]:
 
 def stream_rows(session: Session, job_id: int) -> Iterator[Row]:
     query = (
-        select(Prompt.idx, Prompt.status, Prompt.messages, Prompt.response)
-        .where(Prompt.job_id == job_id)
+        select(col(Prompt.idx), col(Prompt.status), col(Prompt.messages), col(Prompt.response))
+        .where(col(Prompt.job_id) == job_id)
         .order_by(col(Prompt.idx))
         .execution_options(yield_per=2000)
     )
@@ -125,9 +130,7 @@ class _HashingWriter:
         os.replace(self.tmp, self.path)
 
 
-def reduce_job(
-    *, engine: Engine, job_id: int, out: Path, config: ReducerConfig
-) -> Reduction:
+def reduce_job(*, engine: Engine, job_id: int, out: Path, config: ReducerConfig) -> Reduction:
     with Session(engine) as session:
         job = session.get(Job, job_id)
         if job is None:
@@ -154,11 +157,17 @@ def reduce_job(
 
 
 def _record(
-    engine: Engine, job_id: int, train: _HashingWriter, valid: _HashingWriter, rejected: Counter[str]
+    engine: Engine,
+    job_id: int,
+    train: _HashingWriter,
+    valid: _HashingWriter,
+    rejected: Counter[str],
 ) -> Reduction:
     report = check_file(train.path)
     if report.errors:  # our own output breaking the format is a bug, never silently shipped
-        raise ReduceError("training file failed the format check:\n" + "\n".join(report.errors[:10]))
+        raise ReduceError(
+            "training file failed the format check:\n" + "\n".join(report.errors[:10])
+        )
     record = TrainingFile(
         job_id=job_id,
         path=str(train.path.resolve()),

@@ -6,13 +6,22 @@ data: any names, any number. API keys are never stored here, only the *name* of 
 environment variable that holds each one.
 """
 
+import itertools
 import os
 import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_CONFIG_PATH = "distillery.toml"
@@ -70,13 +79,58 @@ class ReducerConfig(_Strict):
     include_system_prompt: bool = True
 
 
+ROUTER_PHRASE = "EASY, MEDIUM, or HARD"  # the one-word answers the llm router parses
+DEFAULT_LLM_ROUTER_PROMPT = (
+    "Classify how hard it is to answer the request below well. "
+    "Reply with exactly one word: EASY, MEDIUM, or HARD.\n\nRequest:\n{prompt}"
+)
+
+
 class RouterConfig(_Strict):
-    strategy: Literal["rules", "classifier", "llm"] = "rules"
+    strategy: Literal["rules", "classifier", "llm", "random"] = "rules"
     classifier: str = "router.joblib"
     confidence_threshold: float = Field(0.8, ge=0, le=1)
     confidence_method: Literal["geometric_mean", "seed"] = "geometric_mean"
     unknown_confidence: float = Field(0.5, ge=0, le=1)
     fallback: list[str] = ["frontier"]
+    # score cut points between tiers, cheapest first: len(tiers) - 1 of them
+    thresholds: list[Annotated[float, Field(ge=0, le=1)]] = [0.3, 0.7]
+    # rules router: a question this short is easy; a prompt longer than medium_words is medium
+    short_question_words: int = Field(12, gt=0)
+    medium_words: int = Field(60, gt=0)
+    code_keywords: list[str] = [
+        "code", "function", "implement", "debug", "algorithm", "python", "javascript",
+        "sql", "program", "compile", "class", "bug", "regex", "script",
+    ]  # fmt: skip
+    analysis_keywords: list[str] = [
+        "analyze", "analyse", "compare", "evaluate", "explain why", "trade-off",
+        "pros and cons", "critique", "assess", "implications", "reasoning",
+    ]  # fmt: skip
+    llm_router_tier: str | None = None  # None: the first (cheapest) tier
+    llm_router_prompt: str = DEFAULT_LLM_ROUTER_PROMPT
+
+    @field_validator("thresholds")
+    @classmethod
+    def _ascending(cls, thresholds: list[float]) -> list[float]:
+        if any(low >= high for low, high in itertools.pairwise(thresholds)):
+            raise ValueError(f"thresholds must be strictly ascending, got {thresholds}")
+        return thresholds
+
+    @field_validator("llm_router_prompt")
+    @classmethod
+    def _asks_for_one_word(cls, prompt: str) -> str:
+        if ROUTER_PHRASE.lower() not in prompt.lower():
+            raise ValueError(f'llm_router_prompt must ask for "{ROUTER_PHRASE}"')
+        try:
+            filled = prompt.format(prompt="\0")
+        except (IndexError, KeyError, ValueError) as exc:
+            raise ValueError(
+                f"llm_router_prompt must be a format string with only {{prompt}} in braces "
+                f"(write literal braces as {{{{ }}}}): {exc!r}"
+            ) from None
+        if "\0" not in filled:
+            raise ValueError("llm_router_prompt must contain {prompt}, where the request goes")
+        return prompt
 
 
 def _default_tiers() -> dict[str, TierConfig]:
@@ -124,6 +178,8 @@ class Settings(BaseSettings):
         self.require_tier(self.teacher.tier, "[teacher] tier")
         for name in self.router.fallback:
             self.require_tier(name, "[router] fallback")
+        if self.router.llm_router_tier is not None:
+            self.require_tier(self.router.llm_router_tier, "[router] llm_router_tier")
         return self
 
     def require_tier(self, name: str, where: str = "tier") -> TierConfig:

@@ -7,13 +7,13 @@ Celery's own autoretry is only for the infrastructure: a database or broker blip
 import logging
 from pathlib import Path
 
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from models import JobMode, get_engine
-from models.db import session_scope
-from models.tables import Job
-from workers import reducer, teacher
+from models import Job, JobMode, get_engine, session_scope
+from workers import reducer
+from workers.answer import Outcome, answer_on_tier
 from workers.app import CONTROL_QUEUE, app
 from workers.settings import get_settings
 
@@ -29,23 +29,45 @@ RELIABLE = {
 }
 
 
-def _engine():  # type: ignore[no-untyped-def]
+def _engine() -> Engine:
     return get_engine(get_settings().database_url)
 
 
-@app.task(name="distillery.teach", **RELIABLE)
-def teach(prompt_ids: list[int]) -> None:
-    """Answer prompts with the teacher tier; start the reducer after the job's last one."""
+def send_answer(prompt_ids: list[int], tier: str) -> None:
+    answer.apply_async((prompt_ids, tier), queue=tier)
+
+
+def follow_up(outcome: Outcome, prompt_id: int) -> None:
+    if outcome.escalate_to:
+        send_answer([prompt_id], outcome.escalate_to)
+    if outcome.job_finished and outcome.job_id is not None:
+        reduce.apply_async((outcome.job_id,), queue=CONTROL_QUEUE)
+
+
+@app.task(name="distillery.answer", **RELIABLE)
+def answer(prompt_ids: list[int], tier: str) -> None:
+    """Answer prompts on `tier`; escalate or finish each one as its outcome says."""
     settings = get_settings()
     for prompt_id in prompt_ids:
-        job_id = teacher.answer_prompt(prompt_id, settings=settings, engine=_engine())
-        if job_id is not None:
-            log.info("job %s finished; reducing", job_id)
-            reduce.apply_async((job_id,), queue=CONTROL_QUEUE)
+        outcome = answer_on_tier(prompt_id, tier, settings=settings, engine=_engine())
+        follow_up(outcome, prompt_id)
+
+
+@app.task(name="distillery.route", **RELIABLE)
+def route(prompt_ids: list[int]) -> None:
+    """Decide each prompt's tier with the job's router, then send it to that tier's queue."""
+    from workers.routing import decide_tier
+
+    settings = get_settings()
+    for prompt_id in prompt_ids:
+        tier = decide_tier(prompt_id, settings=settings, engine=_engine())
+        if tier is not None:
+            send_answer([prompt_id], tier)
 
 
 @app.task(name="distillery.reduce", **RELIABLE)
 def reduce(job_id: int) -> None:
+    """Write a finished teacher job's training file (route jobs have nothing to reduce)."""
     settings = get_settings()
     engine = _engine()
     with session_scope(engine) as session:

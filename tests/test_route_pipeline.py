@@ -1,0 +1,151 @@
+"""Routed inference end to end: real worker processes (one per tier queue), the simulator's
+known low-confidence answers, the cascade, the fallbacks ledger and the report."""
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import Session, select
+
+from models import Fallback, FallbackReason, JobMode, JobStatus, PromptStatus
+from simulator import ModelBehaviour, RunningSimulator, SimConfig, start_in_thread
+from tests.conftest import PRICES, write_config
+from tests.pipeline import attempts_of, prompts_of, submit_file, wait_for_job, write_jsonl
+
+# (prompt, routed tier by the rules router, expected final tier)
+CASES = [
+    ("[easy] What is the capital of France?", "small", "small"),
+    ("[hard] What is the integral of x^x?", "small", "frontier"),
+    ("[easy] Write a python function that reverses a list.", "frontier", "frontier"),
+    ("[hard] Compare the trade-offs of microservices and monoliths for a bank.", "medium", "frontier"),
+    ("[easy] Compare the trade-offs of tea and coffee for breakfast.", "medium", "medium"),
+]
+
+
+@pytest.fixture
+def tiered_sim() -> Any:
+    config = SimConfig(
+        default=ModelBehaviour(latency_ms=5),
+        models={
+            "sim-small": ModelBehaviour(latency_ms=5, skill=0.3),
+            "sim-medium": ModelBehaviour(latency_ms=5, skill=0.6),
+            "sim-frontier": ModelBehaviour(latency_ms=5, skill=0.95),
+        },
+    )
+    with start_in_thread(config) as running:
+        yield running
+
+
+def start_tier_workers(workers: Any, config: Path) -> None:
+    workers.start(config, tiers="small", concurrency=4)
+    workers.start(config, tiers="medium", concurrency=4)
+    workers.start(config, tiers="frontier", concurrency=4)
+
+
+def route_config(tmp_path: Path, sim: RunningSimulator, database_url: str, **tier: Any) -> Path:
+    return write_config(
+        tmp_path / "distillery.toml", base_url=sim.base_url, database_url=database_url,
+        extra='[router]\nstrategy = "rules"\nfallback = ["frontier"]\nconfidence_threshold = 0.8\n',
+        **tier,
+    )
+
+
+def test_cascade_with_known_confidences(
+    tmp_path: Path, tiered_sim: RunningSimulator, database_url: str, workers: Any
+) -> None:
+    rows = [{"prompt": f"{text} (case {n})", "custom_id": f"c{n}-{i}"}
+            for n, (text, _, _) in enumerate(CASES) for i in range(4)]
+    config = route_config(tmp_path, tiered_sim, database_url)
+    start_tier_workers(workers, config)
+    job_id, engine, settings = submit_file(write_jsonl(tmp_path / "q.jsonl", rows), config,
+                                           mode=JobMode.ROUTE, router="rules")
+    job = wait_for_job(engine, job_id, workers)
+    assert job.status == JobStatus.FINISHED and job.completed == len(rows)
+
+    prompts = prompts_of(engine, job_id)
+    expected = [(routed, final) for _, routed, final in CASES for _ in range(4)]
+    assert [(p.routed_tier, p.final_tier) for p in prompts] == expected
+    assert [p.fell_back for p in prompts] == [r != f for r, f in expected]
+    assert job.fell_back == sum(r != f for r, f in expected)
+    with Session(engine) as session:
+        fallbacks = session.exec(select(Fallback).where(Fallback.job_id == job_id)).all()
+    by_prompt = {f.prompt_id: f for f in fallbacks}
+    assert len(fallbacks) == len(by_prompt) == job.fell_back
+    for prompt in prompts:
+        if prompt.fell_back:
+            fb = by_prompt[prompt.id]
+            assert (fb.from_tier, fb.to_tier, fb.reason) == (prompt.routed_tier, "frontier",
+                                                             FallbackReason.LOW_CONFIDENCE)
+            assert fb.confidence is not None and fb.confidence < fb.threshold == 0.8
+        assert prompt.confidence is not None and prompt.confidence >= 0.8
+    # A prompt's totals add up its attempts.
+    attempts = attempts_of(engine, job_id)
+    for prompt in prompts:
+        mine = [a for a in attempts if a.prompt_id == prompt.id]
+        assert len(mine) == 1 + prompt.fell_back
+        assert prompt.cost_usd == pytest.approx(sum(a.cost_usd for a in mine))
+        assert prompt.latency_ms == pytest.approx(sum(a.latency_ms for a in mine))
+    check_report_against_rows(engine, job_id, settings, prompts, attempts, fallbacks)
+
+
+def check_report_against_rows(engine: Any, job_id: int, settings: Any, prompts: list[Any],
+                              attempts: list[Any], fallbacks: list[Any]) -> None:
+    from producer.report import build_report
+
+    with Session(engine) as session:
+        report = build_report(session, job_id, tiers=settings.tiers)
+    routed = Counter(p.routed_tier for p in prompts)
+    final = Counter(p.final_tier for p in prompts)
+    for tier in settings.tiers:
+        assert report["routed_distribution"][tier]["count"] == routed[tier]
+        assert report["final_distribution"][tier]["count"] == final[tier]
+    assert report["fallbacks"]["prompts_fell_back"] == sum(p.fell_back for p in prompts)
+    assert report["fallbacks"]["by_reason"] == dict(Counter(f.reason for f in fallbacks))
+    assert report["fallbacks"]["above_target"] == (report["fallbacks"]["rate"] > 0.15)
+    routed_cost = sum(a.cost_usd for a in attempts)
+    assert report["cost"]["routed_usd"] == pytest.approx(routed_cost)
+    final_ok = {p.id: p.final_tier for p in prompts}
+    frontier = sum(
+        (a.prompt_tokens + a.completion_tokens) * PRICES["frontier"] / 1000
+        for a in attempts if a.status == "ok" and a.tier == final_ok[a.prompt_id]
+    )
+    assert report["cost"]["all_frontier_usd"] == pytest.approx(frontier)
+    assert report["cost"]["savings_pct"] == pytest.approx(100 * (1 - routed_cost / frontier))
+
+
+def test_small_tier_errors_escalate(
+    tmp_path: Path, tiered_sim: RunningSimulator, sqlite_url: str, workers: Any
+) -> None:
+    tiered_sim.configure("sim-small", error_rate=1.0)
+    config = route_config(tmp_path, tiered_sim, sqlite_url, max_retries=1)
+    rows = [{"prompt": f"[easy] What is {n} plus {n}?"} for n in range(8)]
+    start_tier_workers(workers, config)
+    job_id, engine, _ = submit_file(write_jsonl(tmp_path / "q.jsonl", rows), config,
+                                    mode=JobMode.ROUTE, router="rules")
+    job = wait_for_job(engine, job_id, workers)
+    assert (job.completed, job.failed, job.fell_back) == (8, 0, 8)
+    prompts = prompts_of(engine, job_id)
+    assert all(p.routed_tier == "small" and p.final_tier == "frontier" for p in prompts)
+    assert all(p.status == PromptStatus.SUCCEEDED for p in prompts)
+    with Session(engine) as session:
+        reasons = [f.reason for f in session.exec(select(Fallback).where(Fallback.job_id == job_id))]
+    assert reasons == [FallbackReason.ERROR] * 8
+    small_calls = [a for a in attempts_of(engine, job_id) if a.tier == "small"]
+    assert len(small_calls) == 16 and all(a.http_status == 500 for a in small_calls)
+
+
+def test_last_tier_failure_fails_the_prompt(
+    tmp_path: Path, tiered_sim: RunningSimulator, sqlite_url: str, workers: Any
+) -> None:
+    tiered_sim.configure(None, error_rate=1.0)
+    for model in ("sim-small", "sim-medium", "sim-frontier"):
+        tiered_sim.configure(model, error_rate=1.0)
+    config = route_config(tmp_path, tiered_sim, sqlite_url, max_retries=0)
+    start_tier_workers(workers, config)
+    job_id, engine, _ = submit_file(write_jsonl(tmp_path / "q.jsonl", [{"prompt": "[easy] Hi?"}]),
+                                    config, mode=JobMode.ROUTE, router="rules")
+    job = wait_for_job(engine, job_id, workers)
+    assert (job.completed, job.failed) == (0, 1)
+    (prompt,) = prompts_of(engine, job_id)
+    assert prompt.final_tier == "frontier" and "HTTP 500" in (prompt.error or "")
