@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from workers.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
-console = Console(stderr=True)
-out = Console(highlight=False)
+console = Console(stderr=True, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
 
 
 def handle_errors(command: F) -> F:
@@ -307,7 +307,10 @@ def router() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def router_train(labeled: Path, out_path: Path, test_fraction: float, as_json: bool) -> None:
-    """Train the classifier router on LABELED (CSV/JSONL with `label`, or weak_correct/strong_correct)."""
+    """Train the classifier router on LABELED (CSV or JSONL).
+
+    Rows carry a `label` (easy/medium/hard or a tier name), or `weak_correct` and
+    `strong_correct` as in RouteLLM's data."""
     import dataclasses
 
     from workers.routers.training import train_classifier
@@ -326,7 +329,8 @@ def router_train(labeled: Path, out_path: Path, test_fraction: float, as_json: b
     )
     out.print(f"router file: [bold]{result.path}[/]")
     out.print(
-        f"use it: distillery submit FILE --mode route --router classifier --classifier {result.path}"
+        "use it: distillery submit FILE --mode route --router classifier "
+        f"--classifier {result.path}"
     )
 
 

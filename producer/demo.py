@@ -17,7 +17,6 @@ from pathlib import Path
 from rich.console import Console
 
 from models import JobMode
-
 from simulator import ModelBehaviour, SimConfig, start_in_thread
 
 DEMO_TIER = "frontier"

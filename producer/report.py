@@ -31,6 +31,7 @@ from workers.settings import TierConfig
 
 SAVINGS_FALLBACK_TARGET = 0.15
 PERCENTILES = (50, 95)
+TIMES = "\u00d7"  # the multiplication sign, spelled out: ruff flags it as confusable with x
 # Prompts that reached an outcome. Cancelled prompts were stopped, not answered, so they say
 # nothing about how often the router's choice had to be escalated.
 FINISHED_PROMPT_STATUSES = (PromptStatus.SUCCEEDED, PromptStatus.FAILED)
@@ -39,7 +40,9 @@ FINISHED_PROMPT_STATUSES = (PromptStatus.SUCCEEDED, PromptStatus.FAILED)
 UsageRow = tuple[str, str, int, int, int, float]
 
 
-def build_report(session: Session, job_id: int, *, tiers: Mapping[str, TierConfig]) -> dict[str, Any]:
+def build_report(
+    session: Session, job_id: int, *, tiers: Mapping[str, TierConfig]
+) -> dict[str, Any]:
     """Everything the report shows, for one job. `tiers` is the configuration in order,
     cheapest first: its last tier is the frontier that routing is compared against."""
     job = get_job(session, job_id)
@@ -150,15 +153,15 @@ def _fallbacks(session: Session, job_id: int) -> dict[str, Any]:
 
 
 def _fallback_counts(session: Session, job_id: int, *columns: Any) -> dict[str, int]:
-    """Fallback rows counted by `columns`, most frequent first; several columns are joined
-    with an arrow ("small→frontier")."""
-    query = (
-        select(*columns, func.count())
-        .where(col(Fallback.job_id) == job_id)
-        .group_by(*columns)
-        .order_by(func.count().desc(), *columns)
-    )
-    return {"→".join(str(part) for part in row[:-1]): int(row[-1]) for row in session.execute(query)}
+    """Fallback rows counted by `columns`, most frequent first, ties by name; several columns
+    are joined with an arrow ("small→frontier")."""
+    query = select(*columns, func.count()).where(col(Fallback.job_id) == job_id).group_by(*columns)
+    counts = {
+        "→".join(str(part) for part in row[:-1]): int(row[-1]) for row in session.execute(query)
+    }
+    # Sorted here, not in SQL: PostgreSQL orders a native enum (the reason) by declaration, not
+    # by name, and a handful of groups costs nothing to sort.
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 # --- latency -------------------------------------------------------------------------------
@@ -231,7 +234,7 @@ def _nearest_rank(
     pct: int,
 ) -> float:
     """The nearest-rank percentile: the smallest value with at least `pct` % of the values at
-    or below it, i.e. the ceil(pct/100 × n)-th smallest (1-based). No interpolation, so it is
+    or below it, i.e. the ceil(pct/100 * n)-th smallest (1-based). No interpolation, so it is
     always a latency that was actually measured.
 
     The database sorts and returns that one value (ORDER BY … OFFSET rank-1 LIMIT 1): the same
@@ -267,22 +270,16 @@ def _usage_by_tier(session: Session, job_id: int) -> list[UsageRow]:
 
 
 def _usage_totals(rows: Iterable[UsageRow]) -> dict[str, Any]:
-    calls = prompt_tokens = completion_tokens = 0
-    cost = 0.0
-    for _tier, _purpose, n, pt, ct, usd in rows:
-        calls, prompt_tokens, completion_tokens = calls + n, prompt_tokens + pt, completion_tokens + ct
-        cost += usd
+    rows = list(rows)
     return {
-        "calls": calls,
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "cost_usd": _round_usd(cost),
+        "calls": sum(row[2] for row in rows),
+        "prompt_tokens": sum(row[3] for row in rows),
+        "completion_tokens": sum(row[4] for row in rows),
+        "cost_usd": _round_usd(sum(row[5] for row in rows)),
     }
 
 
-def _tokens_and_cost(
-    usage: list[UsageRow], order: list[str]
-) -> dict[str, dict[str, Any]]:
+def _tokens_and_cost(usage: list[UsageRow], order: list[str]) -> dict[str, dict[str, Any]]:
     """Per tier, over calls of both purposes: routing with an LLM costs money too."""
     return {tier: _usage_totals(row for row in usage if row[0] == tier) for tier in order}
 
@@ -364,7 +361,15 @@ def _print_header(console: Console, report: dict[str, Any]) -> None:
 
 def _tier_table(report: dict[str, Any]) -> Table:
     table = Table(
-        "tier", "routed", "final", "calls", "p50 ms", "p95 ms", "max ms", "tokens (in / out)", "cost",
+        "tier",
+        "routed",
+        "final",
+        "calls",
+        "p50 ms",
+        "p95 ms",
+        "max ms",
+        "tokens (in / out)",
+        "cost",
         title="tiers",
     )
     for tier, usage in report["tokens_and_cost"].items():
@@ -398,7 +403,7 @@ def _print_route_calls(console: Console, route: dict[str, Any] | None) -> None:
 
 
 def _print_fallbacks(console: Console, fallbacks: dict[str, Any]) -> None:
-    target = _pct(fallbacks["target"] * 100)
+    target = f"{fallbacks['target'] * 100:g} %"
     if fallbacks["rate"] is None:
         console.print("fallback rate: no finished prompts yet")
         return
@@ -443,7 +448,7 @@ def _counts(counts: dict[str, int]) -> str:
 
 
 def _ms(value: float | None) -> str:
-    return "–" if value is None else f"{value:,.0f}"
+    return "-" if value is None else f"{value:,.0f}"
 
 
 def _usd(value: float) -> str:
@@ -458,4 +463,6 @@ def _times(value: float | None) -> str:
     if value is None:
         return "n/a"
     # Below 1 routing cost more than the frontier alone would have (fallbacks ate the savings).
-    return f"{value:.2f}×" if value >= 1 or value == 0 else f"{1 / value:.2f}× more expensive"
+    if value >= 1 or value == 0:
+        return f"{value:.2f}{TIMES}"
+    return f"{1 / value:.2f}{TIMES} more expensive"

@@ -135,6 +135,15 @@ def server_command(
     ]
 
 
+def server_environment() -> dict[str, str]:
+    """Only harmless variables for the server: llama_cpp.server reads every one of its settings
+    from the environment too (pydantic-settings, any case: API_KEY would demand a key,
+    CHAT_FORMAT change the template), and uvicorn takes HOST and PORT over the command line."""
+    keep = {"PATH", "HOME", "LANG", "TMPDIR", "TMP", "TEMP", "SYSTEMROOT", "LD_LIBRARY_PATH"}
+    prefixes = ("LC_", "OMP_", "GGML_")
+    return {k: v for k, v in os.environ.items() if k in keep or k.startswith(prefixes)}
+
+
 def _tail(log: Path, limit: int = 4000) -> str:
     try:
         return log.read_text(encoding="utf-8", errors="replace")[-limit:]
@@ -166,6 +175,7 @@ def llama_server(
         log = stack.enter_context(log_path.open("wb"))
         process = subprocess.Popen(
             server_command(model, port, n_ctx=n_ctx),
+            env=server_environment(),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

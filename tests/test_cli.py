@@ -23,7 +23,9 @@ from tests.pipeline import read_jsonl
 
 
 @pytest.fixture
-def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_redis: Any) -> Iterator[dict[str, Any]]:
+def cli_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_redis: Any
+) -> Iterator[dict[str, Any]]:
     """A fresh SQLite database and settings re-read for each CLI call."""
     from workers.settings import get_settings
 
@@ -94,7 +96,11 @@ def use_config(monkeypatch: pytest.MonkeyPatch, path: Path, text: str) -> None:
 TIER = '[tiers.frontier]\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "m"\n'
 BAD_CONFIGS = [
     ("unknown_teacher_tier", TIER + '[teacher]\ntier = "huge"\n', "unknown tier 'huge'"),
-    ("missing_key", TIER + 'api_key_env = "DISTILLERY_TEST_NO_SUCH_KEY"\n', "$DISTILLERY_TEST_NO_SUCH_KEY"),
+    (
+        "missing_key",
+        TIER + 'api_key_env = "DISTILLERY_TEST_NO_SUCH_KEY"\n',
+        "$DISTILLERY_TEST_NO_SUCH_KEY",
+    ),
     ("bad_toml", "[tiers.frontier\n", "invalid TOML"),
     ("bad_url", TIER.replace("http://127.0.0.1:9/v1", "not a url"), "tiers.frontier.base_url"),
     ("bad_threshold", TIER + "[router]\nconfidence_threshold = 1.5\n", "confidence_threshold"),
@@ -102,8 +108,9 @@ BAD_CONFIGS = [
 
 
 @pytest.mark.parametrize(("case", "text", "message"), BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
-def test_bad_config(cli_env: dict[str, Any], monkeypatch: pytest.MonkeyPatch, case: str, text: str,
-                    message: str) -> None:
+def test_bad_config(
+    cli_env: dict[str, Any], monkeypatch: pytest.MonkeyPatch, case: str, text: str, message: str
+) -> None:
     use_config(monkeypatch, cli_env["tmp"] / f"{case}.toml", text)
     result = invoke("submit", str(good_file(cli_env)))
     assert result.exit_code == ExitCode.BAD_CONFIG, result.output
@@ -122,13 +129,18 @@ def test_unknown_tier_option(cli_env: dict[str, Any]) -> None:
     ("args", "code", "message"),
     [
         (["--router", "psychic"], ExitCode.BAD_CONFIG, "psychic"),
-        (["--router", "classifier", "--classifier", "/nonexistent/router.joblib"], ExitCode.BAD_CONFIG,
-         "distillery router train"),
+        (
+            ["--router", "classifier", "--classifier", "/nonexistent/router.joblib"],
+            ExitCode.BAD_CONFIG,
+            "distillery router train",
+        ),
         (["--threshold", "1.5"], ExitCode.USAGE, "1.5"),
     ],
     ids=["unknown_router", "missing_classifier", "threshold_out_of_range"],
 )
-def test_bad_route_options(cli_env: dict[str, Any], args: list[str], code: int, message: str) -> None:
+def test_bad_route_options(
+    cli_env: dict[str, Any], args: list[str], code: int, message: str
+) -> None:
     result = invoke("submit", str(good_file(cli_env)), "--mode", "route", *args)
     assert result.exit_code == code, result.output
     assert message in result.output
@@ -142,13 +154,23 @@ def test_unknown_job(cli_env: dict[str, Any]) -> None:
 
 
 def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "producer.cli", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "producer.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_demo_then_job_commands(tmp_path: Path) -> None:
     """The README's first command, embedded (no REDIS_URL), then the commands users run next."""
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "DISTILLERY_CONFIG")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("REDIS_URL", "DATABASE_URL", "DISTILLERY_CONFIG")
+    }
     demo = run_cli("demo", "--dir", "demo", env=env, cwd=tmp_path)
     assert demo.returncode == 0, demo.stderr + demo.stdout
     assert "training file:" in demo.stdout
@@ -164,8 +186,17 @@ def test_demo_then_job_commands(tmp_path: Path) -> None:
     rows = list(csv.DictReader(io.StringIO(results.stdout)))
     assert len(rows) == 120 and rows[0]["custom_id"] == "demo-001"
 
-    reduced = run_cli("reduce", "1", "--out", "t.jsonl", "--validation-fraction", "0.2", "--json",
-                      env=env, cwd=tmp_path)
+    reduced = run_cli(
+        "reduce",
+        "1",
+        "--out",
+        "t.jsonl",
+        "--validation-fraction",
+        "0.2",
+        "--json",
+        env=env,
+        cwd=tmp_path,
+    )
     summary = json.loads(reduced.stdout)
     assert summary["examples"] + summary["validation_examples"] == training["examples"]
     assert summary["validation_examples"] > 0

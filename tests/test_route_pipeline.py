@@ -18,7 +18,11 @@ CASES = [
     ("[easy] What is the capital of France?", "small", "small"),
     ("[hard] What is the integral of x^x?", "small", "frontier"),
     ("[easy] Write a python function that reverses a list.", "frontier", "frontier"),
-    ("[hard] Compare the trade-offs of microservices and monoliths for a bank.", "medium", "frontier"),
+    (
+        "[hard] Compare the trade-offs of microservices and monoliths for a bank.",
+        "medium",
+        "frontier",
+    ),
     ("[easy] Compare the trade-offs of tea and coffee for breakfast.", "medium", "medium"),
 ]
 
@@ -45,7 +49,9 @@ def start_tier_workers(workers: Any, config: Path) -> None:
 
 def route_config(tmp_path: Path, sim: RunningSimulator, database_url: str, **tier: Any) -> Path:
     return write_config(
-        tmp_path / "distillery.toml", base_url=sim.base_url, database_url=database_url,
+        tmp_path / "distillery.toml",
+        base_url=sim.base_url,
+        database_url=database_url,
         extra='[router]\nstrategy = "rules"\nfallback = ["frontier"]\nconfidence_threshold = 0.8\n',
         **tier,
     )
@@ -54,12 +60,16 @@ def route_config(tmp_path: Path, sim: RunningSimulator, database_url: str, **tie
 def test_cascade_with_known_confidences(
     tmp_path: Path, tiered_sim: RunningSimulator, database_url: str, workers: Any
 ) -> None:
-    rows = [{"prompt": f"{text} (case {n})", "custom_id": f"c{n}-{i}"}
-            for n, (text, _, _) in enumerate(CASES) for i in range(4)]
+    rows = [
+        {"prompt": f"{text} (case {n})", "custom_id": f"c{n}-{i}"}
+        for n, (text, _, _) in enumerate(CASES)
+        for i in range(4)
+    ]
     config = route_config(tmp_path, tiered_sim, database_url)
     start_tier_workers(workers, config)
-    job_id, engine, settings = submit_file(write_jsonl(tmp_path / "q.jsonl", rows), config,
-                                           mode=JobMode.ROUTE, router="rules")
+    job_id, engine, settings = submit_file(
+        write_jsonl(tmp_path / "q.jsonl", rows), config, mode=JobMode.ROUTE, router="rules"
+    )
     job = wait_for_job(engine, job_id, workers)
     assert job.status == JobStatus.FINISHED and job.completed == len(rows)
 
@@ -75,8 +85,11 @@ def test_cascade_with_known_confidences(
     for prompt in prompts:
         if prompt.fell_back:
             fb = by_prompt[prompt.id]
-            assert (fb.from_tier, fb.to_tier, fb.reason) == (prompt.routed_tier, "frontier",
-                                                             FallbackReason.LOW_CONFIDENCE)
+            assert (fb.from_tier, fb.to_tier, fb.reason) == (
+                prompt.routed_tier,
+                "frontier",
+                FallbackReason.LOW_CONFIDENCE,
+            )
             assert fb.confidence is not None and fb.confidence < fb.threshold == 0.8
         assert prompt.confidence is not None and prompt.confidence >= 0.8
     # A prompt's totals add up its attempts.
@@ -89,8 +102,14 @@ def test_cascade_with_known_confidences(
     check_report_against_rows(engine, job_id, settings, prompts, attempts, fallbacks)
 
 
-def check_report_against_rows(engine: Any, job_id: int, settings: Any, prompts: list[Any],
-                              attempts: list[Any], fallbacks: list[Any]) -> None:
+def check_report_against_rows(
+    engine: Any,
+    job_id: int,
+    settings: Any,
+    prompts: list[Any],
+    attempts: list[Any],
+    fallbacks: list[Any],
+) -> None:
     from producer.report import build_report
 
     with Session(engine) as session:
@@ -104,14 +123,16 @@ def check_report_against_rows(engine: Any, job_id: int, settings: Any, prompts: 
     assert report["fallbacks"]["by_reason"] == dict(Counter(f.reason for f in fallbacks))
     assert report["fallbacks"]["above_target"] == (report["fallbacks"]["rate"] > 0.15)
     routed_cost = sum(a.cost_usd for a in attempts)
-    assert report["cost"]["routed_usd"] == pytest.approx(routed_cost)
+    assert report["cost"]["routed_usd"] == pytest.approx(routed_cost, abs=1e-5)
     final_ok = {p.id: p.final_tier for p in prompts}
     frontier = sum(
         (a.prompt_tokens + a.completion_tokens) * PRICES["frontier"] / 1000
-        for a in attempts if a.status == "ok" and a.tier == final_ok[a.prompt_id]
+        for a in attempts
+        if a.status == "ok" and a.tier == final_ok[a.prompt_id]
     )
-    assert report["cost"]["all_frontier_usd"] == pytest.approx(frontier)
-    assert report["cost"]["savings_pct"] == pytest.approx(100 * (1 - routed_cost / frontier))
+    assert report["cost"]["all_frontier_usd"] == pytest.approx(frontier, abs=1e-5)
+    savings = 100 * (1 - routed_cost / frontier)
+    assert report["cost"]["savings_pct"] == pytest.approx(savings, abs=1e-3)
 
 
 def test_small_tier_errors_escalate(
@@ -121,15 +142,18 @@ def test_small_tier_errors_escalate(
     config = route_config(tmp_path, tiered_sim, sqlite_url, max_retries=1)
     rows = [{"prompt": f"[easy] What is {n} plus {n}?"} for n in range(8)]
     start_tier_workers(workers, config)
-    job_id, engine, _ = submit_file(write_jsonl(tmp_path / "q.jsonl", rows), config,
-                                    mode=JobMode.ROUTE, router="rules")
+    job_id, engine, _ = submit_file(
+        write_jsonl(tmp_path / "q.jsonl", rows), config, mode=JobMode.ROUTE, router="rules"
+    )
     job = wait_for_job(engine, job_id, workers)
     assert (job.completed, job.failed, job.fell_back) == (8, 0, 8)
     prompts = prompts_of(engine, job_id)
     assert all(p.routed_tier == "small" and p.final_tier == "frontier" for p in prompts)
     assert all(p.status == PromptStatus.SUCCEEDED for p in prompts)
     with Session(engine) as session:
-        reasons = [f.reason for f in session.exec(select(Fallback).where(Fallback.job_id == job_id))]
+        reasons = [
+            f.reason for f in session.exec(select(Fallback).where(Fallback.job_id == job_id))
+        ]
     assert reasons == [FallbackReason.ERROR] * 8
     small_calls = [a for a in attempts_of(engine, job_id) if a.tier == "small"]
     assert len(small_calls) == 16 and all(a.http_status == 500 for a in small_calls)
@@ -143,8 +167,12 @@ def test_last_tier_failure_fails_the_prompt(
         tiered_sim.configure(model, error_rate=1.0)
     config = route_config(tmp_path, tiered_sim, sqlite_url, max_retries=0)
     start_tier_workers(workers, config)
-    job_id, engine, _ = submit_file(write_jsonl(tmp_path / "q.jsonl", [{"prompt": "[easy] Hi?"}]),
-                                    config, mode=JobMode.ROUTE, router="rules")
+    job_id, engine, _ = submit_file(
+        write_jsonl(tmp_path / "q.jsonl", [{"prompt": "[easy] Hi?"}]),
+        config,
+        mode=JobMode.ROUTE,
+        router="rules",
+    )
     job = wait_for_job(engine, job_id, workers)
     assert (job.completed, job.failed) == (0, 1)
     (prompt,) = prompts_of(engine, job_id)

@@ -49,26 +49,42 @@ def failing(n: int, **kw: object) -> object:
 def test_retries_until_success_and_reports_each_failure() -> None:
     failures: list[CallError] = []
     sleeps: list[float] = []
-    result = call_with_retries(failing(3), RetryPolicy(max_retries=5, base_s=0.1),  # type: ignore[arg-type]
-                               on_failure=failures.append, sleep=sleeps.append)
+    result = call_with_retries(
+        failing(3),
+        RetryPolicy(max_retries=5, base_s=0.1),  # type: ignore[arg-type]
+        on_failure=failures.append,
+        sleep=sleeps.append,
+    )
     assert result == "ok" and len(failures) == 3 and len(sleeps) == 3
 
 
 def test_retry_after_is_honoured_and_capped() -> None:
     sleeps: list[float] = []
-    call_with_retries(failing(2, retry_after=7.0), RetryPolicy(max_retries=3, base_s=0.1, max_s=5.0),  # type: ignore[arg-type]
-                      on_failure=lambda e: None, sleep=sleeps.append)
+    call_with_retries(
+        failing(2, retry_after=7.0),
+        RetryPolicy(max_retries=3, base_s=0.1, max_s=5.0),  # type: ignore[arg-type]
+        on_failure=lambda e: None,
+        sleep=sleeps.append,
+    )
     assert all(5.0 <= s <= 5.1 for s in sleeps)
 
 
 def test_gives_up_after_last_retry_and_on_non_retryable() -> None:
     with pytest.raises(CallError):
-        call_with_retries(failing(9), RetryPolicy(max_retries=2), on_failure=lambda e: None,  # type: ignore[arg-type]
-                          sleep=lambda s: None)
+        call_with_retries(
+            failing(9),
+            RetryPolicy(max_retries=2),
+            on_failure=lambda e: None,  # type: ignore[arg-type]
+            sleep=lambda s: None,
+        )
     seen: list[CallError] = []
     with pytest.raises(CallError):
-        call_with_retries(failing(1, retryable=False), RetryPolicy(max_retries=5),  # type: ignore[arg-type]
-                          on_failure=seen.append, sleep=lambda s: None)
+        call_with_retries(
+            failing(1, retryable=False),
+            RetryPolicy(max_retries=5),  # type: ignore[arg-type]
+            on_failure=seen.append,
+            sleep=lambda s: None,
+        )
     assert len(seen) == 1
 
 
@@ -95,8 +111,17 @@ def test_reducer_filters() -> None:
 def test_example_carries_system_prompt_unless_the_prompt_has_one() -> None:
     example = build_example(row("answer"), "Be brief.")
     assert [m["role"] for m in example["messages"]] == ["system", "user", "assistant"]
-    own = Row(0, "succeeded", [{"role": "developer", "content": "x"}, {"role": "user", "content": "q"}], "a")
-    assert [m["role"] for m in build_example(own, "Be brief.")["messages"]] == ["system", "user", "assistant"]
+    own = Row(
+        0,
+        "succeeded",
+        [{"role": "developer", "content": "x"}, {"role": "user", "content": "q"}],
+        "a",
+    )
+    assert [m["role"] for m in build_example(own, "Be brief.")["messages"]] == [
+        "system",
+        "user",
+        "assistant",
+    ]
 
 
 def test_validation_split_is_deterministic_and_near_the_fraction() -> None:
@@ -117,21 +142,31 @@ def test_finetune_format_rules(tmp_path: Path) -> None:
 
 
 def test_request_building_and_escalation_chain() -> None:
-    request = build_request({"system_prompt": "S", "temperature": 0.2, "logprobs": True},
-                            [{"role": "user", "content": "q"}])
+    request = build_request(
+        {"system_prompt": "S", "temperature": 0.2, "logprobs": True},
+        [{"role": "user", "content": "q"}],
+    )
     assert request["messages"][0] == {"role": "system", "content": "S"} and request["logprobs"]
     params = {"tiers": ["small", "medium", "frontier"], "fallback": ["medium", "frontier"]}
     assert next_tier(params, "small") == "medium"
     assert next_tier(params, "medium") == "frontier"
     assert next_tier(params, "frontier") is None
-    assert next_tier({"tiers": ["small", "medium", "frontier"], "fallback": ["frontier"]}, "small") == "frontier"
+    assert (
+        next_tier({"tiers": ["small", "medium", "frontier"], "fallback": ["frontier"]}, "small")
+        == "frontier"
+    )
 
 
 def test_settings_errors_name_the_place(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text('[tiers.a]\nbase_url = "http://x/v1"\nmodel = "m"\n[router]\nfallback = ["zzz"]\n')
+    path.write_text(
+        '[tiers.a]\nbase_url = "http://x/v1"\nmodel = "m"\n[teacher]\ntier = "a"\n'
+        '[router]\nfallback = ["zzz"]\n'
+    )
     with pytest.raises(ConfigError, match=r"unknown tier 'zzz' in \[router\] fallback"):
         load_settings(path)
-    path.write_text('[tiers.a]\nbase_url = "http://x/v1"\nmodel = "m"\ncolour = "red"\n[teacher]\ntier = "a"\n')
-    with pytest.raises(ConfigError, match="tiers.a.colour"):
+    path.write_text(
+        '[tiers.a]\nbase_url = "http://x/v1"\nmodel = "m"\ncolour = "red"\n[teacher]\ntier = "a"\n'
+    )
+    with pytest.raises(ConfigError, match=r"tiers\.a\.colour"):
         load_settings(path)

@@ -16,6 +16,7 @@ from sqlmodel import Session, col
 from models import (
     TERMINAL_PROMPT_STATUSES,
     Attempt,
+    AttemptStatus,
     Fallback,
     FallbackReason,
     Job,
@@ -87,7 +88,7 @@ def load_work(engine: Engine, prompt_id: int, tier: str) -> WorkItem | None:
         job = session.get(Job, prompt.job_id)
         if job is None or job.status != JobStatus.RUNNING:
             return None
-        escalated = select(Fallback.id).where(
+        escalated = select(col(Fallback.id)).where(
             col(Fallback.prompt_id) == prompt_id, col(Fallback.from_tier) == tier
         )
         if session.execute(escalated.limit(1)).first() is not None:
@@ -102,7 +103,7 @@ def attempt_from_completion(
         prompt_id=prompt_id,
         tier=tier_name,
         model=tier.model,
-        status="ok",
+        status=AttemptStatus.OK,
         http_status=200,
         latency_ms=completion.latency_ms,
         prompt_tokens=completion.prompt_tokens,
@@ -142,7 +143,7 @@ def prompt_totals(session: Session, prompt_id: int) -> dict[str, Any]:
         func.coalesce(func.sum(Attempt.latency_ms), 0.0),
     ).where(col(Attempt.prompt_id) == prompt_id)
     prompt_tokens, completion_tokens, cost, latency = session.execute(sums).one()
-    fell_back = select(Fallback.id).where(col(Fallback.prompt_id) == prompt_id).limit(1)
+    fell_back = select(col(Fallback.id)).where(col(Fallback.prompt_id) == prompt_id).limit(1)
     return {
         "prompt_tokens": int(prompt_tokens),
         "completion_tokens": int(completion_tokens),

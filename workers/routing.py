@@ -6,9 +6,17 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
-from models import TERMINAL_PROMPT_STATUSES, AttemptPurpose, Job, JobStatus, Prompt, session_scope
+from models import (
+    TERMINAL_PROMPT_STATUSES,
+    Attempt,
+    AttemptPurpose,
+    Job,
+    JobStatus,
+    Prompt,
+    session_scope,
+)
 from workers.answer import attempt_from_completion, attempt_from_error
-from workers.routers import Router, make_router
+from workers.routers import Decision, Router, make_router
 from workers.settings import Settings
 
 
@@ -50,6 +58,22 @@ def router_for(params: dict[str, Any], settings: Settings) -> Router:
     return _routers[key]
 
 
+def router_attempt(prompt_id: int, decision: Decision, settings: Settings) -> Attempt | None:
+    """The LLM router's own model call, as an attempt with purpose `route` (cost included)."""
+    if decision.call_tier is None:
+        return None
+    tier = settings.require_tier(decision.call_tier)
+    if decision.call is not None:
+        return attempt_from_completion(
+            prompt_id, decision.call_tier, tier, decision.call, purpose=AttemptPurpose.ROUTE
+        )
+    if decision.error is not None:
+        return attempt_from_error(
+            prompt_id, decision.call_tier, tier, decision.error, purpose=AttemptPurpose.ROUTE
+        )
+    return None
+
+
 def decide_tier(prompt_id: int, *, settings: Settings, engine: Engine) -> str | None:
     """The tier this prompt goes to, recorded on the prompt; None when nothing is left to do."""
     with Session(engine) as session:
@@ -64,18 +88,8 @@ def decide_tier(prompt_id: int, *, settings: Settings, engine: Engine) -> str | 
         params, text = dict(job.params), last_user_text(prompt.messages)
     decision = router_for(params, settings).decide(text)
     with session_scope(engine) as session:
-        if decision.call_tier and (decision.call or decision.error):
-            tier = settings.require_tier(decision.call_tier)
-            fields = {"purpose": AttemptPurpose.ROUTE}
-            attempt = (
-                attempt_from_completion(
-                    prompt_id, decision.call_tier, tier, decision.call, **fields
-                )
-                if decision.call
-                else attempt_from_error(
-                    prompt_id, decision.call_tier, tier, decision.error, **fields
-                )  # type: ignore[arg-type]
-            )
+        attempt = router_attempt(prompt_id, decision, settings)
+        if attempt is not None:
             session.add(attempt)
         session.execute(
             update(Prompt)

@@ -1,0 +1,125 @@
+"""Routers: each decides which tier, cheapest first, should answer a prompt.
+
+    rules       keyword and length heuristics (the seed's), no model
+    classifier  a TF-IDF + logistic-regression model trained on labelled prompts
+    llm         asks a cheap tier "EASY, MEDIUM, or HARD?"
+    random      a seeded score that ignores the prompt: the baseline to beat
+
+`make_router` builds one from the settings; `validate_router` does everything that can be
+checked before a job is enqueued, so a bad router fails the submit, not the workers.
+"""
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from workers.client import Completion, call_tier
+from workers.routers.base import (
+    Decision,
+    Router,
+    RouterError,
+    check_thresholds,
+    even_thresholds,
+    tier_for_level,
+    tier_for_score,
+)
+from workers.routers.llm import LlmRouter
+from workers.routers.random_router import RandomRouter
+from workers.routers.rules import RulesRouter
+from workers.settings import RouterConfig, Settings
+
+__all__ = [
+    "ROUTER_NAMES",
+    "Decision",
+    "Router",
+    "RouterError",
+    "make_router",
+    "router_thresholds",
+    "tier_for_level",
+    "tier_for_score",
+    "validate_router",
+]
+
+ROUTER_NAMES = ("rules", "classifier", "llm", "random")
+
+ModelCall = Callable[[str, dict[str, Any]], Completion]
+
+
+def make_router(
+    name: str,
+    *,
+    settings: Settings,
+    tiers: Sequence[str] | None = None,
+    classifier_path: str | Path | None = None,
+    call: ModelCall | None = None,
+    seed: int = 0,
+) -> Router:
+    """The router called `name` over `tiers` (default: every configured tier, in order)."""
+    tiers = _checked_tiers(settings, tiers)
+    if name == "rules":
+        return RulesRouter(settings.router, tiers)
+    if name == "classifier":
+        return _classifier_router(settings, tiers, classifier_path)
+    if name == "llm":
+        return _llm_router(settings, tiers, call)
+    if name == "random":
+        return RandomRouter(tiers, router_thresholds(settings.router, tiers), seed)
+    raise RouterError(f"unknown router {name!r}; choose one of: {', '.join(ROUTER_NAMES)}")
+
+
+def validate_router(
+    name: str, *, settings: Settings, classifier_path: str | Path | None = None
+) -> None:
+    """Raise RouterError now for what would otherwise fail in a worker: an unknown name, a
+    missing or unreadable classifier file, thresholds that do not fit the tiers."""
+    make_router(name, settings=settings, classifier_path=classifier_path)
+
+
+def router_thresholds(config: RouterConfig, tiers: Sequence[str]) -> tuple[float, ...]:
+    """The configured thresholds when they fit the tiers. Left at their default (written for
+    three tiers), they are spread evenly over however many tiers there are; set explicitly
+    for another number of tiers, they are an error the user must fix."""
+    thresholds = tuple(config.thresholds)
+    if len(thresholds) != len(tiers) - 1 and "thresholds" not in config.model_fields_set:
+        thresholds = even_thresholds(len(tiers))
+    check_thresholds(thresholds, tiers)
+    return thresholds
+
+
+def _checked_tiers(settings: Settings, tiers: Sequence[str] | None) -> tuple[str, ...]:
+    chosen = tuple(settings.tiers) if tiers is None else tuple(tiers)
+    if not chosen:
+        raise RouterError("a router needs at least one tier; none were given")
+    unknown = [tier for tier in chosen if tier not in settings.tiers]
+    if unknown:
+        raise RouterError(
+            f"unknown tier(s) {', '.join(unknown)} for the router; "
+            f"configured tiers: {', '.join(settings.tiers)}"
+        )
+    return chosen
+
+
+def _classifier_router(
+    settings: Settings, tiers: Sequence[str], classifier_path: str | Path | None
+) -> Router:
+    # imported here: numpy and joblib cost time that the other routers never need
+    from workers.routers.classifier import ClassifierRouter, load_classifier
+
+    model = load_classifier(classifier_path or settings.router.classifier)
+    return ClassifierRouter(model, tiers, router_thresholds(settings.router, tiers))
+
+
+def _llm_router(settings: Settings, tiers: Sequence[str], call: ModelCall | None) -> Router:
+    tier = settings.router.llm_router_tier or tiers[0]  # default: the cheapest tier asks
+    if tier not in settings.tiers:
+        raise RouterError(f"llm_router_tier {tier!r} is not a configured tier")
+
+    def call_configured_tier(tier_name: str, request: dict[str, Any]) -> Completion:
+        return call_tier(settings.tiers[tier_name], tier_name, request)
+
+    return LlmRouter(
+        tiers=tiers,
+        call_tier=tier,
+        prompt_template=settings.router.llm_router_prompt,
+        call=call or call_configured_tier,
+    )

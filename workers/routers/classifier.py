@@ -1,0 +1,143 @@
+"""The trained router: a text classifier's predicted difficulty, cut into tiers by the
+configured thresholds.
+
+The file is what `training.train_classifier` writes: a joblib dict holding a scikit-learn
+pipeline whose classes are difficulty steps (0 easy, 1 medium, 2 hard), so the score is
+the expected difficulty whether it was trained on two levels or three.
+
+joblib files are pickles: loading one runs code from it. Load only files you trained.
+"""
+
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+
+from workers.routers.base import Decision, RouterError, elapsed_ms, tier_for_score
+
+FILE_VERSION = 1
+KINDS = ("binary", "levels")  # two difficulty levels present in training, or three
+HARDEST_STEP = 2  # steps 0, 1, 2 ↔ difficulty 0, 0.5, 1
+TRAIN_COMMAND = "distillery router train LABELED.csv --out {path}"
+
+
+class DifficultyModel:
+    """A fitted pipeline plus where it came from; `score` is the batch entry point."""
+
+    def __init__(self, pipeline: Any, *, kind: str, trained_on: str, rows: int) -> None:
+        self.pipeline = pipeline
+        self.kind = kind
+        self.trained_on = trained_on
+        self.rows = rows
+        self._step_values = np.asarray(pipeline.classes_, dtype=float) / HARDEST_STEP
+
+    def score(self, texts: Sequence[str]) -> list[float]:
+        """Expected difficulty in [0, 1] for each text (one vectorised pass for all)."""
+        if not texts:
+            return []
+        probabilities = self.pipeline.predict_proba(list(texts))
+        return [min(1.0, max(0.0, float(value))) for value in probabilities @ self._step_values]
+
+    def to_file_dict(self) -> dict[str, Any]:
+        return {
+            "version": FILE_VERSION,
+            "kind": self.kind,
+            "pipeline": self.pipeline,
+            "trained_on": self.trained_on,
+            "rows": self.rows,
+        }
+
+
+class ClassifierRouter:
+    name = "classifier"
+
+    def __init__(
+        self, model: DifficultyModel, tiers: Sequence[str], thresholds: Sequence[float]
+    ) -> None:
+        self.model = model
+        self.tiers = tuple(tiers)
+        self.thresholds = tuple(thresholds)
+        tier_for_score(self.tiers, 0.0, self.thresholds)  # bad thresholds fail here, not later
+
+    def decide(self, text: str) -> Decision:
+        started = time.perf_counter()
+        score = self.model.score([text])[0]
+        tier = tier_for_score(self.tiers, score, self.thresholds)
+        return Decision(tier=tier, score=score, latency_ms=elapsed_ms(started))
+
+    def score(self, texts: Sequence[str]) -> list[float]:
+        return self.model.score(texts)
+
+
+def save_classifier(path: Path, model: DifficultyModel) -> None:
+    """Written beside the target and renamed into place, so a worker loading the file while
+    it is being retrained sees the old model or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        joblib.dump(model.to_file_dict(), temporary)
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; workers may run as another user
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def load_classifier(path: str | Path) -> DifficultyModel:
+    """The model in `path`; RouterError, naming the command that makes one, when the file is
+    missing or is not a classifier file. Cached until the file changes."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise RouterError(
+            f"classifier file {path} not found; train one with: {_train_command(path)}"
+        ) from None
+    except OSError as exc:
+        raise RouterError(f"classifier file {path} cannot be read: {exc.strerror}") from None
+    return _load_cached(path.resolve(), path, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=8)
+def _load_cached(resolved: Path, shown: Path, _mtime_ns: int, _size: int) -> DifficultyModel:
+    # mtime and size are in the key so that a retrained file is loaded afresh
+    try:
+        data = joblib.load(resolved)
+    except Exception as exc:  # unpickling can fail in many ways; all mean "not usable"
+        raise _invalid(shown, f"{type(exc).__name__}: {exc}") from None
+    return _model_from(shown, data)
+
+
+def _model_from(path: Path, data: Any) -> DifficultyModel:
+    if not isinstance(data, dict) or "pipeline" not in data:
+        raise _invalid(path, "it does not hold a Distillery router classifier")
+    if data.get("version") != FILE_VERSION:
+        raise _invalid(path, f"file version {data.get('version')!r}, expected {FILE_VERSION}")
+    pipeline = data["pipeline"]
+    if not hasattr(pipeline, "predict_proba") or not hasattr(pipeline, "classes_"):
+        raise _invalid(path, "its pipeline is not a fitted probabilistic classifier")
+    if data.get("kind") not in KINDS:
+        raise _invalid(path, f"unknown kind {data.get('kind')!r}")
+    return DifficultyModel(
+        pipeline,
+        kind=str(data["kind"]),
+        trained_on=str(data.get("trained_on", "")),
+        rows=int(data.get("rows", 0)),
+    )
+
+
+def _invalid(path: Path, reason: str) -> RouterError:
+    return RouterError(
+        f"classifier file {path} is not usable ({reason}); train one with: {_train_command(path)}"
+    )
+
+
+def _train_command(path: Path) -> str:
+    return TRAIN_COMMAND.format(path=path)
