@@ -417,7 +417,7 @@ def sim(host: str, port: int, config_file: Path | None) -> None:
     """Run the OpenAI-compatible model simulator."""
     from simulator import SimConfig, run
 
-    config = SimConfig.from_file(config_file) if config_file else SimConfig()
+    config = SimConfig.from_file(config_file) if config_file else SimConfig.tiered()
     console.print(f"simulator on http://{host}:{port}/v1 (Ctrl-C to stop)")
     run(config, host=host, port=port)
 

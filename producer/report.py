@@ -448,7 +448,9 @@ def _counts(counts: dict[str, int]) -> str:
 
 
 def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 10 else f"{value:.3g}"  # rules decide in microseconds
 
 
 def _usd(value: float) -> str:

@@ -71,6 +71,16 @@ class SimConfig:
         return self.models.get(model, self.default)
 
     @classmethod
+    def tiered(cls, **common: Any) -> SimConfig:
+        """Three models named like the default tiers, from weak to able, so routed jobs
+        show real cascades: the small model answers hard prompts with low-probability tokens."""
+        skills = {"sim-small": 0.3, "sim-medium": 0.6, "sim-frontier": 0.95}
+        return cls(
+            default=ModelBehaviour(**common),
+            models={name: ModelBehaviour(skill=skill, **common) for name, skill in skills.items()},
+        )
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SimConfig:
         _check_table("the simulator config", data)
         _check_table("models", data.get("models", {}))

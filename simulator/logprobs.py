@@ -2,7 +2,7 @@
 
 An able model on an easy prompt is sure; a weak model on a prompt beyond its skill is not:
 
-    confidence = clamp(0.97 - max(0, difficulty - skill) * 1.2, 0.05, 0.99)
+    confidence = clamp(0.97 - max(0, difficulty - skill) * 2.0, 0.05, 0.99)
 
 Each token's negative logprob is an exponential draw, then all draws are scaled so that
 exp(mean(logprob)) equals `confidence` exactly: per-token noise, a predictable average.
@@ -29,8 +29,13 @@ assert math.gcd(_STRIDE, _VOCAB_SIZE) == 1, "the stride must visit every word"
 _WORDS_BY_STRIDE = tuple(WORDS[(i * _STRIDE) % _VOCAB_SIZE] for i in range(_VOCAB_SIZE))
 
 
+# How fast confidence falls as a prompt's difficulty exceeds the model's skill: a model
+# 0.1 below what a prompt needs lands near the default 0.8 threshold.
+GAP_PENALTY = 2.0
+
+
 def target_confidence(difficulty: float, skill: float) -> float:
-    return min(0.99, max(0.05, 0.97 - max(0.0, difficulty - skill) * 1.2))
+    return min(0.99, max(0.05, 0.97 - max(0.0, difficulty - skill) * GAP_PENALTY))
 
 
 def logprobs_content(
