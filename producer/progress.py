@@ -12,10 +12,12 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
-from models import Job, JobStatus, TrainingFile
+from models import Job, JobMode, JobStatus, Prompt, TrainingFile
+from producer.report import SAVINGS_FALLBACK_TARGET
 from producer.status import get_job
 
 
@@ -37,14 +39,29 @@ def progress_bar(console: Console) -> Progress:
     )
 
 
-def detail(job: Job) -> str:
+def final_tiers(engine: Engine, job_id: int) -> dict[str, int]:
+    """Live distribution of a route job's finished prompts over their final tiers."""
+    query = (
+        select(col(Prompt.final_tier), func.count())
+        .where(col(Prompt.job_id) == job_id, col(Prompt.final_tier).is_not(None))
+        .group_by(col(Prompt.final_tier))
+    )
+    with Session(engine) as session:
+        return {str(tier): int(n) for tier, n in session.execute(query)}
+
+
+def detail(job: Job, tiers: dict[str, int] | None = None) -> str:
     parts = [f"[green]{job.completed} ok[/]"]
     if job.failed:
         parts.append(f"[red]{job.failed} failed[/]")
-    if job.fell_back:
-        parts.append(f"[yellow]{job.fell_back} fell back[/]")
     if job.cancelled:
         parts.append(f"{job.cancelled} cancelled")
+    if tiers:
+        parts.append("| " + " ".join(f"{tier} {n}" for tier, n in sorted(tiers.items())))
+    if job.mode == JobMode.ROUTE and job.done:
+        rate = job.fell_back / job.done
+        colour = "red" if rate > SAVINGS_FALLBACK_TARGET else "yellow"
+        parts.append(f"| [{colour}]fell back {rate:.1%}[/]")
     return " ".join(parts)
 
 
@@ -66,7 +83,8 @@ def wait_for_job(
     with progress_bar(console) as bar:
         task = bar.add_task("", total=job.total, job_id=job_id, detail=detail(job))
         while True:
-            bar.update(task, completed=job.done, detail=detail(job))
+            tiers = final_tiers(engine, job_id) if job.mode == JobMode.ROUTE else None
+            bar.update(task, completed=job.done, detail=detail(job, tiers))
             if until(job):
                 return job
             time.sleep(interval)
