@@ -21,6 +21,11 @@ class Stats:
             lambda: deque(maxlen=ACCEPTED_TIMES_CAP)
         )
         self._tokens: Counter[str] = Counter()
+        # Every answered request as (time, status, tokens): lets tests check rate windows
+        # and pauses on the server's side.
+        self._events: defaultdict[str, deque[tuple[float, int, int]]] = defaultdict(
+            lambda: deque(maxlen=ACCEPTED_TIMES_CAP)
+        )
 
     def reset(self) -> None:
         with self._lock:
@@ -37,6 +42,7 @@ class Stats:
             per_model = self._by_model[model]
             per_model["requests"] += 1
             per_model[str(status)] += 1
+            self._events[model].append((now, status, tokens))
             if status == 200:
                 self._accepted_times[model].append(now)
                 self._tokens[model] += tokens
@@ -49,4 +55,5 @@ class Stats:
                 "by_model": {model: dict(counts) for model, counts in self._by_model.items()},
                 "accepted_times": {m: list(ts) for m, ts in self._accepted_times.items()},
                 "tokens": dict(self._tokens),
+                "events": {m: [list(e) for e in events] for m, events in self._events.items()},
             }

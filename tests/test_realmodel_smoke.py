@@ -19,7 +19,10 @@ def test_real_model_answers_with_real_logprobs() -> None:
 
         response = client.chat.completions.create(
             model=MODEL_ALIAS,
-            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            messages=[
+                {"role": "system", "content": "Answer in one short sentence."},
+                {"role": "user", "content": "What is the capital of France?"},
+            ],
             max_tokens=32,
             temperature=0,
             logprobs=True,

@@ -26,7 +26,8 @@ from models import (
     session_scope,
 )
 from models.queries import finish_job_if_done, finish_prompt
-from workers.client import CallError, Completion, call_tier
+from workers.calls import limited_call
+from workers.client import CallError, Completion
 from workers.confidence import confidence
 from workers.cost import cost_usd
 from workers.retry import RetryPolicy, call_with_retries
@@ -75,6 +76,17 @@ def next_tier(params: dict[str, Any], tier: str) -> str | None:
         t for t in params.get("fallback", []) if t in order and order.index(t) > order.index(tier)
     ]
     return above[0] if above else None
+
+
+class JobStopped(Exception):
+    """The job was cancelled (or finished) while this prompt waited for its call."""
+
+
+def job_stopped(engine: Engine, job_id: int) -> bool:
+    """Checked right before each model call, so a cancel stops calls that were waiting."""
+    with Session(engine) as session:
+        status = session.execute(select(col(Job.status)).where(col(Job.id) == job_id)).scalar()
+    return status != JobStatus.RUNNING
 
 
 def load_work(engine: Engine, prompt_id: int, tier: str) -> WorkItem | None:
@@ -211,11 +223,18 @@ def answer_on_tier(
     def record_failure(error: CallError) -> None:
         save(engine, attempt_from_error(prompt_id, tier_name, tier, error))
 
+    def still_wanted() -> None:
+        if job_stopped(engine, work.job_id):
+            raise JobStopped
+
+    def call() -> Completion:
+        return limited_call(settings, tier_name, request, before_call=still_wanted)
+
     policy = RetryPolicy(tier.max_retries, tier.backoff_base_s, tier.backoff_max_s)
     try:
-        completion = call_with_retries(
-            lambda: call_tier(tier, tier_name, request), policy, on_failure=record_failure
-        )
+        completion = call_with_retries(call, policy, on_failure=record_failure)
+    except JobStopped:  # cancelled while this prompt waited: no call, nothing to record
+        return NOTHING
     except CallError as error:  # already recorded as an attempt by record_failure
         if escalation:
             reason = FallbackReason(error.status.value)

@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from workers.client import Completion, call_tier
+from workers.calls import limited_call
+from workers.client import Completion
 from workers.routers.base import (
     Decision,
     Router,
@@ -115,7 +116,8 @@ def _llm_router(settings: Settings, tiers: Sequence[str], call: ModelCall | None
         raise RouterError(f"llm_router_tier {tier!r} is not a configured tier")
 
     def call_configured_tier(tier_name: str, request: dict[str, Any]) -> Completion:
-        return call_tier(settings.tiers[tier_name], tier_name, request)
+        # Within the tier's global rate limit, like every other call.
+        return limited_call(settings, tier_name, request)
 
     return LlmRouter(
         tiers=tiers,

@@ -1,0 +1,245 @@
+"""Global per-tier rate limits: a tier's `rpm` and `tpm` hold across every worker process
+and machine together, because the count lives in Redis and is checked atomically before
+each call (Celery's own `rate_limit` is per worker: celery #5732, #4727).
+
+Two rules, both in one Lua script:
+* pacing: calls are spaced at least 60/rpm seconds apart (slightly more), so a minute's
+  budget never goes out as a burst that the provider answers with 429s;
+* a sliding 60-second window: no more than `rpm` calls and `tpm` tokens in any window.
+A 429 puts the whole tier on a shared cooldown for its Retry-After.
+
+Tokens are estimated before the call (see `estimate_tokens`) and reconciled with the usage
+the provider returned. Waiting is `time.sleep` in the calling thread: no database connection
+is held and no CPU burned. `LocalRateLimiter` is the same algorithm in-process, for the
+embedded mode without Redis, and the reference the Redis script is tested against.
+"""
+
+import random
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+WINDOW_S = 60.0
+# Spacing a hair wider than 60/rpm keeps any 60-second window at or under rpm calls even
+# when a call lands exactly on the window's edge.
+PACING_MARGIN = 1.002
+DEFAULT_COMPLETION_ESTIMATE = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    rpm: int | None
+    tpm: int | None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.rpm or self.tpm)
+
+    @property
+    def spacing_s(self) -> float:
+        return WINDOW_S / self.rpm * PACING_MARGIN if self.rpm else 0.0
+
+
+def estimate_tokens(messages: list[dict[str, Any]], max_tokens: int | None) -> int:
+    """A documented approximation, no tokenizer: ~4 characters per token plus 4 per message
+    for the prompt, and `max_tokens` (or 256) for the answer. Reconciled after the call."""
+    prompt = sum(len(str(m.get("content", ""))) for m in messages) // 4 + 4 * len(messages)
+    return prompt + (max_tokens or DEFAULT_COMPLETION_ESTIMATE)
+
+
+class RateLimiter(Protocol):
+    def acquire(self, tier: str, limits: Limits, tokens: int) -> str | None:
+        """Block until the call may go; returns a ticket for `reconcile`."""
+        ...
+
+    def reconcile(self, tier: str, ticket: str | None, tokens: int) -> None:
+        """Replace the estimate on `ticket` with the tokens actually used."""
+        ...
+
+    def cooldown(self, tier: str, seconds: float) -> None:
+        """Pause the whole tier for `seconds` (a 429's Retry-After)."""
+        ...
+
+
+def wait_loop(
+    try_acquire: Callable[[], tuple[float, str | None]], sleep: Callable[[float], None]
+) -> str | None:
+    """Ask until allowed, sleeping the time the limiter says (plus a little jitter, so the
+    waiters of a tier do not all ask again in the same instant)."""
+    while True:
+        wait, ticket = try_acquire()
+        if wait <= 0:
+            return ticket
+        sleep(wait + random.uniform(0, min(0.05, wait / 10)))
+
+
+# KEYS: state hash, window zset (score = time, member = "ticket:tokens").
+# ARGV: spacing_s, rpm (0 = none), tpm (0 = none), tokens, ticket.
+# Returns {wait_seconds_as_string, ticket}. Time comes from Redis, so every machine agrees.
+ACQUIRE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local spacing, rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tokens = tonumber(ARGV[4])
+local state = redis.call('HMGET', KEYS[1], 'next', 'cool', 'tokens')
+local next_at = tonumber(state[1]) or 0
+local cool = tonumber(state[2]) or 0
+local used = tonumber(state[3]) or 0
+local wait = math.max(next_at - now, cool - now)
+if wait > 0 then return {tostring(wait), ''} end
+if rpm == 0 and tpm == 0 then return {'0', ''} end
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - 60)
+for _, member in ipairs(expired) do
+  used = used - tonumber(string.match(member, ':(%-?%d+)$'))
+end
+if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 60) end
+if used < 0 then used = 0 end
+local count = redis.call('ZCARD', KEYS[2])
+local full = (rpm > 0 and count >= rpm) or (tpm > 0 and count > 0 and used + tokens > tpm)
+if full then
+  local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  redis.call('HSET', KEYS[1], 'tokens', used)
+  return {tostring(tonumber(oldest[2]) + 60 - now + 0.001), ''}
+end
+local member = ARGV[5] .. ':' .. tokens
+redis.call('ZADD', KEYS[2], now, member)
+redis.call('HSET', KEYS[1], 'next', now + spacing, 'tokens', used + tokens)
+redis.call('EXPIRE', KEYS[1], 3600)
+redis.call('EXPIRE', KEYS[2], 3600)
+return {'0', member}
+"""
+
+# KEYS: state hash, window zset. ARGV: ticket ("id:estimate", the window member), actual tokens.
+RECONCILE_LUA = """
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not score then return 0 end
+local old = tonumber(string.match(ARGV[1], ':(%-?%d+)$'))
+local id = string.match(ARGV[1], '^(.*):')
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[2], score, id .. ':' .. ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'tokens', tonumber(ARGV[2]) - old)
+return 1
+"""
+
+COOLDOWN_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local cool = tonumber(redis.call('HGET', KEYS[1], 'cool')) or 0
+redis.call('HSET', KEYS[1], 'cool', math.max(cool, now + tonumber(ARGV[1])))
+redis.call('EXPIRE', KEYS[1], 3600)
+return 1
+"""
+
+
+class RedisRateLimiter:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        prefix: str = "distillery:ratelimit",
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.sleep = sleep
+        self._acquire = client.register_script(ACQUIRE_LUA)
+        self._reconcile = client.register_script(RECONCILE_LUA)
+        self._cooldown = client.register_script(COOLDOWN_LUA)
+
+    def _keys(self, tier: str) -> list[str]:
+        # One hash slot per tier ({tier}) so the script also runs on Redis Cluster.
+        return [f"{self.prefix}:{{{tier}}}:state", f"{self.prefix}:{{{tier}}}:window"]
+
+    def acquire(self, tier: str, limits: Limits, tokens: int) -> str | None:
+        # Also without limits: a tier on a 429 cooldown waits it out.
+        ticket = uuid.uuid4().hex
+        return wait_loop(lambda: self.try_acquire(tier, limits, tokens, ticket), self.sleep)
+
+    def try_acquire(
+        self, tier: str, limits: Limits, tokens: int, ticket: str
+    ) -> tuple[float, str | None]:
+        """One atomic check: (0, window ticket) when granted, else (seconds to wait, None)."""
+        args = [limits.spacing_s, limits.rpm or 0, limits.tpm or 0, tokens, ticket]
+        wait, granted = self._acquire(keys=self._keys(tier), args=args)
+        if isinstance(granted, bytes):
+            granted = granted.decode()
+        return float(wait), granted or None
+
+    def reconcile(self, tier: str, ticket: str | None, tokens: int) -> None:
+        if ticket:
+            self._reconcile(keys=self._keys(tier), args=[ticket, tokens])
+
+    def cooldown(self, tier: str, seconds: float) -> None:
+        self._cooldown(keys=self._keys(tier)[:1], args=[seconds])
+
+
+@dataclass
+class _TierState:
+    next_at: float = 0.0
+    cool: float = 0.0
+    window: deque[tuple[float, str, int]] | None = None
+
+    def __post_init__(self) -> None:
+        self.window = deque()
+
+
+class LocalRateLimiter:
+    """The same rules within one process (the embedded mode's single worker)."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.clock = clock
+        self.sleep = sleep
+        self.lock = threading.Lock()
+        self.tiers: dict[str, _TierState] = {}
+
+    def _state(self, tier: str) -> _TierState:
+        return self.tiers.setdefault(tier, _TierState())
+
+    def try_acquire(
+        self, tier: str, limits: Limits, tokens: int, ticket: str
+    ) -> tuple[float, str | None]:
+        with self.lock:
+            state, now = self._state(tier), self.clock()
+            window = state.window
+            assert window is not None
+            wait = max(state.next_at - now, state.cool - now)
+            if wait > 0:
+                return wait, None
+            if not limits.active:
+                return 0.0, None
+            while window and window[0][0] <= now - WINDOW_S:
+                window.popleft()
+            used = sum(n for _, _, n in window)
+            if (limits.rpm and len(window) >= limits.rpm) or (
+                limits.tpm and window and used + tokens > limits.tpm
+            ):
+                return window[0][0] + WINDOW_S - now + 0.001, None
+            window.append((now, ticket, tokens))
+            state.next_at = now + limits.spacing_s
+            return 0.0, ticket
+
+    def acquire(self, tier: str, limits: Limits, tokens: int) -> str | None:
+        ticket = uuid.uuid4().hex
+        return wait_loop(lambda: self.try_acquire(tier, limits, tokens, ticket), self.sleep)
+
+    def reconcile(self, tier: str, ticket: str | None, tokens: int) -> None:
+        with self.lock:
+            window = self._state(tier).window
+            assert window is not None
+            for i, (at, held, _) in enumerate(window):
+                if held == ticket:
+                    window[i] = (at, held, tokens)
+
+    def cooldown(self, tier: str, seconds: float) -> None:
+        with self.lock:
+            state = self._state(tier)
+            state.cool = max(state.cool, self.clock() + seconds)
