@@ -4,7 +4,7 @@ a redelivered message or two racing workers can never count a prompt twice."""
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import ColumnElement, func, insert, select, update
 from sqlmodel import Session, col
 
 from models.tables import (
@@ -143,15 +143,34 @@ def stream_prompts(
     session: Session,
     job_id: int,
     statuses: Iterable[PromptStatus] | None = None,
+    final_tiers: Iterable[str] | None = None,
+    fell_back: bool | None = None,
     batch: int = 1000,
 ) -> Iterator[Prompt]:
-    """A job's prompts in input order, fetched in batches so memory stays flat."""
-    query = select(Prompt).where(col(Prompt.job_id) == job_id).order_by(col(Prompt.idx))
-    if statuses is not None:
-        query = query.where(col(Prompt.status).in_(list(statuses)))
+    """A job's prompts in input order, fetched in batches so memory stays flat. A filter left
+    at None keeps every prompt; the others keep those with one of the given values."""
+    conditions = _prompt_conditions(job_id, statuses, final_tiers, fell_back)
+    query = select(Prompt).where(*conditions).order_by(col(Prompt.idx))
     result = session.execute(query.execution_options(yield_per=batch))
     for (prompt,) in result:
         yield prompt
+
+
+def _prompt_conditions(
+    job_id: int,
+    statuses: Iterable[PromptStatus] | None,
+    final_tiers: Iterable[str] | None,
+    fell_back: bool | None,
+) -> list[ColumnElement[bool]]:
+    # Each is served by an index that starts with job_id (see Prompt.__table_args__).
+    conditions = [col(Prompt.job_id) == job_id]
+    if statuses is not None:
+        conditions.append(col(Prompt.status).in_(list(statuses)))
+    if final_tiers is not None:
+        conditions.append(col(Prompt.final_tier).in_(list(final_tiers)))
+    if fell_back is not None:
+        conditions.append(col(Prompt.fell_back) == fell_back)
+    return conditions
 
 
 def attempt_counts(*, session: Session, job_id: int) -> dict[int, int]:

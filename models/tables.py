@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from models.types import JSONType, UTCDateTime, utcnow
+from models.types import JSONType, StrEnumType, UTCDateTime, utcnow
 
 
 class JobMode(StrEnum):
@@ -60,13 +60,17 @@ def _time(nullable: bool = True) -> Any:
     return Field(default=None, sa_column=Column(UTCDateTime(), nullable=nullable))
 
 
+def _enum(enum_class: type[StrEnum], **field: Any) -> Any:
+    return Field(sa_column=Column(StrEnumType(enum_class), nullable=False), **field)
+
+
 class Job(SQLModel, table=True):
     __tablename__ = "jobs"
 
     id: int | None = Field(default=None, primary_key=True)
     name: str | None = None
-    mode: JobMode
-    status: JobStatus = JobStatus.RUNNING
+    mode: JobMode = _enum(JobMode)
+    status: JobStatus = _enum(JobStatus, default=JobStatus.RUNNING)
     router: str | None = None
     # Per-job settings frozen at submit time (tier, system prompt, temperature, max_tokens), so
     # a config edit while the job runs does not change half of its answers.
@@ -92,6 +96,8 @@ class Prompt(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("job_id", "idx"),
         Index("ix_prompts_job_status", "job_id", "status"),
+        # `distillery results JOB --tier`, and per-tier questions about one job.
+        Index("ix_prompts_job_final_tier", "job_id", "final_tier"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -101,7 +107,7 @@ class Prompt(SQLModel, table=True):
     messages: list[dict[str, Any]] = Field(sa_column=Column(JSONType, nullable=False))
     # "metadata" is reserved by SQLAlchemy's declarative base; the column keeps the user's name.
     meta: dict[str, Any] | None = Field(default=None, sa_column=Column("metadata", JSONType))
-    status: PromptStatus = PromptStatus.PENDING
+    status: PromptStatus = _enum(PromptStatus, default=PromptStatus.PENDING)
     routed_tier: str | None = None
     router_score: float | None = None
     router_latency_ms: float | None = None
@@ -119,13 +125,18 @@ class Prompt(SQLModel, table=True):
 
 class Attempt(SQLModel, table=True):
     __tablename__ = "attempts"
+    # Spend and call counts per tier over a time range (docs/querying.md).
+    __table_args__ = (
+        Index("ix_attempts_started_at", "started_at"),
+        Index("ix_attempts_tier", "tier"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     prompt_id: int = Field(foreign_key="prompts.id", index=True)
-    purpose: AttemptPurpose = AttemptPurpose.ANSWER
+    purpose: AttemptPurpose = _enum(AttemptPurpose, default=AttemptPurpose.ANSWER)
     tier: str
     model: str
-    status: AttemptStatus
+    status: AttemptStatus = _enum(AttemptStatus)
     http_status: int | None = None
     latency_ms: float
     prompt_tokens: int = 0
@@ -146,7 +157,7 @@ class Fallback(SQLModel, table=True):
     prompt_id: int = Field(foreign_key="prompts.id", index=True)
     from_tier: str
     to_tier: str
-    reason: FallbackReason
+    reason: FallbackReason = _enum(FallbackReason)
     confidence: float | None = None
     threshold: float | None = None
     created_at: datetime = Field(

@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 from sqlalchemy.engine import Engine
 
+from producer.cli_ops import metrics_command
 from producer.errors import ExitCode, UserError, safe_url
 
 if TYPE_CHECKING:
@@ -437,6 +438,9 @@ def demo(workdir: Path) -> None:
     from producer.demo import run_demo
 
     run_demo(workdir, console=console, out=out)
+
+
+main.add_command(metrics_command(handle_errors))
 
 
 if __name__ == "__main__":

@@ -2,12 +2,12 @@
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 from sqlmodel import Session
 
-from models import Prompt
+from models import Prompt, PromptStatus
 from models.queries import stream_prompts
 
 COLUMNS = [
@@ -56,8 +56,23 @@ def result_record(prompt: Prompt) -> dict[str, Any]:
     }
 
 
-def records(session: Session, job_id: int) -> Iterator[dict[str, Any]]:
-    for prompt in stream_prompts(session=session, job_id=job_id):
+def records(
+    session: Session,
+    job_id: int,
+    *,
+    statuses: Iterable[str] = (),
+    final_tiers: Iterable[str] = (),
+    fell_back: bool | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The job's result rows; an empty `statuses` or `final_tiers` (no option given) keeps all."""
+    prompts = stream_prompts(
+        session=session,
+        job_id=job_id,
+        statuses=[PromptStatus(s) for s in statuses] or None,
+        final_tiers=list(final_tiers) or None,
+        fell_back=fell_back,
+    )
+    for prompt in prompts:
         yield result_record(prompt)
 
 

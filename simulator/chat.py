@@ -15,6 +15,7 @@ as they are from real providers' gateways.
 import asyncio
 import contextlib
 import math
+import time
 from typing import Any
 
 from aiohttp import web
@@ -33,13 +34,14 @@ Outcome = tuple[web.Response, int]  # the reply, and the tokens it used (0 unles
 
 async def chat_completions(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    arrived = time.time()  # rate windows are about when calls arrive, not when they finish
     try:
         chat = parse_chat_request(await request.read())
     except RequestError as exc:
         state.stats.record(exc.model, exc.status)
         return error_reply(exc.status, exc.message, code=exc.code, param=exc.param)
     reply, tokens = await _serve(state, request.app[STOPPING], chat)
-    state.stats.record(chat.model, reply.status, tokens)
+    state.stats.record(chat.model, reply.status, tokens, arrived=arrived)
     return reply
 
 

@@ -4,6 +4,8 @@ POST /v1/chat/completions   simulated chat completion (see `simulator.chat`)
 GET  /v1/models             the configured model names; any other name also works,
                             with the default behaviour
 GET  /health                liveness, for docker-compose health checks
+/v1/files...                uploads for fine-tuning (see `simulator.files`)
+/v1/fine_tuning/jobs...     simulated fine-tuning jobs (see `simulator.fine_tuning`)
 /admin/...                  see `simulator.admin`
 """
 
@@ -11,7 +13,7 @@ import asyncio
 
 from aiohttp import web
 
-from simulator import admin
+from simulator import admin, files, fine_tuning
 from simulator.behaviour import SimConfig
 from simulator.chat import chat_completions
 from simulator.responses import STATE, STOPPING, json_reply
@@ -34,6 +36,8 @@ def build_app(config: SimConfig) -> web.Application:
     app.router.add_get("/admin/config", admin.get_config)
     app.router.add_post("/admin/config", admin.post_config)
     app.router.add_post("/admin/fail", admin.post_fail)
+    files.register(app)
+    fine_tuning.register(app)  # after files: its jobs read the uploads
     return app
 
 

@@ -31,8 +31,11 @@ class Stats:
         with self._lock:
             self._reset()
 
-    def record(self, model: str | None, status: int, tokens: int = 0) -> None:
-        """`model` is None when the request was too broken to name one."""
+    def record(
+        self, model: str | None, status: int, tokens: int = 0, arrived: float | None = None
+    ) -> None:
+        """`model` is None when the request was too broken to name one; `arrived` is when
+        the request came in (events are stamped with it), defaulting to now."""
         now = time.time()
         with self._lock:
             self._requests += 1
@@ -42,7 +45,7 @@ class Stats:
             per_model = self._by_model[model]
             per_model["requests"] += 1
             per_model[str(status)] += 1
-            self._events[model].append((now, status, tokens))
+            self._events[model].append((arrived or now, status, tokens))
             if status == 200:
                 self._accepted_times[model].append(now)
                 self._tokens[model] += tokens

@@ -64,6 +64,7 @@ def build_request(params: dict[str, Any], messages: list[dict[str, Any]]) -> dic
         request["max_tokens"] = params["max_tokens"]
     if params.get("logprobs"):
         request["logprobs"] = True
+        request["top_logprobs"] = 0  # llama.cpp sends logprobs only when this is set
     return request
 
 

@@ -24,6 +24,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 WINDOW_S = 60.0
+# The limiter counts its window a second longer than the provider's minute: a call granted
+# here reaches the provider a little later (network, a busy CPU), and this guard keeps any
+# provider-side minute at or under the limit. It costs under 2 % of the budget.
+GUARD_S = 1.0
 # Spacing a hair wider than 60/rpm keeps any 60-second window at or under rpm calls even
 # when a call lands exactly on the window's edge.
 PACING_MARGIN = 1.002
@@ -78,13 +82,14 @@ def wait_loop(
 
 
 # KEYS: state hash, window zset (score = time, member = "ticket:tokens").
-# ARGV: spacing_s, rpm (0 = none), tpm (0 = none), tokens, ticket.
+# ARGV: spacing_s, rpm (0 = none), tpm (0 = none), tokens, ticket, window_s.
 # Returns {wait_seconds_as_string, ticket}. Time comes from Redis, so every machine agrees.
 ACQUIRE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local spacing, rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local tokens = tonumber(ARGV[4])
+local window = tonumber(ARGV[6])
 local state = redis.call('HMGET', KEYS[1], 'next', 'cool', 'tokens')
 local next_at = tonumber(state[1]) or 0
 local cool = tonumber(state[2]) or 0
@@ -92,18 +97,18 @@ local used = tonumber(state[3]) or 0
 local wait = math.max(next_at - now, cool - now)
 if wait > 0 then return {tostring(wait), ''} end
 if rpm == 0 and tpm == 0 then return {'0', ''} end
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - 60)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - window)
 for _, member in ipairs(expired) do
   used = used - tonumber(string.match(member, ':(%-?%d+)$'))
 end
-if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 60) end
+if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window) end
 if used < 0 then used = 0 end
 local count = redis.call('ZCARD', KEYS[2])
 local full = (rpm > 0 and count >= rpm) or (tpm > 0 and count > 0 and used + tokens > tpm)
 if full then
   local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
   redis.call('HSET', KEYS[1], 'tokens', used)
-  return {tostring(tonumber(oldest[2]) + 60 - now + 0.001), ''}
+  return {tostring(tonumber(oldest[2]) + window - now + 0.001), ''}
 end
 local member = ARGV[5] .. ':' .. tokens
 redis.call('ZADD', KEYS[2], now, member)
@@ -163,7 +168,14 @@ class RedisRateLimiter:
         self, tier: str, limits: Limits, tokens: int, ticket: str
     ) -> tuple[float, str | None]:
         """One atomic check: (0, window ticket) when granted, else (seconds to wait, None)."""
-        args = [limits.spacing_s, limits.rpm or 0, limits.tpm or 0, tokens, ticket]
+        args = [
+            limits.spacing_s,
+            limits.rpm or 0,
+            limits.tpm or 0,
+            tokens,
+            ticket,
+            WINDOW_S + GUARD_S,
+        ]
         wait, granted = self._acquire(keys=self._keys(tier), args=args)
         if isinstance(granted, bytes):
             granted = granted.decode()
@@ -216,13 +228,13 @@ class LocalRateLimiter:
                 return wait, None
             if not limits.active:
                 return 0.0, None
-            while window and window[0][0] <= now - WINDOW_S:
+            while window and window[0][0] <= now - WINDOW_S - GUARD_S:
                 window.popleft()
             used = sum(n for _, _, n in window)
             if (limits.rpm and len(window) >= limits.rpm) or (
                 limits.tpm and window and used + tokens > limits.tpm
             ):
-                return window[0][0] + WINDOW_S - now + 0.001, None
+                return window[0][0] + WINDOW_S + GUARD_S - now + 0.001, None
             window.append((now, ticket, tokens))
             state.next_at = now + limits.spacing_s
             return 0.0, ticket

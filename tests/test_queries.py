@@ -1,0 +1,283 @@
+"""The SQL of docs/querying.md, and the filters of `distillery results`, on SQLite and
+PostgreSQL with known rows and exact expected results."""
+
+import re
+from datetime import UTC, datetime
+from decimal import Decimal
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from models import (
+    Attempt,
+    AttemptPurpose,
+    AttemptStatus,
+    Fallback,
+    FallbackReason,
+    Job,
+    JobMode,
+    JobStatus,
+    Prompt,
+    PromptStatus,
+)
+from models.example_queries import (
+    COST_PER_TIER_PER_DAY,
+    EXAMPLE_QUERIES,
+    FAILED_PROMPTS,
+    FALLBACK_RATE_PER_JOB,
+    SLOWEST_PROMPTS,
+    ExampleQuery,
+)
+from producer.results import records
+from tests.conftest import make_engine
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "querying.md"
+README = ROOT / "README.md"
+MAY_1 = datetime(2024, 5, 1, tzinfo=UTC)
+
+
+def at(day: int, hour: int, minute: int = 0) -> datetime:
+    return MAY_1.replace(day=day, hour=hour, minute=minute)
+
+
+def call(tier: str, when: datetime, *, cost: float = 0.0, **fields: Any) -> Attempt:
+    fields.setdefault("status", AttemptStatus.OK)
+    return Attempt(
+        tier=tier,
+        model=f"sim-{tier}",
+        latency_ms=fields.pop("latency_ms", 50.0),
+        prompt_tokens=fields.pop("prompt_tokens", 10),
+        completion_tokens=fields.pop("completion_tokens", 20),
+        cost_usd=cost,
+        started_at=when,
+        **fields,
+    )
+
+
+def prompt(idx: int, status: PromptStatus, **fields: Any) -> Prompt:
+    messages = [{"role": "user", "content": f"question {idx}"}]
+    return Prompt(idx=idx, custom_id=f"q{idx}", messages=messages, status=status, **fields)
+
+
+def add_prompt(
+    session: Session, job: Job, row: Prompt, calls: list[Attempt], escalations: int = 0
+) -> Prompt:
+    """A prompt, its calls, and `escalations` fallbacks along its calls' tiers."""
+    row.job_id = job.id  # type: ignore[assignment]
+    session.add(row)
+    session.flush()
+    for attempt in calls:
+        attempt.prompt_id = row.id  # type: ignore[assignment]
+        session.add(attempt)
+    for before, after in list(pairwise(calls))[:escalations]:
+        reason = (
+            FallbackReason.LOW_CONFIDENCE
+            if before.status == AttemptStatus.OK
+            else FallbackReason.ERROR
+        )
+        session.add(
+            Fallback(
+                job_id=job.id,  # type: ignore[arg-type]
+                prompt_id=row.id,  # type: ignore[arg-type]
+                from_tier=before.tier,
+                to_tier=after.tier,
+                reason=reason,
+                created_at=after.started_at,
+            )
+        )
+    return row
+
+
+def add_job(session: Session, name: str, mode: JobMode) -> Job:
+    job = Job(name=name, mode=mode, status=JobStatus.FINISHED, created_at=MAY_1)
+    session.add(job)
+    session.flush()
+    return job
+
+
+def seed(engine: Engine) -> dict[str, int]:
+    """Three jobs whose calls straddle midnight UTC of 1-2 May 2024."""
+    with Session(engine, expire_on_commit=False) as session:
+        teach = add_job(session, "teach", JobMode.TEACHER)
+        routed = add_job(session, "routed", JobMode.ROUTE)
+        other = add_job(session, "other", JobMode.ROUTE)
+        seed_teacher(session, teach)
+        seed_routed(session, routed)
+        seed_other(session, other)
+        session.commit()
+        return {"teach": teach.id, "routed": routed.id, "other": other.id}  # type: ignore[dict-item]
+
+
+def seed_teacher(session: Session, job: Job) -> None:
+    for idx, (hour, minute, cost) in enumerate([(10, 0, 0.5), (23, 30, 0.25)]):
+        row = prompt(idx, PromptStatus.SUCCEEDED, final_tier="frontier", latency_ms=300.0)
+        add_prompt(session, job, row, [call("frontier", at(1, hour, minute), cost=cost)])
+
+
+def seed_routed(session: Session, job: Job) -> None:
+    cheap = prompt(
+        0, PromptStatus.SUCCEEDED, routed_tier="small", final_tier="small", latency_ms=100.0
+    )
+    add_prompt(session, job, cheap, [call("small", at(2, 0, 15), cost=0.001)])
+    escalated = prompt(
+        1,
+        PromptStatus.SUCCEEDED,
+        routed_tier="small",
+        final_tier="frontier",
+        fell_back=True,
+        latency_ms=900.0,
+    )
+    calls = [call("small", at(2, 1), cost=0.001), call("frontier", at(2, 1, 1), cost=0.3)]
+    add_prompt(session, job, escalated, calls, escalations=1)
+    failed = prompt(
+        2,
+        PromptStatus.FAILED,
+        routed_tier="medium",
+        final_tier="frontier",
+        fell_back=True,
+        latency_ms=5000.0,
+        error="frontier: timed out after 30s",
+    )
+    calls = [
+        call("medium", at(2, 2), status=AttemptStatus.ERROR, http_status=500, error="HTTP 500"),
+        call("frontier", at(2, 2, 1), status=AttemptStatus.TIMEOUT, error="timed out"),
+    ]
+    add_prompt(session, job, failed, calls, escalations=1)
+    add_prompt(session, job, prompt(3, PromptStatus.PENDING, routed_tier="small"), [])
+
+
+def seed_other(session: Session, job: Job) -> None:
+    failed = prompt(
+        0, PromptStatus.FAILED, routed_tier="small", final_tier="small", error="HTTP 400"
+    )
+    bad_request = call("small", at(2, 3), status=AttemptStatus.ERROR, http_status=400)
+    add_prompt(session, job, failed, [bad_request])
+    answered = prompt(
+        1, PromptStatus.SUCCEEDED, routed_tier="small", final_tier="small", latency_ms=80.0
+    )
+    router_call = call("small", at(2, 4), cost=0.0005, purpose=AttemptPurpose.ROUTE)
+    add_prompt(session, job, answered, [router_call, call("small", at(2, 4, 1), cost=0.0005)])
+
+
+def plain(value: Any) -> Any:
+    """One spelling for both drivers: PostgreSQL returns NUMERIC as Decimal and booleans
+    as bool where SQLite returns float and 0/1."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def run(engine: Engine, query: ExampleQuery, **params: Any) -> list[tuple[Any, ...]]:
+    with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            # Far from UTC, so a day cut in the session's zone would show.
+            connection.exec_driver_sql("SET TIME ZONE 'Pacific/Kiritimati'")
+        rows = connection.execute(text(query.sql_for(connection.dialect.name)), params)
+        return [tuple(plain(v) for v in row) for row in rows]
+
+
+@pytest.fixture
+def seeded(database_url: str) -> tuple[Engine, dict[str, int]]:
+    engine = make_engine(database_url)
+    return engine, seed(engine)
+
+
+def test_cost_per_tier_per_day_counts_every_call_by_utc_day(
+    seeded: tuple[Engine, dict[str, int]],
+) -> None:
+    engine, _ = seeded
+    assert run(engine, COST_PER_TIER_PER_DAY) == [
+        ("2024-05-01", "frontier", 2, 20, 40, 0.75),
+        ("2024-05-02", "frontier", 2, 20, 40, 0.3),
+        ("2024-05-02", "medium", 1, 10, 20, 0.0),
+        ("2024-05-02", "small", 5, 50, 100, 0.003),
+    ]
+
+
+def test_fallback_rate_per_job_covers_finished_prompts_of_route_jobs(
+    seeded: tuple[Engine, dict[str, int]],
+) -> None:
+    engine, jobs = seeded
+    assert run(engine, FALLBACK_RATE_PER_JOB) == [
+        (jobs["routed"], "routed", 3, 2, 66.7, 2),
+        (jobs["other"], "other", 2, 0, 0.0, 0),
+    ]
+
+
+def test_slowest_prompts_of_a_job(seeded: tuple[Engine, dict[str, int]]) -> None:
+    engine, jobs = seeded
+    assert run(engine, SLOWEST_PROMPTS, job_id=jobs["routed"]) == [
+        (2, "q2", "frontier", 1, 5000.0, 2),
+        (1, "q1", "frontier", 1, 900.0, 2),
+        (0, "q0", "small", 0, 100.0, 1),
+    ]
+
+
+def test_failed_prompts_of_a_job_with_their_errors(
+    seeded: tuple[Engine, dict[str, int]],
+) -> None:
+    engine, jobs = seeded
+    assert run(engine, FAILED_PROMPTS, job_id=jobs["routed"]) == [
+        (2, "q2", "medium", "frontier", 2, "frontier: timed out after 30s"),
+    ]
+    assert run(engine, FAILED_PROMPTS, job_id=jobs["other"]) == [
+        (0, "q0", "small", "small", 1, "HTTP 400"),
+    ]
+
+
+def sql_blocks(markdown: str) -> list[str]:
+    return [block.strip() for block in re.findall(r"```sql\n(.*?)```", markdown, re.S)]
+
+
+def all_example_sql() -> set[str]:
+    return {q.sql for q in EXAMPLE_QUERIES} | {
+        q.postgresql for q in EXAMPLE_QUERIES if q.postgresql
+    }
+
+
+def test_the_doc_quotes_exactly_the_tested_queries() -> None:
+    assert sorted(sql_blocks(DOC.read_text(encoding="utf-8"))) == sorted(all_example_sql())
+
+
+def test_sql_shown_in_the_readme_is_tested_too() -> None:
+    assert set(sql_blocks(README.read_text(encoding="utf-8"))) <= all_example_sql()
+
+
+def idx_of(engine: Engine, job_id: int, **filters: Any) -> list[int]:
+    with Session(engine) as session:
+        return [row["idx"] for row in records(session, job_id, **filters)]
+
+
+def test_results_filters_by_status_final_tier_and_fallback(
+    seeded: tuple[Engine, dict[str, int]],
+) -> None:
+    engine, jobs = seeded
+    job = jobs["routed"]
+    assert idx_of(engine, job) == [0, 1, 2, 3]
+    assert idx_of(engine, job, statuses=["failed"]) == [2]
+    assert idx_of(engine, job, statuses=["succeeded", "pending"]) == [0, 1, 3]
+    assert idx_of(engine, job, final_tiers=["frontier"]) == [1, 2]
+    assert idx_of(engine, job, fell_back=True) == [1, 2]
+    assert idx_of(engine, job, fell_back=False) == [0, 3]
+    assert idx_of(engine, job, statuses=["succeeded"], final_tiers=["frontier"]) == [1]
+    assert idx_of(engine, job, final_tiers=["small"], fell_back=True) == []
+
+
+def test_enums_are_stored_as_their_values(seeded: tuple[Engine, dict[str, int]]) -> None:
+    engine, jobs = seeded
+    with engine.connect() as connection:
+        statuses = connection.execute(
+            text("SELECT status FROM prompts WHERE job_id = :job_id ORDER BY idx"),
+            {"job_id": jobs["routed"]},
+        )
+        assert [s for (s,) in statuses] == ["succeeded", "succeeded", "failed", "pending"]
+        reasons = connection.execute(text("SELECT reason FROM fallbacks ORDER BY id"))
+        assert [r for (r,) in reasons] == ["low_confidence", "error"]
