@@ -13,10 +13,13 @@ import click
 from rich.console import Console
 from sqlalchemy.engine import Engine
 
+from producer.cli_analysis import cost, router_calibrate, router_eval
+from producer.cli_finetune import finetune
 from producer.cli_ops import metrics_command
 from producer.errors import ExitCode, UserError, safe_url
 
 if TYPE_CHECKING:
+    from workers.routers.training import TrainReport
     from workers.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -32,16 +35,22 @@ def handle_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except UserError as exc:
-            console.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
+            print_error(str(exc))
             sys.exit(exc.code)
         except Exception as exc:
             known = translate(exc)
             if known is None:
                 raise
-            console.print(f"[red]error:[/] {known}", highlight=False)
+            print_error(str(known))
             sys.exit(known.code)
 
     return wrapper  # type: ignore[return-value]
+
+
+def print_error(message: str) -> None:
+    # The message is the user's own text (paths, "[tiers.x]"): print it literally.
+    console.print("[red]error:[/] ", end="")
+    console.print(message, markup=False, emoji=False, highlight=False)
 
 
 def translate(exc: Exception) -> UserError | None:
@@ -296,7 +305,14 @@ def router() -> None:
 
 
 @router.command("train")
-@click.argument("labeled", type=click.Path(path_type=Path))
+@click.argument("labeled", type=click.Path(path_type=Path), required=False)
+@click.option(
+    "--from-job",
+    "from_job",
+    type=int,
+    help="label a finished route job's prompts by their outcomes (escalated: hard; "
+    "answered confidently below the last tier: easy)",
+)
 @click.option(
     "--out",
     "out_path",
@@ -305,10 +321,19 @@ def router() -> None:
     show_default=True,
 )
 @click.option("--test-fraction", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="seeds the train/test split")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def router_train(labeled: Path, out_path: Path, test_fraction: float, as_json: bool) -> None:
-    """Train the classifier router on LABELED (CSV or JSONL).
+def router_train(
+    labeled: Path | None,
+    from_job: int | None,
+    out_path: Path,
+    test_fraction: float,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Train the classifier router on LABELED (CSV or JSONL), on a route job's own
+    outcomes (--from-job JOB), or on both.
 
     Rows carry a `label` (easy/medium/hard or a tier name), or `weak_correct` and
     `strong_correct` as in RouteLLM's data."""
@@ -316,13 +341,24 @@ def router_train(labeled: Path, out_path: Path, test_fraction: float, as_json: b
 
     from workers.routers.training import train_classifier
 
+    tiers = list(settings().tiers)
+    sources = None  # --from-job: where the rows came from
     with console.status("training the classifier router..."):
-        result = train_classifier(
-            labeled, out_path, test_fraction=test_fraction, tiers=list(settings().tiers)
-        )
+        if from_job is not None:
+            result, sources = _train_from_job(
+                from_job, labeled, out_path, tiers, test_fraction, seed
+            )
+        elif labeled is not None:
+            result = train_classifier(
+                labeled, out_path, test_fraction=test_fraction, seed=seed, tiers=tiers
+            )
+        else:
+            raise UserError("give a LABELED file, --from-job JOB, or both", ExitCode.USAGE)
     if as_json:
         emit_json(dataclasses.asdict(result))
         return
+    if sources:
+        out.print(sources, markup=False)
     out.print(f"trained on {result.train_rows} rows, tested on {result.test_rows} held out")
     out.print(
         f"held-out accuracy {result.held_out_accuracy:.3f}"
@@ -333,6 +369,35 @@ def router_train(labeled: Path, out_path: Path, test_fraction: float, as_json: b
         "use it: distillery submit FILE --mode route --router classifier "
         f"--classifier {result.path}"
     )
+
+
+def _train_from_job(
+    job_id: int,
+    labeled: Path | None,
+    out_path: Path,
+    tiers: list[str],
+    test_fraction: float,
+    seed: int,
+) -> tuple["TrainReport", str]:
+    """The report of a router trained on JOB's outcomes, and where its rows came from."""
+    from sqlmodel import Session
+
+    from producer.status import get_job
+    from workers.routers.history import train_from_job
+
+    db = engine()
+    with Session(db) as session:
+        get_job(session, job_id)  # no such job: exit code 6, like every job command
+    report = train_from_job(
+        job_id,
+        engine=db,
+        out=out_path,
+        labeled=labeled,
+        tiers=tiers,
+        test_fraction=test_fraction,
+        seed=seed,
+    )
+    return report, report.sources()
 
 
 @main.command()
@@ -441,6 +506,10 @@ def demo(workdir: Path) -> None:
 
 
 main.add_command(metrics_command(handle_errors))
+main.add_command(cost)
+main.add_command(finetune)
+router.add_command(router_eval)
+router.add_command(router_calibrate)
 
 
 if __name__ == "__main__":

@@ -327,6 +327,7 @@ def test_admin_stats_and_reset(sim: RunningSimulator) -> None:
     assert stats["by_model"]["a"] == {"requests": 2, "200": 2}
     assert stats["tokens"]["a"] > 0
     assert len(stats["accepted_times"]["a"]) == 2
+    assert [status for _, status, _ in stats["events"]["a"]] == [200, 200]
     assert post(sim, "/admin/reset").json() == {"ok": True}
     assert sim.stats() == {
         "requests": 0,
@@ -334,6 +335,7 @@ def test_admin_stats_and_reset(sim: RunningSimulator) -> None:
         "by_model": {},
         "accepted_times": {},
         "tokens": {},
+        "events": {},
     }
 
 

@@ -104,10 +104,12 @@ def _classifier_router(
     settings: Settings, tiers: Sequence[str], classifier_path: str | Path | None
 ) -> Router:
     # imported here: numpy and joblib cost time that the other routers never need
+    from workers.routers.calibration import classifier_thresholds
     from workers.routers.classifier import ClassifierRouter, load_classifier
 
-    model = load_classifier(classifier_path or settings.router.classifier)
-    return ClassifierRouter(model, tiers, router_thresholds(settings.router, tiers))
+    path = classifier_path or settings.router.classifier
+    model = load_classifier(path)
+    return ClassifierRouter(model, tiers, classifier_thresholds(path, settings.router, tiers))
 
 
 def _llm_router(settings: Settings, tiers: Sequence[str], call: ModelCall | None) -> Router:
