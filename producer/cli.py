@@ -448,9 +448,10 @@ def jobs(limit: int, as_json: bool) -> None:
 @click.option(
     "--concurrency",
     type=click.IntRange(1),
-    default=16,
+    default=8,
     show_default=True,
-    help="calls in flight (threads)",
+    help="messages handled at once (each a batch of prompts); calls in flight are capped "
+    "per tier by its `concurrency` in the config",
 )
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--no-control", is_flag=True, help="do not consume the control queue (reducer jobs)")

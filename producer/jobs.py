@@ -31,7 +31,8 @@ def _worker_context(settings: Settings) -> AbstractContextManager[Any]:
     from workers.app import CONTROL_QUEUE, app
     from workers.embedded import embedded_worker
 
-    concurrency = sum(tier.concurrency for tier in settings.tiers.values())
+    # Messages at once; each message's prompts run in its tier's pool (workers.inflight).
+    concurrency = 2 * len(settings.tiers) + 2
     return embedded_worker(app, queues=[*settings.tiers, CONTROL_QUEUE], concurrency=concurrency)
 
 

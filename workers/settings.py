@@ -153,7 +153,10 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     database_url: str = "sqlite:///distillery.db"
     output_dir: Path = Path("distillery-output")
-    enqueue_batch: int = Field(1, gt=0)
+    # Prompt ids per Celery message: a worker answers a message's prompts concurrently, and
+    # batches make a 100,000-prompt submit a few thousand messages instead of 100,000.
+    enqueue_batch: int = Field(50, gt=0)
+    router_concurrency: int = Field(16, gt=0)
     tiers: dict[str, TierConfig] = Field(default_factory=_default_tiers)
     teacher: TeacherConfig = TeacherConfig()
     reducer: ReducerConfig = ReducerConfig()

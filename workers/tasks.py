@@ -5,6 +5,7 @@ Celery's own autoretry is only for the infrastructure: a database or broker blip
 """
 
 import logging
+from collections import defaultdict
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
@@ -15,9 +16,11 @@ from models import Job, JobMode, get_engine, session_scope
 from workers import reducer
 from workers.answer import Outcome, answer_on_tier
 from workers.app import CONTROL_QUEUE, app
+from workers.inflight import run_all
 from workers.settings import get_settings
 
 log = logging.getLogger(__name__)
+ROUTE_POOL = "route"  # the routers' own pool (the llm router makes calls too)
 
 RELIABLE = {
     "acks_late": True,
@@ -46,23 +49,35 @@ def follow_up(outcome: Outcome, prompt_id: int) -> None:
 
 @app.task(name="distillery.answer", **RELIABLE)
 def answer(prompt_ids: list[int], tier: str) -> None:
-    """Answer prompts on `tier`; escalate or finish each one as its outcome says."""
+    """Answer prompts on `tier` concurrently; escalate or finish each as its outcome says."""
     settings = get_settings()
-    for prompt_id in prompt_ids:
+    size = settings.require_tier(tier).concurrency
+
+    def one(prompt_id: int) -> None:
         outcome = answer_on_tier(prompt_id, tier, settings=settings, engine=_engine())
         follow_up(outcome, prompt_id)
+
+    run_all(tier, size, one, prompt_ids)
 
 
 @app.task(name="distillery.route", **RELIABLE)
 def route(prompt_ids: list[int]) -> None:
-    """Decide each prompt's tier with the job's router, then send it to that tier's queue."""
+    """Decide each prompt's tier with the job's router, then send the batch on, per tier."""
     from workers.routing import decide_tier
 
     settings = get_settings()
-    for prompt_id in prompt_ids:
-        tier = decide_tier(prompt_id, settings=settings, engine=_engine())
+    decided = run_all(
+        ROUTE_POOL,
+        settings.router_concurrency,
+        lambda prompt_id: decide_tier(prompt_id, settings=settings, engine=_engine()),
+        prompt_ids,
+    )
+    by_tier: dict[str, list[int]] = defaultdict(list)
+    for prompt_id, tier in zip(prompt_ids, decided, strict=True):
         if tier is not None:
-            send_answer([prompt_id], tier)
+            by_tier[tier].append(prompt_id)
+    for tier, ids in by_tier.items():
+        send_answer(ids, tier)
 
 
 @app.task(name="distillery.reduce", **RELIABLE)
