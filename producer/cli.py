@@ -14,9 +14,10 @@ from rich.console import Console
 from sqlalchemy.engine import Engine
 
 from producer.cli_analysis import cost, router_calibrate, router_eval
+from producer.cli_db import db_group
 from producer.cli_finetune import finetune
 from producer.cli_ops import metrics_command
-from producer.errors import ExitCode, UserError, safe_url
+from producer.errors import BrokerUnavailable, ExitCode, UserError, safe_url
 
 if TYPE_CHECKING:
     from workers.routers.training import TrainReport
@@ -57,10 +58,10 @@ def translate(exc: Exception) -> UserError | None:
     from kombu.exceptions import OperationalError as BrokerError
     from redis.exceptions import ConnectionError as RedisConnectionError
     from sqlalchemy.exc import OperationalError as DatabaseError
+    from sqlalchemy.exc import ProgrammingError
 
     from producer.readers import InputFileError
     from producer.status import JobNotFound
-    from producer.submit import BrokerUnavailable
     from workers.reducer import ReduceError
     from workers.routers import RouterError
     from workers.settings import ConfigError
@@ -79,6 +80,11 @@ def translate(exc: Exception) -> UserError | None:
             f"Redis is unreachable at {safe_url(url)}: {exc}\n"
             "start Redis (redis-server), or unset REDIS_URL to run embedded with --wait",
             ExitCode.SERVICE_DOWN,
+        )
+    if isinstance(exc, ProgrammingError) and "does not exist" in str(exc.orig):
+        return UserError(
+            "the database has no Distillery tables yet: run `distillery db upgrade`",
+            ExitCode.BAD_CONFIG,
         )
     if isinstance(exc, DatabaseError):
         return UserError(
@@ -99,7 +105,8 @@ def engine() -> Engine:
     from models import create_tables, get_engine
 
     db = get_engine(settings().database_url)
-    create_tables(db)  # idempotent; keeps the embedded SQLite default zero-setup
+    if db.dialect.name == "sqlite":
+        create_tables(db)  # the embedded default needs no setup; PostgreSQL uses `db upgrade`
     return db
 
 
@@ -219,8 +226,31 @@ def status(job_id: int, watch: bool, as_json: bool) -> None:
 @click.option(
     "--out", "out_path", type=click.Path(path_type=Path), help="write here instead of stdout"
 )
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(["pending", "succeeded", "failed", "cancelled"]),
+    help="only prompts with this status (repeatable)",
+)
+@click.option(
+    "--tier", "tiers", multiple=True, help="only prompts whose final tier is this (repeatable)"
+)
+@click.option(
+    "--fell-back/--no-fell-back",
+    "fell_back",
+    default=None,
+    help="only prompts that escalated / that did not (default: both)",
+)
 @handle_errors
-def results(job_id: int, fmt: str, out_path: Path | None) -> None:
+def results(
+    job_id: int,
+    fmt: str,
+    out_path: Path | None,
+    statuses: tuple[str, ...],
+    tiers: tuple[str, ...],
+    fell_back: bool | None,
+) -> None:
     """Every prompt of a job with its answer, tiers, tokens, cost and error."""
     from sqlmodel import Session
 
@@ -229,11 +259,12 @@ def results(job_id: int, fmt: str, out_path: Path | None) -> None:
 
     with Session(engine()) as session:
         get_job(session, job_id)
+        rows = records(session, job_id, statuses=statuses, final_tiers=tiers, fell_back=fell_back)
         if out_path is None:
-            WRITERS[fmt](records(session, job_id), sys.stdout)
+            WRITERS[fmt](rows, sys.stdout)
             return
         with out_path.open("w", encoding="utf-8", newline="") as handle:
-            count = WRITERS[fmt](records(session, job_id), handle)
+            count = WRITERS[fmt](rows, handle)
     console.print(f"wrote {count} rows to {out_path}")
 
 
@@ -507,6 +538,7 @@ def demo(workdir: Path) -> None:
 
 
 main.add_command(metrics_command(handle_errors))
+main.add_command(db_group(handle_errors, lambda: settings().database_url))
 main.add_command(cost)
 main.add_command(finetune)
 router.add_command(router_eval)

@@ -16,6 +16,10 @@ class ExitCode(IntEnum):
     NOT_FOUND = 6  # no such job
 
 
+class BrokerUnavailable(Exception):
+    """Redis cannot be reached; nothing was stored."""
+
+
 class UserError(Exception):
     """An error the user can fix, with its exit code."""
 

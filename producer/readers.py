@@ -101,6 +101,8 @@ class InputFileError(Exception):
     """The prompt file was rejected; ``problems`` lists every problem found."""
 
     problems: list[str]
+    # Shown after the problems; a subclass whose problems are not about the format drops it.
+    hint: str | None = FORMATS_HINT
 
     def __init__(self, problems: Iterable[str] | str) -> None:
         # A lone string is one problem, not a sequence of one-character problems.
@@ -116,7 +118,8 @@ class InputFileError(Exception):
         hidden = len(self.problems) - len(shown)
         if hidden:
             lines.append(f"... and {hidden} more {'problem' if hidden == 1 else 'problems'}")
-        lines.append(FORMATS_HINT)
+        if self.hint:
+            lines.append(self.hint)
         return "\n".join(lines)
 
 

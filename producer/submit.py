@@ -1,9 +1,10 @@
 """Submitting a job: validate the whole file, store the job and its prompts in bulk, then
 enqueue messages that carry prompt ids only."""
 
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from sqlalchemy.engine import Engine
 
 from models import Job, JobMode, session_scope
 from models.queries import create_job, unfinished_prompts
+from producer.errors import BrokerUnavailable
+from producer.limits import context_limit, fit_to_context
 from producer.readers import PromptInput, read_prompts
 from workers.app import CONTROL_QUEUE
 from workers.routers import validate_router
@@ -24,15 +27,17 @@ ANSWER_TASK = "distillery.answer"
 ROUTE_TASK = "distillery.route"
 
 
-class BrokerUnavailable(Exception):
-    """Redis cannot be reached; nothing was stored."""
-
-
 @dataclass(frozen=True, slots=True)
 class Submitted:
     job_id: int
     total: int
     queue: str
+    truncated: int = 0  # prompts cut to fit their tier's context (context_policy = "truncate")
+
+
+def print_notice(message: str) -> None:
+    # stderr, so `submit --json` keeps stdout machine-readable.
+    print(f"note: {message}", file=sys.stderr)
 
 
 def prompt_rows(prompts: Sequence[PromptInput]) -> list[dict[str, Any]]:
@@ -97,15 +102,20 @@ def submit_job(
     router: str | None = None,
     overrides: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    notify: Callable[[str], None] = print_notice,
 ) -> Submitted:
     prompts = read_prompts(path)  # raises InputFileError listing every bad line
     params = job_params(mode, settings, router=router, overrides=overrides or {})
+    # raises PromptTooLong listing every prompt over its tier's context, before any storing
+    fitted = fit_to_context(
+        prompts, limit=context_limit(mode, params, settings), params=params, source=str(path)
+    )
     check_broker(app)
     with session_scope(engine) as session:
         job = create_job(
             session=session,
             mode=mode,
-            prompts=prompt_rows(prompts),
+            prompts=prompt_rows(fitted.prompts),
             name=name or path.name,
             router=params.get("router"),
             params=params,
@@ -113,7 +123,10 @@ def submit_job(
         )
         assert job.id is not None
         job_id = job.id
-    return enqueue_unfinished(app, engine, job_id, settings=settings, progress=progress)
+    submitted = enqueue_unfinished(app, engine, job_id, settings=settings, progress=progress)
+    for notice in fitted.notices:
+        notify(notice)
+    return replace(submitted, truncated=fitted.truncated)
 
 
 def enqueue_unfinished(

@@ -54,13 +54,29 @@ def openai_client(base_url: str, api_key: str, timeout_s: float) -> openai.OpenA
 
 
 def call_tier(tier: TierConfig, tier_name: str, request: dict[str, Any]) -> Completion:
-    client = openai_client(str(tier.base_url).rstrip("/"), tier.api_key(tier_name), tier.timeout_s)
+    api_key = tier.api_key(tier_name)
+    client = openai_client(str(tier.base_url).rstrip("/"), api_key, tier.timeout_s)
     started = time.perf_counter()
     try:
         response = client.chat.completions.create(model=tier.model, **request)
     except Exception as exc:  # classified below; anything unexpected is a plain error
-        raise classify(exc, _elapsed_ms(started)) from None
+        raise without_secret(classify(exc, _elapsed_ms(started)), api_key) from None
     return _completion(response, _elapsed_ms(started))
+
+
+REDACTED = "[redacted]"
+# Shorter "keys" are placeholders like "x" for local servers; replacing them would garble text.
+MIN_SECRET_LENGTH = 8
+
+
+def without_secret(error: CallError, secret: str) -> CallError:
+    """The error with `secret` cut out of its message. Some servers echo the key they were
+    sent in their error text (OpenAI masks most of it, proxies and local servers may not),
+    and that text goes into the database, the logs and `distillery results`."""
+    message = str(error)
+    if len(secret) >= MIN_SECRET_LENGTH and secret in message:
+        error.args = (message.replace(secret, REDACTED),)
+    return error
 
 
 def _elapsed_ms(started: float) -> float:

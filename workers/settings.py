@@ -50,6 +50,9 @@ class TierConfig(_Strict):
     backoff_max_s: float = Field(30.0, ge=0)
     concurrency: int = Field(16, gt=0)
     context_tokens: int | None = Field(None, gt=0)
+    # What `submit` does with a prompt estimated over context_tokens: refuse the whole file
+    # (nothing stored), or keep the head of the prompt's last user message and say so.
+    context_policy: Literal["reject", "truncate"] = "reject"
 
     def api_key(self, tier_name: str) -> str:
         """The key from the environment variable the config names (never from the file)."""

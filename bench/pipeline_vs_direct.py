@@ -1,0 +1,304 @@
+"""Pipeline vs direct: how much of a model server's throughput the whole pipeline keeps.
+
+The simulator answers every request after a fixed 200 ms and enforces no limit; it runs
+as its own process. The baseline is `openai.AsyncOpenAI` calling it straight, at the best
+of a few concurrencies. Then the same prompts go through the pipeline a user runs
+(submit -> Redis -> two `distillery worker` processes -> call -> persist in SQL), at the
+best of a few calls-in-flight per worker (the tier's `concurrency`, the size of each
+worker's call pool; `--concurrency`, messages at once, stays at the CLI's default), on
+SQLite and on PostgreSQL. Throughput is prompts / (the job's `finished_at` in the ledger -
+the moment submit was called).
+
+    python -m bench.pipeline_vs_direct [--quick] [--no-postgres] [--py-spy DIR]
+"""
+
+import argparse
+import asyncio
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    MODEL,
+    PYTHON,
+    Figure,
+    SimulatorProcess,
+    WorkerPool,
+    database,
+    dispose_engine,
+    flush_bench_redis,
+    fresh_engine,
+    machine_summary,
+    prompt_text,
+    report,
+    say,
+    scratch_dir,
+    utc_now,
+    wait_for_job,
+    write_prompts,
+    write_worker_config,
+)
+
+BENCH = "pipeline"
+LATENCY_MS = 200
+WORKERS = 2
+TARGET_RATIO = 0.90
+SYSTEM_PROMPT = "You are a helpful assistant."  # what a teacher job sends by default
+TEMPERATURE = 0.7
+
+
+@dataclass(frozen=True)
+class Sizes:
+    direct_prompts: int
+    pipeline_prompts: int
+    direct_concurrencies: tuple[int, ...]
+    worker_concurrencies: tuple[int, ...]
+
+
+FULL = Sizes(4000, 3000, (50, 100, 200, 400), (32, 64, 100))
+QUICK = Sizes(600, 400, (50, 200), (32,))
+
+
+# ------------------------------------------------------------------------------- direct
+
+
+def teacher_messages(number: int) -> list[dict[str, str]]:
+    """The request body a teacher job sends for prompt `number`, so both sides do the same."""
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": prompt_text(number)},
+    ]
+
+
+async def _call_all(client: Any, numbers: range, concurrency: int) -> int:
+    """Call once per number with `concurrency` calls in flight; returns how many failed."""
+    import openai
+
+    pending = iter(numbers)
+    failures = 0
+
+    async def caller() -> None:
+        nonlocal failures
+        for number in pending:  # one shared iterator: each number is taken once
+            try:
+                await client.chat.completions.create(
+                    model=MODEL, messages=teacher_messages(number), temperature=TEMPERATURE
+                )
+            except openai.APIError:
+                failures += 1
+
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return failures
+
+
+async def _direct_rate(base_url: str, count: int, concurrency: int) -> tuple[float, int]:
+    import httpx2  # the HTTP library this openai client is built on
+    import openai
+
+    # Keep-alive for every slot: the default pool keeps 100, and reconnecting the rest on
+    # every call would make the baseline look worse than direct calls can be.
+    limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    http_client = openai.DefaultAsyncHttpxClient(limits=limits, timeout=60)
+    async with openai.AsyncOpenAI(
+        base_url=base_url, api_key="bench", max_retries=0, http_client=http_client
+    ) as client:
+        await _call_all(client, range(concurrency), concurrency)  # warm the connections
+        started = time.perf_counter()
+        failures = await _call_all(client, range(count), concurrency)
+        elapsed = time.perf_counter() - started
+    return (count - failures) / elapsed, failures
+
+
+def best_direct_rate(sim: SimulatorProcess, sizes: Sizes) -> float:
+    rates: dict[int, float] = {}
+    for concurrency in sizes.direct_concurrencies:
+        rate, failures = asyncio.run(_direct_rate(sim.base_url, sizes.direct_prompts, concurrency))
+        rates[concurrency] = rate
+        report(
+            Figure(
+                BENCH,
+                f"direct AsyncOpenAI, {concurrency} in flight",
+                rate,
+                "prompts/s",
+                note=f"{sizes.direct_prompts} prompts, {failures} failed",
+            )
+        )
+    best = max(rates, key=rates.__getitem__)
+    say(f"best direct concurrency: {best} ({rates[best]:.1f} prompts/s)")
+    return rates[best]
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    kind: str
+    concurrency: int
+    seconds: float  # submit called -> job finished_at in the ledger
+    prompts: int
+    steady_rate: float  # between the 10th and the 90th percentile of prompts finishing
+    sim_requests: int
+
+    @property
+    def rate(self) -> float:
+        return self.prompts / self.seconds
+
+
+def submit(path: Path, config: Path, engine: Any) -> int:
+    from models import JobMode
+    from producer.submit import submit_job
+    from workers.app import app
+    from workers.settings import load_settings
+
+    settings = load_settings(config)
+    submitted = submit_job(path, mode=JobMode.TEACHER, settings=settings, engine=engine, app=app)
+    return submitted.job_id
+
+
+def steady_rate(engine: Any, job_id: int) -> float:
+    """Prompts/s in the middle 80 % of the job: the rate without start-up and tail."""
+    from sqlalchemy import select
+    from sqlmodel import Session, col
+
+    from models import Prompt
+
+    query = select(col(Prompt.finished_at)).where(col(Prompt.job_id) == job_id)
+    with Session(engine) as session:
+        times = sorted(t for t in session.execute(query).scalars() if t is not None)
+    low, high = times[len(times) // 10], times[len(times) * 9 // 10]
+    return (len(times) * 0.8) / max((high - low).total_seconds(), 1e-9)
+
+
+class PySpy:
+    """`py-spy record` on each worker during a run, for finding where the time goes. It
+    samples from outside the process, threads included, but costs CPU on a 2-core box:
+    runs with it are for profiles, not for the figures."""
+
+    def __init__(self, out_dir: Path | None, label: str, pids: list[int]) -> None:
+        self.processes: list[subprocess.Popen[bytes]] = []
+        if out_dir is None:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for index, pid in enumerate(pids):
+            output = out_dir / f"{label}-worker{index}.txt"
+            command = [str(Path(PYTHON).with_name("py-spy")), "record", "--pid", str(pid)]
+            command += ["--format", "raw", "--rate", "50", "--output", str(output)]
+            self.processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL))
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        for process in self.processes:
+            process.wait(timeout=60)
+
+
+def pipeline_run(
+    sim: SimulatorProcess,
+    kind: str,
+    concurrency: int,
+    count: int,
+    py_spy_dir: Path | None,
+) -> PipelineRun | None:
+    workdir = scratch_dir(f"pipeline-{kind}-{concurrency}")
+    prompts = write_prompts(workdir / "prompts.jsonl", count)
+    with database(kind, workdir) as url:
+        if url is None:
+            return None
+        engine = fresh_engine(url)
+        config = write_worker_config(
+            workdir / "distillery.toml",
+            base_url=sim.base_url,
+            database_url=url,
+            calls_in_flight=concurrency,
+        )
+        flush_bench_redis()
+        with WorkerPool(workdir) as pool:
+            pool.start(config, count=WORKERS)
+            profiler = PySpy(py_spy_dir, f"{kind}-c{concurrency}", pool.pids)
+            sim.reset_stats()
+            started = utc_now()
+            job_id = submit(prompts, config, engine)
+            job = wait_for_job(engine, job_id, timeout_s=max(600, count / 5))
+            profiler.stop()
+        seconds = (job.finished_at - started).total_seconds()
+        run = PipelineRun(
+            kind,
+            concurrency,
+            seconds,
+            job.completed,
+            steady_rate(engine, job_id),
+            int(sim.stats()["by_model"].get(MODEL, {}).get("requests", 0)),
+        )
+        dispose_engine(url)
+    return run
+
+
+def report_run(run: PipelineRun, count: int) -> None:
+    report(
+        Figure(
+            BENCH,
+            f"pipeline {run.kind}, {WORKERS} workers x {run.concurrency} calls in flight",
+            run.rate,
+            "prompts/s",
+            note=(
+                f"{run.prompts}/{count} answered in {run.seconds:.1f} s, "
+                f"steady {run.steady_rate:.1f} prompts/s, {run.sim_requests} calls"
+            ),
+        )
+    )
+
+
+def best_pipeline_run(
+    sim: SimulatorProcess, kind: str, sizes: Sizes, py_spy_dir: Path | None
+) -> PipelineRun | None:
+    runs: list[PipelineRun] = []
+    for concurrency in sizes.worker_concurrencies:
+        run = pipeline_run(sim, kind, concurrency, sizes.pipeline_prompts, py_spy_dir)
+        if run is None:
+            return None
+        report_run(run, sizes.pipeline_prompts)
+        runs.append(run)
+    return max(runs, key=lambda run: run.rate)
+
+
+def report_ratio(best: PipelineRun, direct: float) -> None:
+    ratio = best.rate / direct
+    report(
+        Figure(
+            BENCH,
+            f"pipeline {best.kind} (best: {WORKERS} workers x {best.concurrency} in flight)",
+            best.rate,
+            "prompts/s",
+            baseline=direct,
+            baseline_name="direct AsyncOpenAI (best)",
+            ratio=ratio,
+            ratio_name="pipeline/direct",
+            target=f">= {TARGET_RATIO:.2f}",
+            met=ratio >= TARGET_RATIO,
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--py-spy", type=Path, help="record each worker with py-spy into DIR")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    kinds = ["sqlite"] if args.no_postgres else ["sqlite", "postgres"]
+    print(f"== pipeline vs direct ({machine_summary()})", flush=True)
+    with SimulatorProcess({"latency_ms": LATENCY_MS}, scratch_dir("pipeline-sim")) as sim:
+        direct = best_direct_rate(sim, sizes)
+        for kind in kinds:
+            best = best_pipeline_run(sim, kind, sizes, args.py_spy)
+            if best is not None:
+                report_ratio(best, direct)
+
+
+if __name__ == "__main__":
+    main()
