@@ -7,9 +7,11 @@ Importing this module points the process at Redis database 8 and at a bench-only
 `bench.common` first (isort keeps `bench` ahead of `models`, `producer` and `workers`).
 """
 
+import atexit
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,6 +39,17 @@ WORKER_READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
 
 _SCRATCH = Path(tempfile.mkdtemp(prefix="distillery-bench-"))
+KEEP_ENV = "BENCH_KEEP"  # set it to keep databases and worker logs for a post-mortem
+
+
+def _remove_scratch() -> None:
+    if os.environ.get(KEEP_ENV):
+        print(f"kept {_SCRATCH}", flush=True)
+    else:
+        shutil.rmtree(_SCRATCH, ignore_errors=True)
+
+
+atexit.register(_remove_scratch)
 
 
 def _point_at_bench_services() -> None:

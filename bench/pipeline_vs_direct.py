@@ -58,7 +58,7 @@ class Sizes:
     worker_concurrencies: tuple[int, ...]
 
 
-FULL = Sizes(4000, 3000, (50, 100, 200, 400), (32, 64, 100))
+FULL = Sizes(4000, 2000, (50, 100, 200, 400), (32, 64, 100))
 QUICK = Sizes(600, 400, (50, 200), (32,))
 
 
@@ -174,9 +174,10 @@ def steady_rate(engine: Any, job_id: int) -> float:
 
 
 class PySpy:
-    """`py-spy record` on each worker during a run, for finding where the time goes. It
-    samples from outside the process, threads included, but costs CPU on a 2-core box:
-    runs with it are for profiles, not for the figures."""
+    """`py-spy record` on each worker during a run, for finding where the time goes
+    (summarise with `python -m bench.pyspy_summary DIR`). It samples from outside the
+    process, threads included, but costs CPU on a 2-core box: runs with it are for
+    profiles, not for the figures."""
 
     def __init__(self, out_dir: Path | None, label: str, pids: list[int]) -> None:
         self.processes: list[subprocess.Popen[bytes]] = []
@@ -186,7 +187,8 @@ class PySpy:
         for index, pid in enumerate(pids):
             output = out_dir / f"{label}-worker{index}.txt"
             command = [str(Path(PYTHON).with_name("py-spy")), "record", "--pid", str(pid)]
-            command += ["--format", "raw", "--rate", "50", "--output", str(output)]
+            # --nonblocking: sampling without pausing the worker distorts it less
+            command += ["--format", "raw", "--rate", "50", "--nonblocking", "-o", str(output)]
             self.processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL))
 
     def stop(self) -> None:

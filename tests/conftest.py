@@ -118,11 +118,20 @@ def sim() -> Iterator[RunningSimulator]:
 
 
 def write_config(
-    path: Path, *, base_url: str, database_url: str, extra: str = "", **tier: Any
+    path: Path,
+    *,
+    base_url: str,
+    database_url: str,
+    extra: str = "",
+    enqueue_batch: int | None = None,
+    **tier: Any,
 ) -> Path:
     """A worker config: the three test tiers on the given server."""
     tier_lines = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in tier.items())
-    blocks = [f'database_url = "{database_url}"\noutput_dir = "{path.parent / "output"}"\n'] + [
+    top = f'database_url = "{database_url}"\noutput_dir = "{path.parent / "output"}"\n'
+    if enqueue_batch is not None:
+        top += f"enqueue_batch = {enqueue_batch}\n"
+    blocks = [top] + [
         f'[tiers.{t}]\nbase_url = "{base_url}"\nmodel = "sim-{t}"\n'
         f"input_per_1k = {PRICES[t]}\noutput_per_1k = {PRICES[t]}\n"
         f"backoff_base_s = 0.05\n{tier_lines}"

@@ -104,6 +104,7 @@ def test_flower_shows_workers_and_queue_lengths(
         tmp_path / "distillery.toml",
         base_url=hanging_sim.base_url,
         database_url=f"sqlite:///{tmp_path / 'flower.db'}",
+        enqueue_batch=1,  # one prompt per message: queue lengths are prompt counts
         max_retries=0,
         timeout_s=HANG_S,
     )

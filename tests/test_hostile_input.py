@@ -195,6 +195,7 @@ def any_db_env(
     from workers.settings import get_settings
 
     for url in _postgres_database():
+        make_engine(url)  # the CLI creates tables on SQLite only; PostgreSQL needs them made
         monkeypatch.setenv("DATABASE_URL", url)
         get_settings.cache_clear()
         yield {**env, "url": url}

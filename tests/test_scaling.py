@@ -58,7 +58,10 @@ def test_workers_join_and_leave_mid_job(
 ) -> None:
     with start_in_thread(SimConfig(default=ModelBehaviour(latency_ms=FAST_MS))) as sim:
         config = write_config(
-            tmp_path / "distillery.toml", base_url=sim.base_url, database_url=database_url
+            tmp_path / "distillery.toml",
+            base_url=sim.base_url,
+            database_url=database_url,
+            enqueue_batch=1,  # one prompt per message, so joining workers find work
         )
         for _ in range(3):
             workers.start(config, tiers="frontier", concurrency=CONCURRENCY)

@@ -652,8 +652,13 @@ def test_password_urls_are_accepted_and_masked(
 
 @pytest.mark.parametrize("template", PASSWORD_URLS, ids=["redis", "redis_user", "rediss"])
 def test_unreachable_redis_message_masks_the_password(template: str, tmp_path: Path) -> None:
-    port = _free_port()  # nothing listens on it
-    result = submit_in_a_process(tmp_path, redis_url=template.format(pw=REDIS_PASSWORD, port=port))
+    # Bound but not listening: connections are refused, and no other process can take the
+    # port meanwhile (this machine is shared).
+    with socket.socket() as refusing:
+        refusing.bind(("127.0.0.1", 0))
+        port = refusing.getsockname()[1]
+        url = template.format(pw=REDIS_PASSWORD, port=port)
+        result = submit_in_a_process(tmp_path, redis_url=url)
     output = result.stdout + result.stderr
     assert result.returncode == ExitCode.SERVICE_DOWN, output
     assert f":***@127.0.0.1:{port}/" in output

@@ -28,7 +28,12 @@ def make_app(settings: Settings) -> Celery:
         # One message at a time per slot: calls are long, and a prefetched message waits
         # behind them instead of going to an idle worker.
         worker_prefetch_multiplier=1,
+        # Celery's Redis caveats ask for the same value in all three places. kombu's broker
+        # transport is the one that acts on it today (there is no result backend); the
+        # others keep a future result backend, or a Celery that reads them, in step.
         broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        result_backend_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        visibility_timeout=VISIBILITY_TIMEOUT_S,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
