@@ -75,9 +75,8 @@ def translate(exc: Exception) -> UserError | None:
     if isinstance(exc, JobNotFound | ReduceError):
         return UserError(str(exc), ExitCode.NOT_FOUND)
     if isinstance(exc, BrokerUnavailable | BrokerError | RedisConnectionError):
-        url = os.environ.get("REDIS_URL", "")
         return UserError(
-            f"Redis is unreachable at {safe_url(url)}: {exc}\n"
+            f"Redis is unreachable at {safe_url(_redis_url())}: {exc}\n"
             "start Redis (redis-server), or unset REDIS_URL to run embedded with --wait",
             ExitCode.SERVICE_DOWN,
         )
@@ -93,6 +92,16 @@ def translate(exc: Exception) -> UserError | None:
             ExitCode.SERVICE_DOWN,
         )
     return None
+
+
+def _redis_url() -> str:
+    """The URL in use: REDIS_URL, or `redis_url` in the config file when that is unset."""
+    if "REDIS_URL" in os.environ:
+        return os.environ["REDIS_URL"]
+    try:
+        return settings().redis_url or ""
+    except Exception:  # a broken config is reported on its own; here it only hides the URL
+        return ""
 
 
 def settings() -> "Settings":

@@ -16,25 +16,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def handled(command: F) -> F:
-    """producer.cli.handle_errors, looked up when the command runs. It prints a UserError as
-    rich markup, which would swallow "[tiers.student]" in our messages: they are escaped."""
-
-    @functools.wraps(command)
-    def escaped(*args: Any, **kwargs: Any) -> Any:
-        from rich.markup import escape
-
-        from producer.errors import UserError
-
-        try:
-            return command(*args, **kwargs)
-        except UserError as exc:
-            raise UserError(escape(str(exc)), exc.code) from None
+    """producer.cli.handle_errors, looked up when the command runs (producer.cli imports
+    this module, so it cannot be imported at load time)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from producer.cli import handle_errors
 
-        return handle_errors(escaped)(*args, **kwargs)
+        return handle_errors(command)(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 

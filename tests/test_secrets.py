@@ -243,7 +243,8 @@ def test_api_key_never_leaves_the_environment(
 
     assert {"frontier", "control", "unacked"} <= watch.keys_seen, watch.keys_seen
     queued = "\n".join(watch.texts)
-    assert "distillery.answer" in queued and "distillery.route" in queued
+    assert "distillery.answer" in queued and "distillery.route" in queued  # headers
+    assert '"chord": null' in queued  # only in a decoded message body
     assert_secret_absent("Redis", queued, SECRET, PROMPT_MARKER)
     assert events.messages, "no task events or broadcasts were seen"
     assert_secret_absent("Redis pub/sub", "\n".join(events.messages), SECRET, PROMPT_MARKER)
@@ -615,12 +616,21 @@ def test_wrong_redis_password_is_a_clear_error_that_shows_neither_password(
 # ------------------------------------------------------ REDIS_URL forms, without a server
 
 
-def submit_in_a_process(tmp_path: Path, *, redis_url: str) -> subprocess.CompletedProcess[str]:
-    """`distillery submit` in its own process: its Celery app is built from this REDIS_URL
-    (this process's app was built once, at import, from the test database's URL)."""
+def submit_in_a_process(
+    tmp_path: Path, *, redis_url: str, in_config_file: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """`distillery submit` in its own process: its Celery app is built from this Redis URL
+    (this process's app was built once, at import, from the test database's URL). The URL
+    is given as REDIS_URL, or as `redis_url` in the config file."""
     source = write_jsonl(tmp_path / "good.jsonl", [{"prompt": "What is 2 + 2?"}])
     env = {**os.environ, "REDIS_URL": redis_url}
     env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'secrets.db'}"
+    if in_config_file:
+        config = tmp_path / "with-redis.toml"
+        tiers = Path(env["DISTILLERY_CONFIG"]).read_text(encoding="utf-8")
+        config.write_text(f"redis_url = {json.dumps(redis_url)}\n{tiers}", encoding="utf-8")
+        env["DISTILLERY_CONFIG"] = str(config)
+        del env["REDIS_URL"]
     command = [sys.executable, "-m", "producer.cli", "submit", str(source)]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
@@ -650,15 +660,24 @@ def test_password_urls_are_accepted_and_masked(
     assert REDIS_PASSWORD not in json.dumps(app.conf.table(with_defaults=True), default=str)
 
 
-@pytest.mark.parametrize("template", PASSWORD_URLS, ids=["redis", "redis_user", "rediss"])
-def test_unreachable_redis_message_masks_the_password(template: str, tmp_path: Path) -> None:
+UNREACHABLE_CASES = [(template, False) for template in PASSWORD_URLS] + [(PASSWORD_URLS[0], True)]
+
+
+@pytest.mark.parametrize(
+    ("template", "in_config_file"),
+    UNREACHABLE_CASES,
+    ids=["redis", "redis_user", "rediss", "redis_in_config_file"],
+)
+def test_unreachable_redis_message_masks_the_password(
+    template: str, in_config_file: bool, tmp_path: Path
+) -> None:
     # Bound but not listening: connections are refused, and no other process can take the
     # port meanwhile (this machine is shared).
     with socket.socket() as refusing:
         refusing.bind(("127.0.0.1", 0))
         port = refusing.getsockname()[1]
         url = template.format(pw=REDIS_PASSWORD, port=port)
-        result = submit_in_a_process(tmp_path, redis_url=url)
+        result = submit_in_a_process(tmp_path, redis_url=url, in_config_file=in_config_file)
     output = result.stdout + result.stderr
     assert result.returncode == ExitCode.SERVICE_DOWN, output
     assert f":***@127.0.0.1:{port}/" in output
