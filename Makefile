@@ -24,6 +24,11 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest -q -ra
 
+# Benchmarks print figures and ratios against a baseline measured in the same run (~15 min);
+# they are not part of `make test`. Results: docs/performance.md.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run_all
+
 unit: $(STAMP)
 	$(BIN)/pytest -q -m "not slow" tests/test_readers.py tests/test_simulator.py tests/test_units.py
 
