@@ -95,24 +95,19 @@ def fault_config(
     database_url: str,
     *,
     batch: int = BATCH,
-    extra: str = "",
     **tier: Any,
 ) -> Path:
     tier.setdefault("concurrency", CALLS_PER_WORKER)
     # The schema first, as a deployment runs `distillery db upgrade` before its workers:
     # workers started together would otherwise race to create the same tables.
     make_engine(database_url)
-    path = write_config(
+    return write_config(
         tmp_path / "distillery.toml",
         base_url=sim.base_url,
         database_url=database_url,
-        extra=extra,
+        enqueue_batch=batch,
         **tier,
     )
-    # A top-level key must come before the first [table].
-    text = path.read_text(encoding="utf-8")
-    path.write_text(f"enqueue_batch = {batch}\n{text}", encoding="utf-8")
-    return path
 
 
 def prompt_rows(count: int) -> list[dict[str, Any]]:
