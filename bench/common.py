@@ -274,6 +274,9 @@ class SimulatorProcess:
     def reset_stats(self) -> None:
         http_json(f"{self.url}/admin/reset", {})
 
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.process.pid)
+
     def stop(self) -> None:
         stop_process(self.process)
         self.log.close()
@@ -378,6 +381,15 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_by_pid(pids: list[int]) -> dict[int, float]:
+    """CPU seconds of each process still alive."""
+    used = {}
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            used[pid] = cpu_seconds(pid)
+    return used
+
+
 # ----------------------------------------------------------------------------- databases
 
 
@@ -404,6 +416,19 @@ def postgres_database() -> Iterator[str | None]:
             yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def postgres_backend_pids(url: str) -> list[int]:
+    """The server processes serving `url`'s database (none for SQLite): the server runs
+    on this machine, so their CPU can be read from /proc like any process's."""
+    if not url.startswith("postgresql"):
+        return []
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        rows = admin.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,))
+        return [int(pid) for (pid,) in rows.fetchall()]
 
 
 @contextlib.contextmanager

@@ -10,10 +10,12 @@ SQLite and on PostgreSQL. Throughput is prompts / (the job's `finished_at` in th
 the moment submit was called).
 
     python -m bench.pipeline_vs_direct [--quick] [--no-postgres] [--py-spy DIR]
+        [--prompts N] [--calls-in-flight 32,64,100]
 """
 
 import argparse
 import asyncio
+import dataclasses
 import signal
 import subprocess
 import time
@@ -27,11 +29,13 @@ from bench.common import (
     Figure,
     SimulatorProcess,
     WorkerPool,
+    cpu_by_pid,
     database,
     dispose_engine,
     flush_bench_redis,
     fresh_engine,
     machine_summary,
+    postgres_backend_pids,
     prompt_text,
     report,
     say,
@@ -94,7 +98,15 @@ async def _call_all(client: Any, numbers: range, concurrency: int) -> int:
     return failures
 
 
-async def _direct_rate(base_url: str, count: int, concurrency: int) -> tuple[float, int]:
+@dataclass(frozen=True)
+class DirectRun:
+    rate: float  # answered prompts/s
+    failures: int
+    client_cpu_ms: float  # per prompt, this process (the asyncio client)
+    sim_cpu_ms: float  # per prompt, the simulator process
+
+
+async def _direct_run(sim: SimulatorProcess, count: int, concurrency: int) -> DirectRun:
     import httpx2  # the HTTP library this openai client is built on
     import openai
 
@@ -103,27 +115,33 @@ async def _direct_rate(base_url: str, count: int, concurrency: int) -> tuple[flo
     limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     http_client = openai.DefaultAsyncHttpxClient(limits=limits, timeout=60)
     async with openai.AsyncOpenAI(
-        base_url=base_url, api_key="bench", max_retries=0, http_client=http_client
+        base_url=sim.base_url, api_key="bench", max_retries=0, http_client=http_client
     ) as client:
         await _call_all(client, range(concurrency), concurrency)  # warm the connections
-        started = time.perf_counter()
+        started, cpu, sim_cpu = time.perf_counter(), time.process_time(), sim.cpu_seconds()
         failures = await _call_all(client, range(count), concurrency)
         elapsed = time.perf_counter() - started
-    return (count - failures) / elapsed, failures
+        cpu, sim_cpu = time.process_time() - cpu, sim.cpu_seconds() - sim_cpu
+    return DirectRun(
+        (count - failures) / elapsed, failures, cpu / count * 1e3, sim_cpu / count * 1e3
+    )
 
 
 def best_direct_rate(sim: SimulatorProcess, sizes: Sizes) -> float:
     rates: dict[int, float] = {}
     for concurrency in sizes.direct_concurrencies:
-        rate, failures = asyncio.run(_direct_rate(sim.base_url, sizes.direct_prompts, concurrency))
-        rates[concurrency] = rate
+        run = asyncio.run(_direct_run(sim, sizes.direct_prompts, concurrency))
+        rates[concurrency] = run.rate
         report(
             Figure(
                 BENCH,
                 f"direct AsyncOpenAI, {concurrency} in flight",
-                rate,
+                run.rate,
                 "prompts/s",
-                note=f"{sizes.direct_prompts} prompts, {failures} failed",
+                note=(
+                    f"{sizes.direct_prompts} prompts, {run.failures} failed; CPU per prompt: "
+                    f"client {run.client_cpu_ms:.2f} ms, simulator {run.sim_cpu_ms:.2f} ms"
+                ),
             )
         )
     best = max(rates, key=rates.__getitem__)
@@ -142,6 +160,7 @@ class PipelineRun:
     prompts: int
     steady_rate: float  # between the 10th and the 90th percentile of prompts finishing
     sim_requests: int
+    cpu_ms: dict[str, float]  # CPU per prompt: workers (together), simulator, postgres
 
     @property
     def rate(self) -> float:
@@ -187,8 +206,10 @@ class PySpy:
         for index, pid in enumerate(pids):
             output = out_dir / f"{label}-worker{index}.txt"
             command = [str(Path(PYTHON).with_name("py-spy")), "record", "--pid", str(pid)]
-            # --nonblocking: sampling without pausing the worker distorts it less
-            command += ["--format", "raw", "--rate", "50", "--nonblocking", "-o", str(output)]
+            # --gil: only samples that hold the GIL, i.e. Python using a core, not threads
+            # waiting on a socket or SQLite's lock; --nonblocking: never pause the worker.
+            command += ["--format", "raw", "--rate", "100", "--gil", "--nonblocking"]
+            command += ["--output", str(output)]
             self.processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL))
 
     def stop(self) -> None:
@@ -196,6 +217,40 @@ class PySpy:
             process.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
         for process in self.processes:
             process.wait(timeout=60)
+
+
+class CpuMeter:
+    """CPU seconds the pipeline's processes use between `start` and `stop`: the workers,
+    the simulator and, on PostgreSQL, the server backends serving the run's database
+    (backends that connect meanwhile count from zero)."""
+
+    def __init__(self, pool: WorkerPool, sim: SimulatorProcess, url: str) -> None:
+        self.pool, self.sim, self.url = pool, sim, url
+        self.before: dict[str, dict[int, float]] = {}
+
+    def snapshot(self) -> dict[str, dict[int, float]]:
+        return {
+            "workers": cpu_by_pid(self.pool.pids),
+            "simulator": cpu_by_pid([self.sim.process.pid]),
+            "postgres": cpu_by_pid(postgres_backend_pids(self.url)),
+        }
+
+    def start(self) -> None:
+        self.before = self.snapshot()
+
+    def stop(self) -> dict[str, float]:
+        after = self.snapshot()
+        return {
+            name: sum(cpu - self.before[name].get(pid, 0.0) for pid, cpu in used.items())
+            for name, used in after.items()
+        }
+
+
+def warm_up(pool: WorkerPool, config: Path, engine: Any, calls_in_flight: int) -> None:
+    """A small job first, so the measured one finds every worker thread with its client
+    made and its modules imported, as the direct baseline finds its connections open."""
+    prompts = write_prompts(pool.workdir / "warm-up.jsonl", WORKERS * calls_in_flight)
+    wait_for_job(engine, submit(prompts, config, engine), timeout_s=300)
 
 
 def pipeline_run(
@@ -220,23 +275,31 @@ def pipeline_run(
         flush_bench_redis()
         with WorkerPool(workdir) as pool:
             pool.start(config, count=WORKERS)
+            warm_up(pool, config, engine, concurrency)
             profiler = PySpy(py_spy_dir, f"{kind}-c{concurrency}", pool.pids)
+            meter = CpuMeter(pool, sim, url)
             sim.reset_stats()
+            meter.start()
             started = utc_now()
             job_id = submit(prompts, config, engine)
             job = wait_for_job(engine, job_id, timeout_s=max(600, count / 5))
+            cpu = meter.stop()
             profiler.stop()
-        seconds = (job.finished_at - started).total_seconds()
         run = PipelineRun(
             kind,
             concurrency,
-            seconds,
+            (job.finished_at - started).total_seconds(),
             job.completed,
             steady_rate(engine, job_id),
             int(sim.stats()["by_model"].get(MODEL, {}).get("requests", 0)),
+            {name: seconds / count * 1e3 for name, seconds in cpu.items()},
         )
         dispose_engine(url)
     return run
+
+
+def cpu_text(cpu_ms: dict[str, float]) -> str:
+    return ", ".join(f"{name} {ms:.2f} ms" for name, ms in cpu_ms.items() if ms > 0)
 
 
 def report_run(run: PipelineRun, count: int) -> None:
@@ -248,7 +311,8 @@ def report_run(run: PipelineRun, count: int) -> None:
             "prompts/s",
             note=(
                 f"{run.prompts}/{count} answered in {run.seconds:.1f} s, "
-                f"steady {run.steady_rate:.1f} prompts/s, {run.sim_requests} calls"
+                f"steady {run.steady_rate:.1f} prompts/s, {run.sim_requests} calls; "
+                f"CPU per prompt: {cpu_text(run.cpu_ms)}"
             ),
         )
     )
@@ -285,13 +349,25 @@ def report_ratio(best: PipelineRun, direct: float) -> None:
     )
 
 
+def chosen_sizes(args: argparse.Namespace) -> Sizes:
+    sizes = QUICK if args.quick else FULL
+    if args.prompts:
+        sizes = dataclasses.replace(sizes, pipeline_prompts=args.prompts)
+    if args.calls_in_flight:
+        sweep = tuple(int(n) for n in args.calls_in_flight.split(","))
+        sizes = dataclasses.replace(sizes, worker_concurrencies=sweep)
+    return sizes
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--py-spy", type=Path, help="record each worker with py-spy into DIR")
+    parser.add_argument("--prompts", type=int, help="prompts per pipeline run")
+    parser.add_argument("--calls-in-flight", help="per-worker sweep, e.g. 32,64")
     args = parser.parse_args(argv)
-    sizes = QUICK if args.quick else FULL
+    sizes = chosen_sizes(args)
     kinds = ["sqlite"] if args.no_postgres else ["sqlite", "postgres"]
     print(f"== pipeline vs direct ({machine_summary()})", flush=True)
     with SimulatorProcess({"latency_ms": LATENCY_MS}, scratch_dir("pipeline-sim")) as sim:

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import subprocess
+import time
 import tracemalloc
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -166,9 +167,11 @@ def child_main(case: str, url: str, job_id: int, out: Path, traced: bool) -> Non
     floor_kib = proc_status_kib(os.getpid(), "VmRSS")
     if traced:
         tracemalloc.start()
+    cpu = time.process_time()
     seconds, outcome = timed(lambda: CASES[case](url, job_id, out))
     costs = {
         "seconds": seconds,
+        "cpu_seconds": time.process_time() - cpu,
         "floor_kib": floor_kib,
         # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over fork and exec, so
         # a child would report this benchmark's own RSS if that were higher.
@@ -181,6 +184,7 @@ def child_main(case: str, url: str, job_id: int, out: Path, traced: bool) -> Non
 @dataclass(frozen=True)
 class Measured:
     seconds: float
+    cpu_seconds: float  # this process's CPU: what the load on the machine does not inflate
     floor_mib: float  # RSS after imports, before the work
     peak_mib: float
     traced_peak_mib: float
@@ -204,6 +208,7 @@ def measure(case: str, url: str, job_id: int, workdir: Path) -> Measured:
     traced = run_child(case, url, job_id, workdir, traced=True)
     return Measured(
         seconds=plain["seconds"],
+        cpu_seconds=plain["cpu_seconds"],
         floor_mib=mib(plain["floor_kib"]),
         peak_mib=mib(plain["peak_kib"]),
         traced_peak_mib=traced["traced_peak"] / 2**20,
@@ -227,7 +232,10 @@ def report_case(kind: str, rows: int, project: Measured, naive: Measured) -> Non
             ratio_name="reducer/baseline",
             target=f"<= {TARGET_S:.0f} s",
             met=project.seconds <= TARGET_S,
-            note=f"{project.examples:,} examples kept (baseline wrote {naive.examples:,})",
+            note=(
+                f"CPU {project.cpu_seconds:.2f} s (baseline {naive.cpu_seconds:.2f} s); "
+                f"{project.examples:,} examples kept (baseline wrote {naive.examples:,})"
+            ),
         )
     )
     report(

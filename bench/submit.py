@@ -92,6 +92,7 @@ def stages_timed(clock: StageClock) -> Iterator[None]:
 @dataclass(frozen=True)
 class Breakdown:
     total: float
+    cpu: float  # this process's CPU seconds (not the database's or Redis's)
     read: float
     context_check: float
     prepare_rows: float
@@ -109,14 +110,16 @@ class Breakdown:
             f"read/validate {self.read:.2f} s, context check {self.context_check:.2f} s, "
             f"rows {self.prepare_rows:.2f} s, "
             f"insert+commit {self.insert:.2f} s, select ids {self.select_ids:.2f} s, "
-            f"enqueue {self.publish:.2f} s, other {self.other:.2f} s"
+            f"enqueue {self.publish:.2f} s, other {self.other:.2f} s; "
+            f"producer CPU {self.cpu:.2f} s"
         )
 
 
-def breakdown(clock: StageClock, total: float) -> Breakdown:
+def breakdown(clock: StageClock, total: float, cpu: float) -> Breakdown:
     enqueue_all = clock.seconds("enqueue_unfinished")
     return Breakdown(
         total=total,
+        cpu=cpu,
         read=clock.seconds("read_prompts"),
         context_check=clock.seconds("fit_to_context"),
         prepare_rows=clock.seconds("prompt_rows"),
@@ -136,12 +139,12 @@ def submit_timed(path: Path, config: Path, engine: Any) -> tuple[int, int, Break
     settings = load_settings(config)
     clock = StageClock()
     with stages_timed(clock):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         submitted = submit_job(
             path, mode=JobMode.TEACHER, settings=settings, engine=engine, app=app
         )
-        total = time.perf_counter() - started
-    return submitted.job_id, settings.enqueue_batch, breakdown(clock, total)
+        total, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return submitted.job_id, settings.enqueue_batch, breakdown(clock, total, cpu)
 
 
 def job_prompt_ids(engine: Any, job_id: int) -> list[int]:

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, SQLModel, create_engine
 
 import models.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -54,7 +55,14 @@ def _sqlite_engine(url: str) -> Engine:
 
 
 def create_tables(engine: Engine) -> None:
-    SQLModel.metadata.create_all(engine)
+    try:
+        SQLModel.metadata.create_all(engine)
+    except OperationalError as exc:
+        # Two workers starting together on a fresh SQLite file both see no tables; the
+        # loser's CREATE fails. A second pass finds them and creates only what is missing.
+        if "already exists" not in str(exc):
+            raise
+        SQLModel.metadata.create_all(engine)
 
 
 @contextmanager
