@@ -45,7 +45,7 @@ pytestmark = pytest.mark.slow
 QUESTIONS = "mt_bench_questions.jsonl"
 QUESTION_COUNT = 80
 MAX_TOKENS = 24
-# SmolLM2's greedy 24-token answers to MT-bench score between about 0.3 and 0.8 (geometric
+# SmolLM2's greedy 24-token answers to MT-bench score between 0.25 and 0.78 (geometric
 # mean token probability), so 0.45 keeps some answers on small and escalates others. The
 # unknown-confidence default (0.5) is deliberately not the threshold: an answer without
 # logprobs would then be indistinguishable from a borderline one.
