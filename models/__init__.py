@@ -1,6 +1,6 @@
 """SQL tables and the helpers that read and write them (SQLite or PostgreSQL, via SQLModel)."""
 
-from models.db import create_tables, get_engine, session_scope
+from models.db import create_tables, get_engine, get_write_engine, session_scope
 from models.tables import (
     TERMINAL_PROMPT_STATUSES,
     Attempt,
@@ -31,5 +31,6 @@ __all__ = [
     "TrainingFile",
     "create_tables",
     "get_engine",
+    "get_write_engine",
     "session_scope",
 ]

@@ -54,6 +54,33 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
+def get_write_engine(url: str) -> Engine:
+    """The engine for the workers' ledger writes. On SQLite its transactions start with
+    `BEGIN IMMEDIATE`: a write transaction that first reads would otherwise take the write
+    lock only at its first write, and in WAL mode fail at once with `database is locked`
+    when another process committed in between (the busy timeout does not apply to that
+    case). Elsewhere it is the ordinary engine."""
+    url = normalise_url(url)
+    if not url.startswith("sqlite"):
+        return get_engine(url)
+    return _immediate_sqlite_engine(url, os.getpid())
+
+
+@lru_cache(maxsize=8)
+def _immediate_sqlite_engine(url: str, pid: int) -> Engine:
+    engine = _sqlite_engine(url)
+
+    @event.listens_for(engine, "connect")
+    def _manual_transactions(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
 def create_tables(engine: Engine) -> None:
     try:
         SQLModel.metadata.create_all(engine)

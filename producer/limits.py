@@ -28,7 +28,7 @@ from typing import Any
 
 from models import JobMode
 from producer.readers import MAX_PROBLEMS_SHOWN, InputFileError, PromptInput
-from workers.answer import build_request
+from workers.request import build_request
 from workers.settings import Settings
 
 TOKENS_PER_MESSAGE = 4

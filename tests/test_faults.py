@@ -246,7 +246,7 @@ def check_one_answer_each(engine: Any, job_id: int, total: int) -> list[Attempt]
 
 
 def call_started(attempt: Attempt) -> datetime:
-    return attempt.started_at - timedelta(milliseconds=attempt.latency_ms)
+    return attempt.started_at
 
 
 def check_no_call_after_final_answer(engine: Any, job_id: int) -> None:

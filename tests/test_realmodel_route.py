@@ -37,8 +37,8 @@ from simulator import RunningSimulator, SimConfig, start_in_thread
 from tests.conftest import PRICES, Workers, shared_data
 from tests.pipeline import attempts_of, prompts_of, submit_file, wait_for_job, write_jsonl
 from tests.realmodel import MODEL_ALIAS, llama_server, require_real_model
-from workers.answer import build_request
 from workers.confidence import geometric_mean
+from workers.request import build_request
 
 pytestmark = pytest.mark.slow
 

@@ -1,18 +1,20 @@
 """Unit tests of the pure pieces: confidence, cost, retries, the reducer's filters, the
 fine-tuning format check, job parameters and settings errors."""
 
+import asyncio
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from workers.answer import build_request, next_tier
-from workers.client import CallError
+from workers.completion import CallError
 from workers.confidence import confidence, geometric_mean, seed_formula
 from workers.cost import cost_usd
 from workers.finetune_format import check_example, check_file
 from workers.reducer import Filters, Row, build_example, in_validation
+from workers.request import build_request, next_tier
 from workers.retry import RetryPolicy, call_with_retries
 from workers.settings import ConfigError, ReducerConfig, TierConfig, load_settings
 
@@ -37,7 +39,7 @@ def test_cost_uses_tier_prices() -> None:
 def failing(n: int, **kw: object) -> object:
     calls = {"n": 0}
 
-    def call() -> str:
+    async def call() -> str:
         calls["n"] += 1
         if calls["n"] <= n:
             raise CallError("boom", status="error", latency_ms=1.0, **kw)  # type: ignore[arg-type]
@@ -46,45 +48,47 @@ def failing(n: int, **kw: object) -> object:
     return call
 
 
+def recording(sleeps: list[float]) -> Any:
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    return sleep
+
+
+def retried(call: Any, policy: RetryPolicy, **kw: Any) -> Any:
+    kw.setdefault("sleep", recording([]))
+    return asyncio.run(call_with_retries(call, policy, **kw))
+
+
 def test_retries_until_success_and_reports_each_failure() -> None:
     failures: list[CallError] = []
     sleeps: list[float] = []
-    result = call_with_retries(
+    result = retried(
         failing(3),
-        RetryPolicy(max_retries=5, base_s=0.1),  # type: ignore[arg-type]
+        RetryPolicy(max_retries=5, base_s=0.1),
         on_failure=failures.append,
-        sleep=sleeps.append,
+        sleep=recording(sleeps),
     )
     assert result == "ok" and len(failures) == 3 and len(sleeps) == 3
 
 
 def test_retry_after_is_honoured_and_capped() -> None:
     sleeps: list[float] = []
-    call_with_retries(
+    retried(
         failing(2, retry_after=7.0),
-        RetryPolicy(max_retries=3, base_s=0.1, max_s=5.0),  # type: ignore[arg-type]
+        RetryPolicy(max_retries=3, base_s=0.1, max_s=5.0),
         on_failure=lambda e: None,
-        sleep=sleeps.append,
+        sleep=recording(sleeps),
     )
     assert all(5.0 <= s <= 5.1 for s in sleeps)
 
 
 def test_gives_up_after_last_retry_and_on_non_retryable() -> None:
     with pytest.raises(CallError):
-        call_with_retries(
-            failing(9),
-            RetryPolicy(max_retries=2),
-            on_failure=lambda e: None,  # type: ignore[arg-type]
-            sleep=lambda s: None,
-        )
+        retried(failing(9), RetryPolicy(max_retries=2), on_failure=lambda e: None)
     seen: list[CallError] = []
     with pytest.raises(CallError):
-        call_with_retries(
-            failing(1, retryable=False),
-            RetryPolicy(max_retries=5),  # type: ignore[arg-type]
-            on_failure=seen.append,
-            sleep=lambda s: None,
-        )
+        retried(failing(1, retryable=False), RetryPolicy(max_retries=5), on_failure=seen.append)
     assert len(seen) == 1
 
 

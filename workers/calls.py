@@ -1,20 +1,26 @@
 """A model call as workers make it: wait for the tier's global rate limit, call, then
-reconcile the token estimate with the real usage (or pause the tier on a 429)."""
+reconcile the token estimate with the real usage (or pause the tier on a 429).
 
-from collections.abc import Callable
+Two forms over the same limits: `limited_call` for threads (the LLM router's one call per
+prompt) and `limited_call_async` for the workers' call loop (answers in bulk)."""
+
+from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from typing import Any
 
 from models import AttemptStatus
-from workers.client import CallError, Completion, call_tier
+from workers.completion import CallError, Completion
 from workers.ratelimit import (
+    AsyncLocalRateLimiter,
+    AsyncRateLimiter,
+    AsyncRedisRateLimiter,
     Limits,
     LocalRateLimiter,
     RateLimiter,
     RedisRateLimiter,
     estimate_tokens,
 )
-from workers.settings import Settings
+from workers.settings import Settings, TierConfig
 
 # A 429 without Retry-After still pauses the tier, briefly.
 DEFAULT_COOLDOWN_S = 1.0
@@ -30,6 +36,31 @@ def rate_limiter(redis_url: str | None) -> RateLimiter:
     return RedisRateLimiter(redis.Redis.from_url(redis_url))
 
 
+def async_rate_limiter(redis_url: str | None) -> AsyncRateLimiter:
+    """The same limits for the call loop; make one per event loop (redis.asyncio
+    connections belong to the loop that opened them)."""
+    if not redis_url:
+        local = rate_limiter(None)
+        assert isinstance(local, LocalRateLimiter)
+        return AsyncLocalRateLimiter(local)
+    import redis.asyncio
+
+    return AsyncRedisRateLimiter(redis.asyncio.Redis.from_url(redis_url))
+
+
+def _limits(tier: TierConfig) -> Limits:
+    return Limits(tier.rpm, tier.tpm)
+
+
+def _used(completion: Completion) -> int:
+    return completion.prompt_tokens + completion.completion_tokens
+
+
+def _charged(error: CallError, estimate: int) -> int:
+    # An HTTP answer (even an error) was not a generation; no answer at all may have been one.
+    return 0 if error.http_status else estimate
+
+
 def limited_call(
     settings: Settings,
     tier_name: str,
@@ -39,10 +70,12 @@ def limited_call(
 ) -> Completion:
     """One call on `tier_name` within its limits; `before_call` runs after the wait for
     capacity, right before the request goes out (e.g. a cancellation check)."""
+    from workers.client import call_tier  # the openai SDK, imported only by those who call
+
     tier = settings.require_tier(tier_name)
     limiter = rate_limiter(settings.redis_url)
     estimate = estimate_tokens(request["messages"], request.get("max_tokens"))
-    ticket = limiter.acquire(tier_name, Limits(tier.rpm, tier.tpm), estimate)
+    ticket = limiter.acquire(tier_name, _limits(tier), estimate)
     if before_call is not None:
         before_call()
     try:
@@ -50,7 +83,32 @@ def limited_call(
     except CallError as error:
         if error.status == AttemptStatus.RATE_LIMITED:
             limiter.cooldown(tier_name, error.retry_after or DEFAULT_COOLDOWN_S)
-        limiter.reconcile(tier_name, ticket, 0 if error.http_status else estimate)
+        limiter.reconcile(tier_name, ticket, _charged(error, estimate))
         raise
-    limiter.reconcile(tier_name, ticket, completion.prompt_tokens + completion.completion_tokens)
+    limiter.reconcile(tier_name, ticket, _used(completion))
+    return completion
+
+
+async def limited_call_async(
+    tier_name: str,
+    tier: TierConfig,
+    request: dict[str, Any],
+    *,
+    limiter: AsyncRateLimiter,
+    call: Callable[[TierConfig, str, dict[str, Any]], Awaitable[Completion]],
+    before_call: Callable[[], Awaitable[None]] | None = None,
+) -> Completion:
+    """`limited_call` in the call loop; `call` makes the request (`workers.aclient`)."""
+    estimate = estimate_tokens(request["messages"], request.get("max_tokens"))
+    ticket = await limiter.acquire(tier_name, _limits(tier), estimate)
+    if before_call is not None:
+        await before_call()
+    try:
+        completion = await call(tier, tier_name, request)
+    except CallError as error:
+        if error.status == AttemptStatus.RATE_LIMITED:
+            await limiter.cooldown(tier_name, error.retry_after or DEFAULT_COOLDOWN_S)
+        await limiter.reconcile(tier_name, ticket, _charged(error, estimate))
+        raise
+    await limiter.reconcile(tier_name, ticket, _used(completion))
     return completion

@@ -1,9 +1,6 @@
-"""Calls in flight: one bounded thread pool per tier per worker process.
-
-A message carries a batch of prompt ids (fast to enqueue: 100,000 prompts are 2,000
-messages); its task hands the prompts to its tier's pool and waits for all of them. The
-pool's size is the tier's `concurrency`, so a worker keeps that many calls in flight per
-tier however many messages it holds, and waiting calls cost a sleeping thread, not a core.
+"""Named, bounded thread pools per worker process, for work that blocks a thread: the
+route step (the LLM router makes its call through the synchronous client). Answers do
+not use them: their calls are coroutines in the call loop (`workers.callloop`).
 """
 
 import threading

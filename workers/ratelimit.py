@@ -14,12 +14,13 @@ is held and no CPU burned. `LocalRateLimiter` is the same algorithm in-process, 
 embedded mode without Redis, and the reference the Redis script is tested against.
 """
 
+import asyncio
 import random
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -69,16 +70,42 @@ class RateLimiter(Protocol):
         ...
 
 
+class AsyncRateLimiter(Protocol):
+    """`RateLimiter` for an event loop."""
+
+    async def acquire(self, tier: str, limits: Limits, tokens: int) -> str | None: ...
+
+    async def reconcile(self, tier: str, ticket: str | None, tokens: int) -> None: ...
+
+    async def cooldown(self, tier: str, seconds: float) -> None: ...
+
+
+def _jittered(wait: float) -> float:
+    # A little jitter, so the waiters of a tier do not all ask again in the same instant.
+    return wait + random.uniform(0, min(0.05, wait / 10))
+
+
 def wait_loop(
     try_acquire: Callable[[], tuple[float, str | None]], sleep: Callable[[float], None]
 ) -> str | None:
-    """Ask until allowed, sleeping the time the limiter says (plus a little jitter, so the
-    waiters of a tier do not all ask again in the same instant)."""
+    """Ask until allowed, sleeping the time the limiter says."""
     while True:
         wait, ticket = try_acquire()
         if wait <= 0:
             return ticket
-        sleep(wait + random.uniform(0, min(0.05, wait / 10)))
+        sleep(_jittered(wait))
+
+
+async def wait_loop_async(
+    try_acquire: Callable[[], Awaitable[tuple[float, str | None]]],
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> str | None:
+    """`wait_loop` for an event loop: the waiting call costs a timer, not a thread."""
+    while True:
+        wait, ticket = await try_acquire()
+        if wait <= 0:
+            return ticket
+        await sleep(_jittered(wait))
 
 
 # KEYS: state hash, window zset (score = time, member = "ticket:tokens").
@@ -140,12 +167,35 @@ return 1
 """
 
 
+def redis_keys(prefix: str, tier: str) -> list[str]:
+    # One hash slot per tier ({tier}) so the scripts also run on Redis Cluster.
+    return [f"{prefix}:{{{tier}}}:state", f"{prefix}:{{{tier}}}:window"]
+
+
+def acquire_args(limits: Limits, tokens: int, ticket: str) -> list[Any]:
+    return [limits.spacing_s, limits.rpm or 0, limits.tpm or 0, tokens, ticket, WINDOW_S + GUARD_S]
+
+
+def granted(reply: Any) -> tuple[float, str | None]:
+    """(0, window ticket) when granted, else (seconds to wait, None)."""
+    wait, ticket = reply
+    if isinstance(ticket, bytes):
+        ticket = ticket.decode()
+    return float(wait), ticket or None
+
+
+PREFIX = "distillery:ratelimit"
+
+
 class RedisRateLimiter:
+    """For threads (the LLM router's calls); `AsyncRedisRateLimiter` is the same for an
+    event loop. Both run the same scripts on the same keys, so they share every limit."""
+
     def __init__(
         self,
         client: Any,
         *,
-        prefix: str = "distillery:ratelimit",
+        prefix: str = PREFIX,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.client = client
@@ -154,10 +204,6 @@ class RedisRateLimiter:
         self._acquire = client.register_script(ACQUIRE_LUA)
         self._reconcile = client.register_script(RECONCILE_LUA)
         self._cooldown = client.register_script(COOLDOWN_LUA)
-
-    def _keys(self, tier: str) -> list[str]:
-        # One hash slot per tier ({tier}) so the script also runs on Redis Cluster.
-        return [f"{self.prefix}:{{{tier}}}:state", f"{self.prefix}:{{{tier}}}:window"]
 
     def acquire(self, tier: str, limits: Limits, tokens: int) -> str | None:
         # Also without limits: a tier on a 429 cooldown waits it out.
@@ -168,25 +214,62 @@ class RedisRateLimiter:
         self, tier: str, limits: Limits, tokens: int, ticket: str
     ) -> tuple[float, str | None]:
         """One atomic check: (0, window ticket) when granted, else (seconds to wait, None)."""
-        args = [
-            limits.spacing_s,
-            limits.rpm or 0,
-            limits.tpm or 0,
-            tokens,
-            ticket,
-            WINDOW_S + GUARD_S,
-        ]
-        wait, granted = self._acquire(keys=self._keys(tier), args=args)
-        if isinstance(granted, bytes):
-            granted = granted.decode()
-        return float(wait), granted or None
+        keys = redis_keys(self.prefix, tier)
+        return granted(self._acquire(keys=keys, args=acquire_args(limits, tokens, ticket)))
 
     def reconcile(self, tier: str, ticket: str | None, tokens: int) -> None:
         if ticket:
-            self._reconcile(keys=self._keys(tier), args=[ticket, tokens])
+            self._reconcile(keys=redis_keys(self.prefix, tier), args=[ticket, tokens])
 
     def cooldown(self, tier: str, seconds: float) -> None:
-        self._cooldown(keys=self._keys(tier)[:1], args=[seconds])
+        self._cooldown(keys=redis_keys(self.prefix, tier)[:1], args=[seconds])
+
+
+class AsyncRedisRateLimiter:
+    """`RedisRateLimiter` over `redis.asyncio`, for the workers' call loop."""
+
+    def __init__(self, client: Any, *, prefix: str = PREFIX) -> None:
+        self.prefix = prefix
+        self._acquire = client.register_script(ACQUIRE_LUA)
+        self._reconcile = client.register_script(RECONCILE_LUA)
+        self._cooldown = client.register_script(COOLDOWN_LUA)
+
+    async def acquire(self, tier: str, limits: Limits, tokens: int) -> str | None:
+        ticket = uuid.uuid4().hex
+        keys, args = redis_keys(self.prefix, tier), acquire_args(limits, tokens, ticket)
+
+        async def attempt() -> tuple[float, str | None]:
+            return granted(await self._acquire(keys=keys, args=args))
+
+        return await wait_loop_async(attempt)
+
+    async def reconcile(self, tier: str, ticket: str | None, tokens: int) -> None:
+        if ticket:
+            await self._reconcile(keys=redis_keys(self.prefix, tier), args=[ticket, tokens])
+
+    async def cooldown(self, tier: str, seconds: float) -> None:
+        await self._cooldown(keys=redis_keys(self.prefix, tier)[:1], args=[seconds])
+
+
+class AsyncLocalRateLimiter:
+    """`LocalRateLimiter` for the call loop (the embedded mode without Redis)."""
+
+    def __init__(self, local: "LocalRateLimiter") -> None:
+        self.local = local
+
+    async def acquire(self, tier: str, limits: Limits, tokens: int) -> str | None:
+        ticket = uuid.uuid4().hex
+
+        async def attempt() -> tuple[float, str | None]:
+            return self.local.try_acquire(tier, limits, tokens, ticket)
+
+        return await wait_loop_async(attempt)
+
+    async def reconcile(self, tier: str, ticket: str | None, tokens: int) -> None:
+        self.local.reconcile(tier, ticket, tokens)
+
+    async def cooldown(self, tier: str, seconds: float) -> None:
+        self.local.cooldown(tier, seconds)
 
 
 @dataclass

@@ -1,12 +1,12 @@
 """Retries with exponential backoff and full jitter, honouring the provider's Retry-After."""
 
+import asyncio
 import random
-import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from workers.client import CallError
+from workers.completion import CallError
 
 T = TypeVar("T")
 
@@ -24,21 +24,21 @@ class RetryPolicy:
         return random.uniform(0, min(self.max_s, self.base_s * 2**retry))
 
 
-def call_with_retries(
-    call: Callable[[], T],
+async def call_with_retries(
+    call: Callable[[], Awaitable[T]],
     policy: RetryPolicy,
     *,
     on_failure: Callable[[CallError], None],
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> T:
-    """Run `call` until it succeeds; report each failure; re-raise the last one."""
+    """Await `call` until it succeeds; report each failure; re-raise the last one."""
     retry = 0
     while True:
         try:
-            return call()
+            return await call()
         except CallError as error:
             on_failure(error)
             if not error.retryable or retry >= policy.max_retries:
                 raise
-            sleep(policy.delay(retry, error.retry_after))
+            await sleep(policy.delay(retry, error.retry_after))
             retry += 1

@@ -1,21 +1,15 @@
-"""Route jobs: the job's frozen routing settings, and the decision step for one prompt."""
+"""Route jobs: the job's frozen routing settings, and the decision step for a message's prompts."""
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col
 
-from models import (
-    TERMINAL_PROMPT_STATUSES,
-    Attempt,
-    AttemptPurpose,
-    Job,
-    JobStatus,
-    Prompt,
-    session_scope,
-)
-from workers.answer import attempt_from_completion, attempt_from_error
+from models import TERMINAL_PROMPT_STATUSES, AttemptPurpose, JobStatus, get_write_engine
+from models.outcomes import ATTEMPTS, JOBS, PROMPTS
+from workers.attempts import attempt_from_completion, attempt_from_error
 from workers.routers import Decision, Router, make_router
 from workers.settings import Settings
 
@@ -58,7 +52,7 @@ def router_for(params: dict[str, Any], settings: Settings) -> Router:
     return _routers[key]
 
 
-def router_attempt(prompt_id: int, decision: Decision, settings: Settings) -> Attempt | None:
+def router_attempt(prompt_id: int, decision: Decision, settings: Settings) -> dict[str, Any] | None:
     """The LLM router's own model call, as an attempt with purpose `route` (cost included)."""
     if decision.call_tier is None:
         return None
@@ -74,30 +68,74 @@ def router_attempt(prompt_id: int, decision: Decision, settings: Settings) -> At
     return None
 
 
-def decide_tier(prompt_id: int, *, settings: Settings, engine: Engine) -> str | None:
-    """The tier this prompt goes to, recorded on the prompt; None when nothing is left to do."""
-    with Session(engine) as session:
-        prompt = session.get(Prompt, prompt_id)
-        if prompt is None or prompt.status in TERMINAL_PROMPT_STATUSES:
-            return None
-        job = session.get(Job, prompt.job_id)
-        if job is None or job.status != JobStatus.RUNNING:
-            return None
-        if prompt.routed_tier:  # a redelivered message: the decision is already made
-            return prompt.routed_tier
-        params, text = dict(job.params), last_user_text(prompt.messages)
-    decision = router_for(params, settings).decide(text)
-    with session_scope(engine) as session:
-        attempt = router_attempt(prompt_id, decision, settings)
-        if attempt is not None:
-            session.add(attempt)
-        session.execute(
-            update(Prompt)
-            .where(col(Prompt.id) == prompt_id)
-            .values(
-                routed_tier=decision.tier,
-                router_score=decision.score,
-                router_latency_ms=decision.latency_ms,
-            )
+@dataclass(frozen=True, slots=True)
+class ToRoute:
+    prompt_id: int
+    params: dict[str, Any]
+    text: str
+
+
+def decide_tiers(
+    prompt_ids: list[int],
+    *,
+    settings: Settings,
+    engine: Engine,
+    decide_all: Callable[[Callable[[ToRoute], Decision], list[ToRoute]], list[Decision]],
+) -> dict[int, str]:
+    """The tier each prompt of a message goes to, recorded on the prompts in one
+    transaction. Prompts with nothing left to do are left out; a prompt already routed (a
+    redelivered message) keeps its decision. `decide_all` runs the routers (in a pool: the
+    LLM router makes a call per prompt)."""
+    decided: dict[int, str] = {}
+    todo: list[ToRoute] = []
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(PROMPTS.c.id, PROMPTS.c.job_id, PROMPTS.c.messages, PROMPTS.c.routed_tier)
+            .where(PROMPTS.c.id.in_(prompt_ids))
+            .where(PROMPTS.c.status.not_in(TERMINAL_PROMPT_STATUSES))
+        ).all()
+        params = dict(
+            conn.execute(
+                select(JOBS.c.id, JOBS.c.params).where(
+                    JOBS.c.id.in_({row.job_id for row in rows}), JOBS.c.status == JobStatus.RUNNING
+                )
+            ).all()
         )
-    return decision.tier
+    for pid, job_id, messages, routed_tier in rows:
+        if job_id not in params:
+            continue
+        if routed_tier:
+            decided[pid] = routed_tier
+        else:
+            todo.append(ToRoute(pid, dict(params[job_id]), last_user_text(messages)))
+    decisions = decide_all(lambda item: router_for(item.params, settings).decide(item.text), todo)
+    _record_decisions(settings, list(zip(todo, decisions, strict=True)))
+    decided.update({item.prompt_id: d.tier for item, d in zip(todo, decisions, strict=True)})
+    return {pid: decided[pid] for pid in prompt_ids if pid in decided}
+
+
+def _record_decisions(settings: Settings, decisions: list[tuple[ToRoute, Decision]]) -> None:
+    if not decisions:
+        return
+    attempts = [router_attempt(item.prompt_id, d, settings) for item, d in decisions]
+    with get_write_engine(settings.database_url).begin() as conn:
+        if any(attempts):
+            conn.execute(insert(ATTEMPTS), [a for a in attempts if a])
+        conn.execute(
+            update(PROMPTS)
+            .where(PROMPTS.c.id == bindparam("b_id"))
+            .values(
+                routed_tier=bindparam("b_tier"),
+                router_score=bindparam("b_score"),
+                router_latency_ms=bindparam("b_latency"),
+            ),
+            [
+                {
+                    "b_id": item.prompt_id,
+                    "b_tier": d.tier,
+                    "b_score": d.score,
+                    "b_latency": d.latency_ms,
+                }
+                for item, d in decisions
+            ],
+        )

@@ -4,8 +4,10 @@ Model-call failures are retried inside `workers.retry` (with the provider's Retr
 Celery's own autoretry is only for the infrastructure: a database or broker blip.
 """
 
+import asyncio
 import logging
 from collections import defaultdict
+from concurrent.futures import Future, wait
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
@@ -13,10 +15,15 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from models import Job, JobMode, get_engine, session_scope
+from models.outcomes import Written
 from workers import reducer
-from workers.answer import Outcome, answer_on_tier
+from workers.aclient import ChatClient
+from workers.answer import Context, Outcome, RunningJobs, WorkItem, answer_prompt, load_work
 from workers.app import CONTROL_QUEUE, app
+from workers.callloop import CallLoop, call_loop
+from workers.calls import async_rate_limiter
 from workers.inflight import run_all
+from workers.ledger import ledger_for
 from workers.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -41,41 +48,88 @@ def send_answer(prompt_ids: list[int], tier: str) -> None:
 
 
 def follow_up(outcome: Outcome, prompt_id: int) -> None:
-    if outcome.escalate_to:
-        send_answer([prompt_id], outcome.escalate_to)
-    if outcome.job_finished and outcome.job_id is not None:
-        reduce.apply_async((outcome.job_id,), queue=CONTROL_QUEUE)
+    """Runs once the step is committed (in the ledger thread)."""
+    try:
+        if outcome.escalate_to:
+            send_answer([prompt_id], outcome.escalate_to)
+        if outcome.job_finished and outcome.job_id is not None:
+            reduce.apply_async((outcome.job_id,), queue=CONTROL_QUEUE)
+    except Exception:  # the step is committed; only the next message is missing
+        log.exception(
+            "prompt %s: could not send its next step; `distillery resume %s` re-sends it",
+            prompt_id,
+            outcome.job_id,
+        )
+
+
+def _context(loop: CallLoop) -> Context:
+    """This worker's answering context, made in (and for) its call loop, and made again
+    only when the settings are (the embedded worker, or tests, reloading them)."""
+    settings = get_settings()
+    context: Context | None = loop.state.get("context")
+    if context is None or context.settings is not settings:
+        if context is not None:  # kept referenced until done (asyncio holds tasks weakly)
+            closing = asyncio.ensure_future(context.client.close())
+            loop.state.setdefault("closing", set()).add(closing)
+            closing.add_done_callback(loop.state["closing"].discard)
+        context = Context(
+            settings=settings,
+            ledger=ledger_for(settings.database_url),
+            jobs=RunningJobs(get_engine(settings.database_url)),
+            limiter=async_rate_limiter(settings.redis_url),
+            client=ChatClient(),
+            follow_up=follow_up,
+        )
+        loop.state["context"] = context
+    return context
 
 
 @app.task(name="distillery.answer", **RELIABLE)
 def answer(prompt_ids: list[int], tier: str) -> None:
-    """Answer prompts on `tier` concurrently; escalate or finish each as its outcome says."""
+    """Answer a message's prompts on `tier` in the call loop, at most the tier's
+    `concurrency` calls in flight per worker; return once all they recorded is committed."""
     settings = get_settings()
-    size = settings.require_tier(tier).concurrency
+    cap = settings.require_tier(tier).concurrency
+    work = load_work(_engine(), prompt_ids, tier)
+    if not work:
+        return
+    loop = call_loop()
 
-    def one(prompt_id: int) -> None:
-        outcome = answer_on_tier(prompt_id, tier, settings=settings, engine=_engine())
-        follow_up(outcome, prompt_id)
+    async def answer_all() -> list[Future[Written]]:
+        ctx, in_flight = _context(loop), loop.in_flight(tier, cap)
 
-    run_all(tier, size, one, prompt_ids)
+        async def one(item: WorkItem) -> list[Future[Written]]:
+            async with in_flight:
+                return await answer_prompt(item, tier, ctx)
+
+        steps = await asyncio.gather(*(one(item) for item in work))
+        return [future for step in steps for future in step]
+
+    recorded = loop.run(answer_all())
+    wait(recorded)
+    for future in recorded:  # a failed write: Celery retries the message (done ones skip)
+        error = future.exception()
+        if error is not None:
+            raise error
 
 
 @app.task(name="distillery.route", **RELIABLE)
 def route(prompt_ids: list[int]) -> None:
     """Decide each prompt's tier with the job's router, then send the batch on, per tier."""
-    from workers.routing import decide_tier
+    from workers.routing import decide_tiers
 
     settings = get_settings()
-    decided = run_all(
-        ROUTE_POOL,
-        settings.router_concurrency,
-        lambda prompt_id: decide_tier(prompt_id, settings=settings, engine=_engine()),
+    decided = decide_tiers(
         prompt_ids,
+        settings=settings,
+        engine=_engine(),
+        decide_all=lambda decide, items: run_all(
+            ROUTE_POOL, settings.router_concurrency, decide, items
+        ),
     )
     by_tier: dict[str, list[int]] = defaultdict(list)
-    for prompt_id, tier in zip(prompt_ids, decided, strict=True):
-        if tier is not None:
-            by_tier[tier].append(prompt_id)
+    for prompt_id, tier in decided.items():
+        by_tier[tier].append(prompt_id)
     for tier, ids in by_tier.items():
         send_answer(ids, tier)
 

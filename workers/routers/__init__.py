@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.calls import limited_call
-from workers.client import Completion
+from workers.completion import Completion
 from workers.routers.base import (
     Decision,
     Router,

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from workers.client import CallError, Completion
+from workers.completion import CallError, Completion
 from workers.routers.base import LEVELS, Decision, Level, elapsed_ms, level_score, tier_for_level
 
 ModelCall = Callable[[str, dict[str, Any]], Completion]

@@ -1,0 +1,65 @@
+"""Attempt rows (one per model call) as the ledger inserts them: plain dicts with every
+column, so a group of them is one executemany INSERT."""
+
+from datetime import timedelta
+from typing import Any
+
+from models import AttemptPurpose, AttemptStatus
+from models.types import utcnow
+from workers.completion import CallError, Completion
+from workers.cost import cost_usd
+from workers.settings import TierConfig
+
+
+def _attempt(
+    prompt_id: int, tier_name: str, tier: TierConfig, latency_ms: float, **fields: Any
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "prompt_id": prompt_id,
+        "purpose": AttemptPurpose.ANSWER,
+        "tier": tier_name,
+        "model": tier.model,
+        "http_status": None,
+        "latency_ms": latency_ms,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "cost_usd": 0.0,
+        "confidence": None,
+        "error": None,
+        # The call's start: it ended now, after its latency.
+        "started_at": utcnow() - timedelta(milliseconds=latency_ms),
+    }
+    row.update(fields)
+    return row
+
+
+def attempt_from_completion(
+    prompt_id: int, tier_name: str, tier: TierConfig, completion: Completion, **fields: Any
+) -> dict[str, Any]:
+    return _attempt(
+        prompt_id,
+        tier_name,
+        tier,
+        completion.latency_ms,
+        status=AttemptStatus.OK,
+        http_status=200,
+        prompt_tokens=completion.prompt_tokens,
+        completion_tokens=completion.completion_tokens,
+        cost_usd=cost_usd(tier, completion.prompt_tokens, completion.completion_tokens),
+        **fields,
+    )
+
+
+def attempt_from_error(
+    prompt_id: int, tier_name: str, tier: TierConfig, error: CallError, **fields: Any
+) -> dict[str, Any]:
+    return _attempt(
+        prompt_id,
+        tier_name,
+        tier,
+        error.latency_ms,
+        status=error.status,
+        http_status=error.http_status,
+        error=str(error),
+        **fields,
+    )

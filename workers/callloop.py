@@ -1,0 +1,52 @@
+"""The worker's call loop: one asyncio event loop per worker process, in a thread of its
+own, where every model call of every message the worker holds is in flight.
+
+Celery hands a task a message (a batch of prompt ids) in one of its pool threads; the
+task runs the batch as coroutines here and waits. A call waiting for its answer, for
+rate-limit capacity or for a backoff is a suspended coroutine, not a thread: a worker
+keeps hundreds in flight for little memory and CPU. Each tier's `concurrency` caps its
+calls in flight per worker (`in_flight`).
+"""
+
+import asyncio
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class CallLoop:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.caps: dict[tuple[str, int], asyncio.Semaphore] = {}
+        self.state: dict[str, Any] = {}  # per-loop objects (clients, limiters), by name
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="distillery-call-loop", daemon=True
+        )
+        self.thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run `coroutine` on the loop from any other thread and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def in_flight(self, name: str, size: int) -> asyncio.Semaphore:
+        """The named cap on calls in flight (call from the loop only)."""
+        key = (name, size)  # a reloaded config with another size gets a new cap
+        if key not in self.caps:
+            self.caps[key] = asyncio.Semaphore(size)
+        return self.caps[key]
+
+
+_loops: dict[int, CallLoop] = {}
+_lock = threading.Lock()
+
+
+def call_loop() -> CallLoop:
+    """This process's loop (a forked child gets its own: a loop does not survive fork)."""
+    with _lock:
+        pid = os.getpid()
+        if pid not in _loops:
+            _loops[pid] = CallLoop()
+        return _loops[pid]

@@ -1,0 +1,137 @@
+"""What a model call returns, whichever client made it: a `Completion`, or a `CallError`
+that says how it failed. No HTTP client here, so the producer can import it cheaply."""
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from models import AttemptStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    logprobs: list[float] | None
+    latency_ms: float
+    finish_reason: str | None
+
+
+class CallError(Exception):
+    """A failed call: `status` says how (error, timeout, rate_limited), `retryable` whether
+    trying again can help, `retry_after` what the provider asked us to wait."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: AttemptStatus,
+        latency_ms: float,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+        retryable: bool = True,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.latency_ms = latency_ms
+        self.http_status = http_status
+        self.retry_after = retry_after
+        self.retryable = retryable
+
+
+def elapsed_ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
+
+
+def malformed(reason: object, latency_ms: float) -> CallError:
+    return CallError(
+        f"malformed response: {reason}",
+        status=AttemptStatus.ERROR,
+        latency_ms=latency_ms,
+        http_status=200,
+    )
+
+
+def timed_out(latency_ms: float) -> CallError:
+    return CallError("request timed out", status=AttemptStatus.TIMEOUT, latency_ms=latency_ms)
+
+
+def status_error(
+    code: int, message: str, headers: Mapping[str, str] | None, latency_ms: float
+) -> CallError:
+    """An HTTP error answer: 429 is a rate limit (the tier pauses), 5xx/408/409 may pass on
+    a retry, any other 4xx will not."""
+    text = f"HTTP {code}: {message}"[:500]
+    if code == 429:
+        return CallError(
+            text,
+            status=AttemptStatus.RATE_LIMITED,
+            latency_ms=latency_ms,
+            http_status=429,
+            retry_after=retry_after(headers),
+        )
+    return CallError(
+        text,
+        status=AttemptStatus.ERROR,
+        latency_ms=latency_ms,
+        http_status=code,
+        retry_after=retry_after(headers),
+        retryable=code >= 500 or code in (408, 409),
+    )
+
+
+def retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds from `retry-after-ms` or `retry-after` (seconds form); None when absent."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = (headers or {}).get(name)
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value) * scale)
+        except ValueError:
+            continue
+    return None
+
+
+def completion_from_json(body: Any, latency_ms: float) -> Completion:
+    """A chat completion from its JSON body (the OpenAI wire format)."""
+    try:
+        choice = body["choices"][0]
+        text = choice["message"]["content"]
+        if not isinstance(text, str):
+            raise ValueError("answer has no content")
+        usage = body.get("usage") or {}
+        return Completion(
+            text=text,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            logprobs=_token_logprobs(choice.get("logprobs")),
+            latency_ms=latency_ms,
+            finish_reason=choice.get("finish_reason"),
+        )
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+        raise malformed(exc, latency_ms) from None
+
+
+def _token_logprobs(logprobs: Any) -> list[float] | None:
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not content:
+        return None
+    return [float(token["logprob"]) for token in content]
+
+
+REDACTED = "[redacted]"
+# Shorter "keys" are placeholders like "x" for local servers; replacing them would garble text.
+MIN_SECRET_LENGTH = 8
+
+
+def without_secret(error: CallError, secret: str) -> CallError:
+    """The error with `secret` cut out of its message. Some servers echo the key they were
+    sent in their error text (OpenAI masks most of it, proxies and local servers may not),
+    and that text goes into the database, the logs and `distillery results`."""
+    message = str(error)
+    if len(secret) >= MIN_SECRET_LENGTH and secret in message:
+        error.args = (message.replace(secret, REDACTED),)
+    return error
