@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, insert, select, update
 from sqlmodel import Session, col
 
+from models.bulk import copy_insert
 from models.tables import (
     TERMINAL_PROMPT_STATUSES,
     Attempt,
@@ -45,6 +46,11 @@ def create_job(
         {"job_id": job.id, "idx": i, "status": PromptStatus.PENDING, **p}
         for i, p in enumerate(prompts)
     ]
+    if session.connection().dialect.name == "postgresql":
+        # COPY, in the job's transaction: the executemany below sends one INSERT per row
+        # there, ~11 s for 100,000 prompts (docs/performance.md). SQLite's is fast enough.
+        copy_insert(session, Prompt, rows)
+        return job
     for chunk in _chunks(rows, 5000):
         session.execute(insert(Prompt), chunk)
     return job

@@ -12,23 +12,27 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import String, Text, cast, select, type_coerce
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col
+from sqlmodel import Session
 
 from models import Job, Prompt, PromptStatus, TrainingFile, session_scope
-from workers.finetune_format import check_file
+from workers.finetune_format import FormatCheck, FormatReport, check_example
 from workers.settings import ReducerConfig
+
+# Rows per fetch from the database (a server-side cursor on PostgreSQL): fewer round trips
+# than 2,000, and still a few MiB of rows in memory at a time.
+ROWS_PER_FETCH = 5000
 
 
 class ReduceError(Exception):
     """The job cannot be reduced (unknown, or not a teacher job); the message says why."""
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
+class Row(NamedTuple):
+    # A NamedTuple, not a frozen dataclass: built once per row, and ~2.5x cheaper to build.
     idx: int
     status: str
     messages: list[dict[str, Any]]
@@ -55,6 +59,20 @@ class Filters:
         self.seen: set[bytes] = set()
 
     def reject_reason(self, row: Row, example: dict[str, Any]) -> str | None:
+        """Why the example is dropped, or None to keep it."""
+        return self.judge(row, example)[0]
+
+    def judge(self, row: Row, example: dict[str, Any]) -> tuple[str | None, bytes]:
+        """(why the example is dropped or None, its JSONL line). The line is serialised once,
+        for the duplicate digest and for the file, and only once the content rules pass
+        (b"" before that)."""
+        reason = self._content_reason(row, example)
+        if reason:
+            return reason, b""
+        line = jsonl_line(example)
+        return self._duplicate_reason(line), line
+
+    def _content_reason(self, row: Row, example: dict[str, Any]) -> str | None:
         answer = (row.response or "").strip()
         if row.status != PromptStatus.SUCCEEDED or not answer:
             return "no_answer"
@@ -67,9 +85,11 @@ class Filters:
             > self.config.max_example_tokens
         ):
             return "too_long"
-        digest = hashlib.blake2b(
-            json.dumps(example, sort_keys=True).encode(), digest_size=16
-        ).digest()
+        return None
+
+    def _duplicate_reason(self, line: bytes) -> str | None:
+        # build_example fixes every key order, so equal examples serialise to equal lines.
+        digest = hashlib.blake2b(line, digest_size=16).digest()
         if digest in self.seen:
             return "duplicate"
         self.seen.add(digest)
@@ -83,25 +103,44 @@ def in_validation(job_id: int, idx: int, fraction: float) -> bool:
 
 
 def build_example(row: Row, system_prompt: str | None) -> dict[str, Any]:
-    messages = [{"role": m["role"], "content": m["content"]} for m in row.messages]
-    if system_prompt and not any(m["role"] in ("system", "developer") for m in messages):
+    messages = [
+        # fine-tuning knows no "developer" role
+        {"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
+        for m in row.messages
+    ]
+    if system_prompt and not any(m["role"] == "system" for m in messages):
         messages.insert(0, {"role": "system", "content": system_prompt})
-    for message in messages:  # fine-tuning knows no "developer" role
-        if message["role"] == "developer":
-            message["role"] = "system"
     messages.append({"role": "assistant", "content": (row.response or "").strip()})
     return {"messages": messages}
 
 
+# What json.dumps(example, ensure_ascii=False) builds on every call, built once.
+_ENCODER = json.JSONEncoder(ensure_ascii=False)
+
+
+def jsonl_line(example: dict[str, Any]) -> bytes:
+    return (_ENCODER.encode(example) + "\n").encode()
+
+
 def stream_rows(session: Session, job_id: int) -> Iterator[Row]:
+    # Per row, the cheapest way measured: Core on the table, not the ORM entity (no ORM row
+    # loading); the status as the plain string it is stored as (a str enum compares equal to
+    # it), not an enum built per row; and messages as text parsed here, which on PostgreSQL
+    # costs half of what psycopg's jsonb loader does (the same text, so the same values).
+    prompts = Prompt.__table__  # type: ignore[attr-defined]
     query = (
-        select(col(Prompt.idx), col(Prompt.status), col(Prompt.messages), col(Prompt.response))
-        .where(col(Prompt.job_id) == job_id)
-        .order_by(col(Prompt.idx))
-        .execution_options(yield_per=2000)
+        select(
+            prompts.c.idx,
+            type_coerce(prompts.c.status, String),
+            cast(prompts.c.messages, Text),
+            prompts.c.response,
+        )
+        .where(prompts.c.job_id == job_id)
+        .order_by(prompts.c.idx)
+        .execution_options(yield_per=ROWS_PER_FETCH)
     )
-    for idx, status, messages, response in session.execute(query):
-        yield Row(idx, status, messages, response)
+    for idx, status, messages, response in session.connection().execute(query):
+        yield Row(idx, status, json.loads(messages), response)
 
 
 def validation_path_for(out: Path) -> Path:
@@ -112,18 +151,22 @@ class _HashingWriter:
     """Writes JSONL lines to a temporary file, hashing as it goes, renamed into place at the end
     so a crash never leaves a half-written training file under the final name."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, check: FormatCheck | None = None) -> None:
         self.path = path
         self.tmp = path.with_name(path.name + ".tmp")
         self.file: IO[bytes] = self.tmp.open("wb")
         self.sha = hashlib.sha256()
         self.lines = 0
+        # Checked as the lines are written, so the file is never read back to check it.
+        self.check = check
 
-    def write(self, example: dict[str, Any]) -> None:
-        data = (json.dumps(example, ensure_ascii=False) + "\n").encode()
-        self.file.write(data)
-        self.sha.update(data)
+    def write(self, line: bytes, example: dict[str, Any]) -> None:
+        """`line` is `jsonl_line(example)`."""
+        self.file.write(line)
+        self.sha.update(line)
         self.lines += 1
+        if self.check is not None:
+            self.check.add(check_example(example))
 
     def close(self) -> None:
         self.file.close()
@@ -138,22 +181,38 @@ def reduce_job(*, engine: Engine, job_id: int, out: Path, config: ReducerConfig)
         system_prompt = job.params.get("system_prompt") if config.include_system_prompt else None
         out.parent.mkdir(parents=True, exist_ok=True)
         validation = validation_path_for(out)
-        train, valid = _HashingWriter(out), _HashingWriter(validation)
-        filters, rejected = Filters(config), Counter[str]()
-        for row in stream_rows(session, job_id):
-            example = build_example(row, system_prompt)
-            reason = filters.reject_reason(row, example)
-            if reason:
-                rejected[reason] += 1
-            elif in_validation(job_id, row.idx, config.validation_fraction):
-                valid.write(example)
-            else:
-                train.write(example)
+        check = FormatCheck(out)  # the training file's only, as check_file read back only it
+        train, valid = _HashingWriter(out, check), _HashingWriter(validation)
+        rows = stream_rows(session, job_id)
+        rejected = _write_examples(rows, system_prompt, job_id, config, train, valid)
         train.close()
         valid.close()
     if not valid.lines:
         validation.unlink()
-    return _record(engine, job_id, train, valid, rejected)
+    return _record(engine, job_id, train, valid, rejected, check.finish())
+
+
+def _write_examples(
+    rows: Iterator[Row],
+    system_prompt: str | None,
+    job_id: int,
+    config: ReducerConfig,
+    train: _HashingWriter,
+    valid: _HashingWriter,
+) -> Counter[str]:
+    """Build, filter and write every row's example; returns the rejected counts by reason."""
+    filters, rejected = Filters(config), Counter[str]()
+    fraction = config.validation_fraction
+    for row in rows:
+        example = build_example(row, system_prompt)
+        reason, line = filters.judge(row, example)
+        if reason:
+            rejected[reason] += 1
+        elif fraction > 0 and in_validation(job_id, row.idx, fraction):  # 0: skip the hash
+            valid.write(line, example)
+        else:
+            train.write(line, example)
+    return rejected
 
 
 def _record(
@@ -162,8 +221,8 @@ def _record(
     train: _HashingWriter,
     valid: _HashingWriter,
     rejected: Counter[str],
+    report: FormatReport,
 ) -> Reduction:
-    report = check_file(train.path)
     if report.errors:  # our own output breaking the format is a bug, never silently shipped
         raise ReduceError(
             "training file failed the format check:\n" + "\n".join(report.errors[:10])
