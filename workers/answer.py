@@ -97,13 +97,17 @@ def load_work(engine: Engine, prompt_ids: list[int], tier: str) -> list[WorkItem
     ]
 
 
+# How stale a worker's view of a job's status may be: a cancel stops its calls within this.
+JOB_STATUS_TTL_S = 0.1
+
+
 class RunningJobs:
     """Whether a job still wants calls: checked right before each call, so a cancel stops
     the calls that were waiting. The answer is re-read at most every `ttl_s` per job per
     process (one query however many calls are in flight), so a cancel reaches every
     worker within `ttl_s` plus a query."""
 
-    def __init__(self, engine: Engine, ttl_s: float = 0.1) -> None:
+    def __init__(self, engine: Engine, ttl_s: float = JOB_STATUS_TTL_S) -> None:
         self.engine = engine
         self.ttl_s = ttl_s
         self.known: dict[int, tuple[float, bool]] = {}  # job id -> (read at, running)

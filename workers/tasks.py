@@ -99,8 +99,14 @@ def answer(prompt_ids: list[int], tier: str) -> None:
         ctx, in_flight = _context(loop), loop.in_flight(tier, cap)
 
         async def one(item: WorkItem) -> list[Future[Written]]:
+            # The slot is held until the prompt's records are committed: a worker never
+            # has more calls paid for but not on record than its tier's `concurrency`
+            # (the most a kill -9 can lose).
             async with in_flight:
-                return await answer_prompt(item, tier, ctx)
+                recorded = await answer_prompt(item, tier, ctx)
+                if recorded:
+                    await asyncio.wait([asyncio.wrap_future(f) for f in recorded])
+                return recorded
 
         steps = await asyncio.gather(*(one(item) for item in work))
         return [future for step in steps for future in step]
