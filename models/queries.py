@@ -1,5 +1,6 @@
 """Keyword-only helpers over the tables: every state change is one conditional UPDATE, so
-a redelivered message or two racing workers can never count a prompt twice."""
+a redelivered message or two racing workers can never count a prompt twice (the workers'
+group commit of outcomes is `models.outcomes`)."""
 
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -19,12 +20,6 @@ from models.tables import (
     PromptStatus,
 )
 from models.types import utcnow
-
-_COUNTER_FOR_STATUS = {
-    PromptStatus.SUCCEEDED: "completed",
-    PromptStatus.FAILED: "failed",
-    PromptStatus.CANCELLED: "cancelled",
-}
 
 
 def create_job(
@@ -81,47 +76,6 @@ def _last_escalations(session: Session, job_id: int) -> dict[int, str]:
         .order_by(col(Fallback.id))
     )
     return {pid: tier for pid, tier in session.execute(query)}  # later rows win
-
-
-def record_attempt(*, session: Session, attempt: Attempt) -> None:
-    session.add(attempt)
-
-
-def finish_prompt(
-    *, session: Session, prompt_id: int, job_id: int, status: PromptStatus, **fields: Any
-) -> bool:
-    """Move a prompt to a terminal status and count it on its job, exactly once.
-
-    Returns False (and changes nothing) when the prompt was already terminal: a redelivered
-    message, or a cancel that won the race.
-    """
-    result = session.execute(
-        update(Prompt)
-        .where(col(Prompt.id) == prompt_id, col(Prompt.status).not_in(TERMINAL_PROMPT_STATUSES))
-        .values(status=status, finished_at=utcnow(), **fields)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        return False
-    counter = _COUNTER_FOR_STATUS[status]
-    extra = {"fell_back": Job.fell_back + 1} if fields.get("fell_back") else {}
-    session.execute(
-        update(Job)
-        .where(col(Job.id) == job_id)
-        .values({counter: getattr(Job, counter) + 1, **extra})
-    )
-    return True
-
-
-def finish_job_if_done(*, session: Session, job_id: int) -> bool:
-    """Mark a running job finished once every prompt is terminal; True only for the caller
-    that made the change (so the reducer is started once)."""
-    done = col(Job.completed) + col(Job.failed) + col(Job.cancelled)
-    result = session.execute(
-        update(Job)
-        .where(col(Job.id) == job_id, col(Job.status) == JobStatus.RUNNING, done >= col(Job.total))
-        .values(status=JobStatus.FINISHED, finished_at=utcnow())
-    )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def cancel_job(*, session: Session, job_id: int) -> int:

@@ -164,3 +164,37 @@ def test_prompt_fails_after_last_retry(
     )
     record = wait_for_training_file(engine, job_id, workers)
     assert record.examples == 0 and record.rejected == {"no_answer": 12}
+
+
+def test_one_worker_keeps_hundreds_of_calls_in_flight(
+    tmp_path: Path, sqlite_url: str, workers: Any
+) -> None:
+    """A tier's `concurrency` is the calls in flight per worker, however many messages
+    carry them: 600 prompts, one worker, 250 in flight, the simulator at 1 s per call.
+    Every call then waits on the same few shared things (the rate limiter's Redis
+    connections, the ledger writer): none of them may turn the crowd into failures."""
+    from simulator import ModelBehaviour, SimConfig, start_in_thread
+
+    with start_in_thread(SimConfig(default=ModelBehaviour(latency_ms=1000))) as slow:
+        config = write_config(
+            tmp_path / "distillery.toml",
+            base_url=slow.base_url,
+            database_url=sqlite_url,
+            concurrency=250,
+            enqueue_batch=25,
+        )
+        rows = [{"prompt": f"Explain {TOPICS[i % 10]}, take {i}."} for i in range(600)]
+        workers.start(config, concurrency=12)  # messages at once: 12 x 25 prompts > 250
+        job_id, engine, _ = submit_file(write_jsonl(tmp_path / "p.jsonl", rows), config)
+        job = wait_for_job(engine, job_id, workers)
+        assert (job.completed, job.failed) == (600, 0)
+        assert slow.stats()["requests"] == 600
+        calls = attempts_of(engine, job_id)
+    # The simulator answers after 1 s: calls that overlap in time were in flight together.
+    starts = sorted(a.started_at.timestamp() for a in calls)
+    most = max(
+        sum(1 for t in starts[i : i + 300] if t < start + 0.9) for i, start in enumerate(starts)
+    )
+    assert most >= 200, most
+    logs = workers.log_text()
+    assert "Traceback" not in logs and "retry:" not in logs.lower()  # not one message retried

@@ -24,6 +24,8 @@ from workers.settings import Settings, TierConfig
 
 # A 429 without Retry-After still pauses the tier, briefly.
 DEFAULT_COOLDOWN_S = 1.0
+# Connections from one worker's call loop to Redis for the rate limiter.
+REDIS_CONNECTIONS = 32
 
 
 @lru_cache(maxsize=4)
@@ -45,7 +47,13 @@ def async_rate_limiter(redis_url: str | None) -> AsyncRateLimiter:
         return AsyncLocalRateLimiter(local)
     import redis.asyncio
 
-    return AsyncRedisRateLimiter(redis.asyncio.Redis.from_url(redis_url))
+    # A blocking pool: hundreds of calls in flight ask for capacity at once, and each ask
+    # is a short script; they queue for a connection instead of failing with "Too many
+    # connections" (the default pool's answer past its size).
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        redis_url, max_connections=REDIS_CONNECTIONS, timeout=None
+    )
+    return AsyncRedisRateLimiter(redis.asyncio.Redis(connection_pool=pool))
 
 
 def _limits(tier: TierConfig) -> Limits:

@@ -10,6 +10,7 @@ from collections import defaultdict
 from concurrent.futures import Future, wait
 from pathlib import Path
 
+from redis.exceptions import RedisError
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -32,7 +33,8 @@ ROUTE_POOL = "route"  # the routers' own pool (the llm router makes calls too)
 RELIABLE = {
     "acks_late": True,
     "reject_on_worker_lost": True,
-    "autoretry_for": (OperationalError, PoolTimeoutError),
+    # The infrastructure: the database, and Redis (the rate limiter's store).
+    "autoretry_for": (OperationalError, PoolTimeoutError, RedisError),
     "retry_backoff": True,
     "retry_backoff_max": 60,
     "max_retries": 10,
@@ -108,8 +110,13 @@ def answer(prompt_ids: list[int], tier: str) -> None:
                     await asyncio.wait([asyncio.wrap_future(f) for f in recorded])
                 return recorded
 
-        steps = await asyncio.gather(*(one(item) for item in work))
-        return [future for step in steps for future in step]
+        # Every prompt runs to its end even when another fails (e.g. Redis went away for
+        # it): the failure is raised afterwards, and the retried message skips what is done.
+        steps = await asyncio.gather(*(one(item) for item in work), return_exceptions=True)
+        for step in steps:
+            if isinstance(step, BaseException):
+                raise step
+        return [future for step in steps for future in step]  # type: ignore[union-attr]
 
     recorded = loop.run(answer_all())
     wait(recorded)
