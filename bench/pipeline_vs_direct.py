@@ -5,12 +5,12 @@ as its own process. The baseline is `openai.AsyncOpenAI` calling it straight, at
 of a few concurrencies. Then the same prompts go through the pipeline a user runs
 (submit -> Redis -> two `distillery worker` processes -> call -> persist in SQL), at the
 best of a few calls-in-flight per worker (the tier's `concurrency`, the size of each
-worker's call pool; `--concurrency`, messages at once, stays at the CLI's default), on
+worker's cap on calls in flight; `--concurrency`, messages at once, stays at the CLI's default), on
 SQLite and on PostgreSQL. Throughput is prompts / (the job's `finished_at` in the ledger -
 the moment submit was called).
 
     python -m bench.pipeline_vs_direct [--quick] [--no-postgres] [--py-spy DIR]
-        [--prompts N] [--calls-in-flight 32,64,100]
+        [--prompts N] [--calls-in-flight 64,128,256]
 """
 
 import argparse
@@ -63,8 +63,8 @@ class Sizes:
     worker_concurrencies: tuple[int, ...]
 
 
-FULL = Sizes(4000, 2000, (50, 100, 200, 400), (32, 64, 100))
-QUICK = Sizes(600, 400, (50, 200), (32,))
+FULL = Sizes(4000, 3000, (50, 100, 200, 400), (64, 128, 256))
+QUICK = Sizes(600, 400, (50, 200), (64,))
 
 
 # ------------------------------------------------------------------------------- direct
@@ -428,7 +428,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--py-spy", type=Path, help="record each worker with py-spy into DIR")
     parser.add_argument("--prompts", type=int, help="prompts per pipeline run")
-    parser.add_argument("--calls-in-flight", help="per-worker sweep, e.g. 32,64")
+    parser.add_argument("--calls-in-flight", help="per-worker sweep, e.g. 64,128")
     args = parser.parse_args(argv)
     sizes = chosen_sizes(args)
     kinds = ["sqlite"] if args.no_postgres else ["sqlite", "postgres"]

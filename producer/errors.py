@@ -2,8 +2,7 @@
 A user error never prints a stack trace."""
 
 from enum import IntEnum
-
-from sqlalchemy.engine import make_url
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 
 class ExitCode(IntEnum):
@@ -28,9 +27,26 @@ class UserError(Exception):
         self.code = code
 
 
+# Query parameters that carry a secret (redis-py reads `?password=`, libpq `sslpassword`).
+SECRET_QUERY_KEYS = frozenset({"password", "pass", "pwd", "sslpassword", "token", "api_key"})
+
+
 def safe_url(url: str) -> str:
-    """A URL fit to print: the password masked."""
+    """A URL fit to print: the password masked, in the user-info and in the query string.
+    Everything else is kept as written (`unix:///path`, `postgresql+psycopg://`)."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
+        parts = urlsplit(url)
+        has_password = parts.password is not None
+    except ValueError:
         return "<unparsable URL>"
+    shown = url  # edited in place: urlunsplit would turn `sqlite:///x` into `sqlite:/x`
+    if has_password:
+        userinfo, host = parts.netloc.rsplit("@", 1)
+        shown = shown.replace(parts.netloc, f"{userinfo.split(':', 1)[0]}:***@{host}", 1)
+    if parts.query:
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        masked = [(k, "***" if k.lower() in SECRET_QUERY_KEYS else v) for k, v in pairs]
+        base, _, rest = shown.partition("?")
+        fragment = rest[len(parts.query) :]
+        shown = f"{base}?{urlencode(masked, safe='*/:')}{fragment}"
+    return shown

@@ -725,3 +725,28 @@ def test_settings_hold_only_the_keys_name(monkeypatch: pytest.MonkeyPatch, tmp_p
     settings = load_settings(config)
     assert SECRET not in repr(settings) and SECRET not in settings.model_dump_json()
     assert settings.tiers["small"].api_key("small") == SECRET  # read when a call is made
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0?password=hunter2-secret",
+        "unix:///run/redis.sock?db=0&password=hunter2-secret",
+        "postgresql://app@db/distillery?sslmode=require&sslpassword=hunter2-secret",
+        "redis://:hunter2-secret@127.0.0.1:6379/0",
+    ],
+)
+def test_safe_url_masks_passwords_in_the_query_string_too(url: str) -> None:
+    shown = safe_url(url)
+    assert "hunter2-secret" not in shown and "***" in shown
+    assert shown.split("?")[0].split("@")[-1] == url.split("?")[0].split("@")[-1]  # host kept
+
+
+def test_the_settings_repr_shows_no_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.settings import load_settings
+
+    monkeypatch.setenv("REDIS_URL", "redis://:hunter2-secret@127.0.0.1:6379/0")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app:hunter2-secret@db/distillery")
+    settings = load_settings()
+    assert settings.redis_url and "hunter2-secret" in settings.redis_url  # still usable
+    assert "hunter2-secret" not in repr(settings) and "hunter2-secret" not in str(settings)

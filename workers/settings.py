@@ -153,8 +153,9 @@ def _default_tiers() -> dict[str, TierConfig]:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="forbid", frozen=True)
 
-    redis_url: str | None = None
-    database_url: str = "sqlite:///distillery.db"
+    # repr=False: URLs may hold passwords, and a logged settings object must not show them.
+    redis_url: str | None = Field(None, repr=False)
+    database_url: str = Field("sqlite:///distillery.db", repr=False)
     output_dir: Path = Path("distillery-output")
     # Prompt ids per Celery message: a worker answers a message's prompts concurrently, and
     # batches make a 100,000-prompt submit a few thousand messages instead of 100,000.
