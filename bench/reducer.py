@@ -64,12 +64,14 @@ def kind_of_row(idx: int) -> str:
 
 
 def row_content(idx: int) -> tuple[list[dict[str, str]], str | None]:
-    """(messages, response) of row `idx`; a duplicate repeats the row before it exactly."""
+    """(messages, response) of row `idx`; a duplicate is exactly the (answered) row after
+    it, so the second of the two is dropped."""
     from simulator.answers import answer
 
     kind = kind_of_row(idx)
-    source = idx - 1 if kind == "duplicate" else idx
-    prompt = f"Explain idea {source} to a student, with an example."
+    if kind == "duplicate":
+        return row_content(idx + 1)
+    prompt = f"Explain idea {idx} to a student, with an example."
     if kind == "failed":
         return [{"role": "user", "content": prompt}], None
     response = {"refusal": REFUSAL, "short": "OK."}.get(kind)
