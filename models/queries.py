@@ -18,6 +18,7 @@ from models.tables import (
     JobStatus,
     Prompt,
     PromptStatus,
+    TrainingFile,
 )
 from models.types import utcnow
 
@@ -76,6 +77,23 @@ def _last_escalations(session: Session, job_id: int) -> dict[int, str]:
         .order_by(col(Fallback.id))
     )
     return {pid: tier for pid, tier in session.execute(query)}  # later rows win
+
+
+def has_training_file(*, session: Session, job_id: int) -> bool:
+    query = select(col(TrainingFile.id)).where(col(TrainingFile.job_id) == job_id).limit(1)
+    return session.execute(query).first() is not None
+
+
+def unreduced_teacher_jobs(*, session: Session) -> list[int]:
+    """Finished teacher jobs without a training file: their reduce message was lost (a
+    worker died between the commit that finished the job and sending it)."""
+    reduced = select(col(TrainingFile.job_id))
+    query = select(col(Job.id)).where(
+        col(Job.mode) == JobMode.TEACHER,
+        col(Job.status) == JobStatus.FINISHED,
+        col(Job.id).not_in(reduced),
+    )
+    return list(session.execute(query.order_by(col(Job.id))).scalars())
 
 
 def cancel_job(*, session: Session, job_id: int) -> int:

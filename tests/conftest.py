@@ -149,7 +149,13 @@ class Workers:
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def start(
-        self, config: Path, tiers: str = "frontier", concurrency: int = 8, **env: str
+        self,
+        config: Path,
+        tiers: str = "frontier",
+        concurrency: int = 8,
+        *,
+        control: bool = True,
+        **env: str,
     ) -> subprocess.Popen[bytes]:
         log = (self.logs / f"worker-{len(self.processes)}.log").open("wb")
         environ = {
@@ -170,6 +176,7 @@ class Workers:
             str(concurrency),
             "--loglevel",
             "INFO",
+            *([] if control else ["--no-control"]),
         ]
         process = subprocess.Popen(command, env=environ, stdout=log, stderr=subprocess.STDOUT)
         self.processes.append(process)

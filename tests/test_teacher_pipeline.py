@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from models import AttemptStatus, JobStatus, PromptStatus
-from tests.conftest import shared_data, write_config
+from tests.conftest import shared_data, wait_until, write_config
 from tests.pipeline import (
     attempts_of,
     prompts_of,
@@ -198,3 +198,43 @@ def test_one_worker_keeps_hundreds_of_calls_in_flight(
     assert most >= 200, most
     logs = workers.log_text()
     assert "Traceback" not in logs and "retry:" not in logs.lower()  # not one message retried
+
+
+def test_a_lost_reduce_message_is_made_good_at_the_next_worker_start(
+    tmp_path: Path, sim: Any, sqlite_url: str, workers: Any, clean_redis: Any
+) -> None:
+    """The reduce message goes out after the commit that finishes the job, so a worker that
+    dies in between loses it. Here the job finishes on a worker without the control queue
+    and its reduce message is then deleted from Redis: the next worker that runs reducers
+    finds the finished job without a training file and reduces it, once — a second reduce
+    message for the same job changes nothing."""
+    from sqlmodel import Session, select
+
+    from models import TrainingFile
+    from workers.app import CONTROL_QUEUE
+    from workers.tasks import reduce
+
+    config = write_config(
+        tmp_path / "distillery.toml", base_url=sim.base_url, database_url=sqlite_url
+    )
+    rows = [{"prompt": f"Explain {topic} to a student."} for topic in TOPICS]
+    workers.start(config, control=False)
+    job_id, engine, _ = submit_file(write_jsonl(tmp_path / "p.jsonl", rows), config)
+    assert wait_for_job(engine, job_id, workers).completed == len(TOPICS)
+    assert clean_redis.llen(CONTROL_QUEUE) == 1  # the reduce message, waiting
+    clean_redis.delete(CONTROL_QUEUE)  # ... and lost
+
+    workers.start(config, tiers="frontier")  # with the control queue
+    record = wait_for_training_file(engine, job_id, workers)
+    assert record.examples == len(TOPICS)
+    assert "finished without a training file: reducing it now" in workers.log_text()
+
+    reduce.apply_async((job_id,), queue=CONTROL_QUEUE)
+    wait_until(
+        lambda: "already has a training file" in workers.log_text(),
+        timeout=60,
+        what="the duplicate",
+    )
+    with Session(engine) as session:
+        files = session.exec(select(TrainingFile).where(TrainingFile.job_id == job_id)).all()
+    assert len(files) == 1

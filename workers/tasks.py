@@ -9,14 +9,17 @@ import logging
 from collections import defaultdict
 from concurrent.futures import Future, wait
 from pathlib import Path
+from typing import Any
 
+from celery.signals import worker_ready
 from redis.exceptions import RedisError
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from models import Job, JobMode, get_engine, session_scope
+from models import Job, JobMode, JobStatus, get_engine, session_scope
 from models.outcomes import Written
+from models.queries import has_training_file, unreduced_teacher_jobs
 from workers import reducer
 from workers.aclient import ChatClient
 from workers.answer import Context, Outcome, RunningJobs, WorkItem, answer_prompt, load_work
@@ -149,16 +152,39 @@ def route(prompt_ids: list[int]) -> None:
 
 @app.task(name="distillery.reduce", **RELIABLE)
 def reduce(job_id: int) -> None:
-    """Write a finished teacher job's training file (route jobs have nothing to reduce)."""
+    """Write a finished teacher job's training file, once: a second message for the same
+    job (the start-up sweep below) finds the file and stops. Route jobs have nothing to
+    reduce; `distillery reduce JOB` writes a new file on purpose, without this task."""
     settings = get_settings()
     engine = _engine()
     with session_scope(engine) as session:
         job = session.get(Job, job_id)
-        if job is None or job.mode != JobMode.TEACHER:
+        if job is None or job.mode != JobMode.TEACHER or job.status != JobStatus.FINISHED:
+            return
+        if has_training_file(session=session, job_id=job_id):
+            log.info("job %s already has a training file", job_id)
             return
     out = default_training_path(settings.output_dir, job_id)
     result = reducer.reduce_job(engine=engine, job_id=job_id, out=out, config=settings.reducer)
     log.info("job %s: %d training examples in %s", job_id, result.record.examples, out)
+
+
+@worker_ready.connect
+def reduce_what_was_missed(sender: Any = None, **_: Any) -> None:
+    """At a worker's start: reduce the finished teacher jobs whose reduce message was lost
+    (sent after the commit that finished the job, so a crash in between loses it)."""
+    consumed = getattr(getattr(sender, "app", app).amqp.queues, "consume_from", None) or {}
+    if consumed and CONTROL_QUEUE not in consumed:
+        return  # only workers that run reducers look
+    try:
+        with session_scope(_engine()) as session:
+            missed = unreduced_teacher_jobs(session=session)
+    except Exception:  # the tables may not exist yet; the sweep is a courtesy
+        log.warning("could not look for unreduced jobs", exc_info=True)
+        return
+    for job_id in missed:
+        log.warning("job %s finished without a training file: reducing it now", job_id)
+        reduce.apply_async((job_id,), queue=CONTROL_QUEUE)
 
 
 def default_training_path(output_dir: Path, job_id: int) -> Path:
