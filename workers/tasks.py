@@ -116,10 +116,12 @@ def answer(prompt_ids: list[int], tier: str) -> None:
         # Every prompt runs to its end even when another fails (e.g. Redis went away for
         # it): the failure is raised afterwards, and the retried message skips what is done.
         steps = await asyncio.gather(*(one(item) for item in work), return_exceptions=True)
+        recorded: list[Future[Written]] = []
         for step in steps:
             if isinstance(step, BaseException):
                 raise step
-        return [future for step in steps for future in step]  # type: ignore[union-attr]
+            recorded.extend(step)
+        return recorded
 
     recorded = loop.run(answer_all())
     wait(recorded)
