@@ -1,6 +1,7 @@
 """Global per-tier rate limits: the algorithm on a fake clock, the Redis script against real
 Redis, and three real worker processes against a simulator enforcing the same limit."""
 
+import asyncio
 import threading
 import time
 from itertools import pairwise
@@ -11,7 +12,7 @@ import pytest
 
 from models import AttemptStatus, JobStatus
 from simulator import ModelBehaviour, SimConfig, start_in_thread
-from tests.conftest import write_config
+from tests.conftest import TEST_REDIS_URL, write_config
 from tests.pipeline import attempts_of, submit_file, wait_for_job, write_jsonl
 from workers.ratelimit import Limits, LocalRateLimiter, RedisRateLimiter, estimate_tokens
 
@@ -102,6 +103,58 @@ def test_redis_window_reconcile_and_cooldown(redis_limiter: RedisRateLimiter) ->
     redis_limiter.cooldown("t", 3)
     wait, granted = redis_limiter.try_acquire("t", Limits(None, None), 1, "d")
     assert granted is None and 2.5 < wait <= 3.0
+
+
+def async_limiter() -> Any:
+    import redis.asyncio
+
+    from workers.ratelimit import AsyncRedisRateLimiter
+
+    return AsyncRedisRateLimiter(redis.asyncio.Redis.from_url(TEST_REDIS_URL))
+
+
+def test_async_and_thread_limiters_share_one_window(
+    clean_redis: Any, redis_limiter: RedisRateLimiter
+) -> None:
+    """The call loop's limiter and the threads' one (the LLM router's) count the same calls."""
+    limits = Limits(rpm=None, tpm=1000)
+
+    async def grant_then_wait() -> tuple[str | None, float]:
+        limiter = async_limiter()
+        ticket = await limiter.acquire("t", limits, 600)
+        started = time.monotonic()
+        # The window is now full for the thread-side limiter too:
+        wait, granted = redis_limiter.try_acquire("t", limits, 600, "sync")
+        assert granted is None and 61 < wait <= 62.01
+        await limiter.reconcile("t", ticket, 100)
+        return redis_limiter.try_acquire("t", limits, 600, "sync2")[1], time.monotonic() - started
+
+    granted, _ = asyncio.run(grant_then_wait())
+    assert granted == "sync2:600"  # reconciled down to 100 tokens, so 600 more fit
+
+
+def test_a_limitless_tier_waits_out_any_workers_cooldown(clean_redis: Any) -> None:
+    """A tier without rpm/tpm asks Redis about its 429 cooldown at most every
+    COOLDOWN_REFRESH_S per process: its own 429 pauses it at once, another process's within
+    that time, and either way for the whole Retry-After."""
+    from workers.ratelimit import COOLDOWN_REFRESH_S
+
+    async def run() -> tuple[float, float]:
+        this, other = async_limiter(), async_limiter()  # two worker processes
+        none = Limits(None, None)
+        assert await this.acquire("t", none, 1) is None  # no cooldown: no wait
+        await other.cooldown("t", 1.0)  # another worker got a 429 with Retry-After: 1
+        cooled = time.monotonic()
+        await asyncio.sleep(COOLDOWN_REFRESH_S)  # this one's view is now stale
+        await this.acquire("t", none, 1)
+        theirs = time.monotonic() - cooled
+        await this.cooldown("t", 0.5)  # its own 429
+        cooled = time.monotonic()
+        await this.acquire("t", none, 1)
+        return theirs, time.monotonic() - cooled
+
+    theirs, own = asyncio.run(run())
+    assert theirs >= 0.95 and own >= 0.5  # the whole Retry-After, less Redis clock skew
 
 
 def max_in_any_window(events: list[tuple[float, float]], window: float = 60.0) -> float:

@@ -12,7 +12,6 @@ this in a Celery task.
 """
 
 import asyncio
-import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from workers.ratelimit import AsyncRateLimiter
 from workers.request import build_request, next_tier
 from workers.retry import RetryPolicy, call_with_retries
 from workers.settings import Settings, TierConfig
+from workers.ttlcache import TtlCache
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,30 +109,18 @@ class RunningJobs:
 
     def __init__(self, engine: Engine, ttl_s: float = JOB_STATUS_TTL_S) -> None:
         self.engine = engine
-        self.ttl_s = ttl_s
-        self.known: dict[int, tuple[float, bool]] = {}  # job id -> (read at, running)
-        self.reading: dict[int, asyncio.Future[bool]] = {}
+        self.statuses: TtlCache[int, bool] = TtlCache(ttl_s)
 
     async def running(self, job_id: int) -> bool:
-        known = self.known.get(job_id)
-        if known is not None and time.monotonic() - known[0] < self.ttl_s:
-            return known[1]
-        if job_id not in self.reading:  # one read per job at a time, shared by all waiters
-            started = time.monotonic()
-            read = asyncio.get_running_loop().run_in_executor(None, self._read, job_id)
-            self.reading[job_id] = read
-            read.add_done_callback(lambda done: self._remember(job_id, started, done))
-        return await asyncio.shield(self.reading[job_id])
+        loop = asyncio.get_running_loop()
+        return await self.statuses.get(
+            job_id, lambda: loop.run_in_executor(None, self._read, job_id)
+        )
 
     def _read(self, job_id: int) -> bool:
         with self.engine.connect() as conn:
             status = conn.execute(select(JOBS.c.status).where(JOBS.c.id == job_id)).scalar()
         return status == JobStatus.RUNNING
-
-    def _remember(self, job_id: int, started: float, done: "asyncio.Future[bool]") -> None:
-        del self.reading[job_id]
-        if not done.cancelled() and done.exception() is None:
-            self.known[job_id] = (started, done.result())
 
 
 class JobStopped(Exception):

@@ -24,6 +24,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from workers.ttlcache import TtlCache
+
 WINDOW_S = 60.0
 # The limiter counts its window a second longer than the provider's minute: a call granted
 # here reaches the provider a little later (network, a busy CPU), and this guard keeps any
@@ -33,6 +35,8 @@ GUARD_S = 2.0
 # when a call lands exactly on the window's edge.
 PACING_MARGIN = 1.002
 DEFAULT_COMPLETION_ESTIMATE = 256
+# How stale a worker's view of a limitless tier's 429 cooldown may be (see below).
+COOLDOWN_REFRESH_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +161,14 @@ redis.call('HINCRBY', KEYS[1], 'tokens', tonumber(ARGV[2]) - old)
 return 1
 """
 
+# KEYS: state hash. Seconds left of the tier's 429 cooldown (0 when none).
+COOL_LEFT_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local cool = tonumber(redis.call('HGET', KEYS[1], 'cool')) or 0
+return tostring(math.max(0, cool - now))
+"""
+
 COOLDOWN_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -226,15 +238,26 @@ class RedisRateLimiter:
 
 
 class AsyncRedisRateLimiter:
-    """`RedisRateLimiter` over `redis.asyncio`, for the workers' call loop."""
+    """`RedisRateLimiter` over `redis.asyncio`, for the workers' call loop.
+
+    A tier with limits runs the acquire script before every call: it must be counted. A
+    tier without limits only has to respect a 429 cooldown; asking Redis about it before
+    every call cost a fifth of a worker's CPU, so this process re-reads a tier's cooldown at
+    most every `COOLDOWN_REFRESH_S` (and knows its own 429s at once). Another worker's 429
+    pauses this one within that time."""
 
     def __init__(self, client: Any, *, prefix: str = PREFIX) -> None:
         self.prefix = prefix
         self._acquire = client.register_script(ACQUIRE_LUA)
         self._reconcile = client.register_script(RECONCILE_LUA)
         self._cooldown = client.register_script(COOLDOWN_LUA)
+        self._cool_left = client.register_script(COOL_LEFT_LUA)
+        self.cool_until: TtlCache[str, float] = TtlCache(COOLDOWN_REFRESH_S)  # monotonic
 
     async def acquire(self, tier: str, limits: Limits, tokens: int) -> str | None:
+        if not limits.active:
+            await self._wait_for_cooldown(tier)
+            return None
         ticket = uuid.uuid4().hex
         keys, args = redis_keys(self.prefix, tier), acquire_args(limits, tokens, ticket)
 
@@ -243,11 +266,20 @@ class AsyncRedisRateLimiter:
 
         return await wait_loop_async(attempt)
 
+    async def _wait_for_cooldown(self, tier: str) -> None:
+        async def read() -> float:
+            left = await self._cool_left(keys=redis_keys(self.prefix, tier)[:1])
+            return time.monotonic() + float(left)
+
+        while (wait := await self.cool_until.get(tier, read) - time.monotonic()) > 0:
+            await asyncio.sleep(_jittered(wait))
+
     async def reconcile(self, tier: str, ticket: str | None, tokens: int) -> None:
         if ticket:
             await self._reconcile(keys=redis_keys(self.prefix, tier), args=[ticket, tokens])
 
     async def cooldown(self, tier: str, seconds: float) -> None:
+        self.cool_until.put(tier, time.monotonic() + seconds)
         await self._cooldown(keys=redis_keys(self.prefix, tier)[:1], args=[seconds])
 
 
