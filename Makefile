@@ -24,7 +24,7 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest -q -ra
 
-# Benchmarks print figures and ratios against a baseline measured in the same run (~15 min);
+# Benchmarks print figures and ratios against a baseline measured in the same run (~12 min);
 # they are not part of `make test`. Results: docs/performance.md.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all

@@ -5,7 +5,7 @@
 Each benchmark runs as `python -m bench.NAME` in a process of its own: the Celery app,
 the engines and the memory high-water marks of one never leak into another. Figures are
 collected through a JSON Lines file (bench.common.report appends to it). The whole run
-takes about 17 minutes on a 2-core machine; --quick shrinks every size for a smoke run.
+takes about 12 minutes on a 2-core machine; --quick shrinks every size for a smoke run.
 """
 
 import argparse
