@@ -2,10 +2,11 @@
 
 Why not the `openai` SDK here: measured on this project's 2-core machine against the
 simulator, a call through `openai.OpenAI` in threads costs ~4.0 ms of CPU, through
-`openai.AsyncOpenAI` ~2.5 to 4.5 ms, and a plain aiohttp POST with `json.loads` ~1.0 ms
-(docs/performance.md). A worker answering hundreds of prompts a second spends most of its
-CPU in the client, so the hot path speaks the (small, stable) wire format itself. It
-classifies failures exactly as `workers.client` does (`workers.completion`).
+`openai.AsyncOpenAI` 2.5 to 7 ms (it varies from run to run), and a plain aiohttp POST
+with `json.loads` 0.5 to 1.0 ms (docs/performance.md). A worker answering hundreds of
+prompts a second spent most of its CPU in the client, so the hot path speaks the (small,
+stable) wire format itself. It classifies failures exactly as `workers.client` does
+(`workers.completion`).
 """
 
 import asyncio
