@@ -3,7 +3,6 @@ names. It never reaches the database, task messages, Redis, logs, exception text
 output or the Celery conf Flower shows; a Redis password is accepted in REDIS_URL (redis://
 and rediss://), works, and is never printed in full. See docs/security.md."""
 
-import asyncio
 import base64
 import binascii
 import json
@@ -36,6 +35,7 @@ from tests.pipeline import (
     write_jsonl,
 )
 from tests.test_cli import invoke
+from tests.test_clients import CLIENTS
 
 SECRET = "sk-distillery-test-SECRET-1234567890"
 KEY_VAR = "DISTILLERY_TEST_API_KEY"
@@ -383,26 +383,7 @@ class _EchoingKeyHandler(BaseHTTPRequestHandler):
         pass
 
 
-def _call_sync(tier: Any, request: dict[str, Any]) -> Any:
-    from workers.client import call_tier
-
-    return call_tier(tier, "small", request)
-
-
-def _call_async(tier: Any, request: dict[str, Any]) -> Any:
-    from workers.aclient import ChatClient
-
-    async def call() -> Any:
-        client = ChatClient()
-        try:
-            return await client.call(tier, "small", request)
-        finally:
-            await client.close()
-
-    return asyncio.run(call())
-
-
-@pytest.mark.parametrize("call", [_call_sync, _call_async], ids=["openai-sdk", "aiohttp"])
+@CLIENTS
 def test_a_server_echoing_the_key_does_not_put_it_in_the_error(
     monkeypatch: pytest.MonkeyPatch, call: Any
 ) -> None:

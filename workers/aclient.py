@@ -74,18 +74,12 @@ async def _post(
                 raise status_error(response.status, message, response.headers, elapsed_ms(started))
     except (TimeoutError, aiohttp.ServerTimeoutError):
         raise timed_out(elapsed_ms(started)) from None
-    except aiohttp.ClientConnectionError as exc:
-        raise CallError(
-            f"connection failed: {exc or type(exc).__name__}",
-            status=AttemptStatus.ERROR,
-            latency_ms=elapsed_ms(started),
-        ) from None
     except aiohttp.ClientError as exc:
-        raise CallError(
-            f"{type(exc).__name__}: {exc}",
-            status=AttemptStatus.ERROR,
-            latency_ms=elapsed_ms(started),
-        ) from None
+        if isinstance(exc, aiohttp.ClientConnectionError):
+            text = f"connection failed: {exc or type(exc).__name__}"
+        else:
+            text = f"{type(exc).__name__}: {exc}"
+        raise CallError(text, status=AttemptStatus.ERROR, latency_ms=elapsed_ms(started)) from None
     latency = elapsed_ms(started)
     try:
         decoded = json.loads(data)

@@ -5,7 +5,7 @@ a doubtful answer or a call that still fails after its retries escalates to the 
 of the job's fallback chain (a `fallbacks` row, then a call there) instead of ending the
 prompt; only the last tier's failure fails it.
 
-A message's prompts are loaded with one query (`load_work`), answered concurrently as
+A message's prompts are loaded with three queries (`load_work`), answered concurrently as
 coroutines in the worker's call loop (`answer_prompt`), and what they produce goes to the
 ledger writer as `Record`s (`workers.ledger`), committed in groups. `workers.tasks` wraps
 this in a Celery task.
@@ -20,13 +20,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from models import (
-    TERMINAL_PROMPT_STATUSES,
-    FallbackReason,
-    JobStatus,
-    PromptStatus,
-)
+from models import FallbackReason, JobStatus, PromptStatus
 from models.outcomes import FALLBACKS, JOBS, PROMPTS, Record, Written
+from models.queries import open_prompts
 from models.types import utcnow
 from workers.aclient import ChatClient
 from workers.attempts import attempt_from_completion, attempt_from_error
@@ -59,7 +55,6 @@ class Outcome:
     job_finished: bool = False
 
 
-NOTHING = Outcome()
 FollowUp = Callable[[Outcome, int], None]
 
 
@@ -68,20 +63,7 @@ def load_work(engine: Engine, prompt_ids: list[int], tier: str) -> list[WorkItem
     answered, cancelled, gone, or escalated past this tier. This check is what makes a
     redelivered message harmless. Three queries for the whole message."""
     with engine.connect() as conn:
-        prompts = conn.execute(
-            select(PROMPTS.c.id, PROMPTS.c.job_id, PROMPTS.c.messages).where(
-                PROMPTS.c.id.in_(prompt_ids),
-                PROMPTS.c.status.not_in(TERMINAL_PROMPT_STATUSES),
-            )
-        ).all()
-        job_ids = {job_id for _, job_id, _ in prompts}
-        params = dict(
-            conn.execute(
-                select(JOBS.c.id, JOBS.c.params).where(
-                    JOBS.c.id.in_(job_ids), JOBS.c.status == JobStatus.RUNNING
-                )
-            ).all()
-        )
+        rows = open_prompts(conn, prompt_ids, PROMPTS.c.messages)
         escalated = set(
             conn.execute(
                 select(FALLBACKS.c.prompt_id).where(
@@ -89,11 +71,10 @@ def load_work(engine: Engine, prompt_ids: list[int], tier: str) -> list[WorkItem
                 )
             ).scalars()
         )
-    found = {pid: (job_id, messages) for pid, job_id, messages in prompts}
     return [
-        WorkItem(pid, found[pid][0], list(found[pid][1]), dict(params[found[pid][0]]))
-        for pid in prompt_ids
-        if pid in found and found[pid][0] in params and pid not in escalated
+        WorkItem(row.id, row.job_id, list(row.messages), params)
+        for row, params in rows
+        if row.id not in escalated
     ]
 
 

@@ -4,11 +4,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, update
 from sqlalchemy.engine import Engine
 
-from models import TERMINAL_PROMPT_STATUSES, AttemptPurpose, JobStatus, get_write_engine
-from models.outcomes import ATTEMPTS, JOBS, PROMPTS
+from models import AttemptPurpose, get_write_engine
+from models.outcomes import ATTEMPTS, PROMPTS
+from models.queries import open_prompts
 from workers.attempts import attempt_from_completion, attempt_from_error
 from workers.routers import Decision, Router, make_router
 from workers.settings import Settings
@@ -89,25 +90,12 @@ def decide_tiers(
     decided: dict[int, str] = {}
     todo: list[ToRoute] = []
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(PROMPTS.c.id, PROMPTS.c.job_id, PROMPTS.c.messages, PROMPTS.c.routed_tier)
-            .where(PROMPTS.c.id.in_(prompt_ids))
-            .where(PROMPTS.c.status.not_in(TERMINAL_PROMPT_STATUSES))
-        ).all()
-        params = dict(
-            conn.execute(
-                select(JOBS.c.id, JOBS.c.params).where(
-                    JOBS.c.id.in_({row.job_id for row in rows}), JOBS.c.status == JobStatus.RUNNING
-                )
-            ).all()
-        )
-    for pid, job_id, messages, routed_tier in rows:
-        if job_id not in params:
-            continue
-        if routed_tier:
-            decided[pid] = routed_tier
+        rows = open_prompts(conn, prompt_ids, PROMPTS.c.messages, PROMPTS.c.routed_tier)
+    for row, params in rows:
+        if row.routed_tier:
+            decided[row.id] = row.routed_tier
         else:
-            todo.append(ToRoute(pid, dict(params[job_id]), last_user_text(messages)))
+            todo.append(ToRoute(row.id, params, last_user_text(row.messages)))
     decisions = decide_all(lambda item: router_for(item.params, settings).decide(item.text), todo)
     _record_decisions(settings, list(zip(todo, decisions, strict=True)))
     decided.update({item.prompt_id: d.tier for item, d in zip(todo, decisions, strict=True)})
