@@ -13,16 +13,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 
-from models.tables import TERMINAL_PROMPT_STATUSES, JobStatus, PromptStatus, SQLModel
+from models.tables import (
+    ATTEMPTS,
+    FALLBACKS,
+    JOBS,
+    PROMPTS,
+    TERMINAL_PROMPT_STATUSES,
+    JobStatus,
+    PromptStatus,
+)
 from models.types import utcnow
-
-_TABLES = SQLModel.metadata.tables
-PROMPTS: Table = _TABLES["prompts"]
-ATTEMPTS: Table = _TABLES["attempts"]
-FALLBACKS: Table = _TABLES["fallbacks"]
-JOBS: Table = _TABLES["jobs"]
 
 # What a final outcome sets on its prompt (every one, so one executemany UPDATE fits all).
 OUTCOME_FIELDS = ("final_tier", "response", "confidence", "error")

@@ -9,7 +9,7 @@ from sqlalchemy import ColumnElement, Connection, Row, func, insert, select, upd
 from sqlmodel import Session, col
 
 from models.bulk import copy_insert
-from models.outcomes import JOBS, PROMPTS
+from models.tables import JOBS, PROMPTS
 from models.tables import (
     TERMINAL_PROMPT_STATUSES,
     Attempt,

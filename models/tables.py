@@ -4,7 +4,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlalchemy import Column, Index, Table, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from models.types import JSONType, StrEnumType, UTCDateTime, utcnow
@@ -182,3 +182,11 @@ class TrainingFile(SQLModel, table=True):
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
     )
+
+
+# Core table handles, for the bulk statements (executemany INSERT/UPDATE) of the ledger and
+# the queries: one place, so every module names a table the same way.
+PROMPTS: Table = SQLModel.metadata.tables["prompts"]
+ATTEMPTS: Table = SQLModel.metadata.tables["attempts"]
+FALLBACKS: Table = SQLModel.metadata.tables["fallbacks"]
+JOBS: Table = SQLModel.metadata.tables["jobs"]

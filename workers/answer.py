@@ -21,7 +21,8 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from models import FallbackReason, JobStatus, PromptStatus
-from models.outcomes import FALLBACKS, JOBS, PROMPTS, Record, Written
+from models.outcomes import Record, Written
+from models.tables import FALLBACKS, JOBS, PROMPTS
 from models.queries import open_prompts
 from models.types import utcnow
 from workers.aclient import ChatClient

@@ -8,7 +8,7 @@ from sqlalchemy import bindparam, insert, update
 from sqlalchemy.engine import Engine
 
 from models import AttemptPurpose, get_write_engine
-from models.outcomes import ATTEMPTS, PROMPTS
+from models.tables import ATTEMPTS, PROMPTS
 from models.queries import open_prompts
 from workers.attempts import attempt_from_completion, attempt_from_error
 from workers.routers import Decision, Router, make_router
