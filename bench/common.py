@@ -193,7 +193,7 @@ def write_worker_config(
 ) -> Path:
     """A worker's config: the one tier on the simulator, and the run's database.
     `calls_in_flight` is the tier's `concurrency`: each worker process answers that many
-    of the tier's prompts at once (workers.inflight); None keeps the project's default."""
+    of the tier's prompts at once (its call loop); None keeps the project's default."""
     tier_extra = f"rpm = {rpm}\n" if rpm else ""
     tier_extra += f"concurrency = {calls_in_flight}\n" if calls_in_flight else ""
     path.write_text(

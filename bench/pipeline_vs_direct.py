@@ -134,18 +134,18 @@ async def _direct_run(sim: SimulatorProcess, count: int, concurrency: int) -> Di
 
 
 async def _direct_lean_run(sim: SimulatorProcess, count: int, concurrency: int) -> DirectRun:
-    """The same calls through the workers' own client (`workers.aclient`)."""
-    from workers.aclient import ChatClient
-    from workers.completion import CallError
+    """The same calls through the workers' own client (`workers.http_client`)."""
+    from workers.chat import CallError, ChatRequest
+    from workers.http_client import ChatClient
     from workers.settings import TierConfig
 
-    tier = TierConfig(base_url=sim.base_url, model=MODEL)  # type: ignore[arg-type]
+    tier = TierConfig(name="bench", base_url=sim.base_url, model=MODEL)  # type: ignore[arg-type]
     client = ChatClient()
     try:
 
         async def call(number: int) -> None:
-            request = {"messages": teacher_messages(number), "temperature": TEMPERATURE}
-            await client.call(tier, "bench", request)
+            request = ChatRequest(teacher_messages(number), temperature=TEMPERATURE)
+            await client.call(tier, request)
 
         return await _measured(sim, call, CallError, count, concurrency)
     finally:

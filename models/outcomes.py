@@ -34,22 +34,30 @@ _COUNTERS = {PromptStatus.SUCCEEDED: "completed", PromptStatus.FAILED: "failed"}
 
 @dataclass(slots=True)
 class Record:
+    """One step of one prompt: what it writes, and (once written) what it changed. The
+    step's caller reads the result off the same object: `escalate_to` a next tier, or
+    `job_finished` (start the job's follow-up work, such as the reducer)."""
+
     job_id: int
     prompt_id: int
     attempts: list[dict[str, Any]] = field(default_factory=list)
     fallback: dict[str, Any] | None = None
     # The final outcome: `status` (succeeded or failed) and any of OUTCOME_FIELDS.
     finish: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Written:
+    # Set by `write_records`:
     finished: bool = False  # this record made its prompt terminal
-    job_finished: bool = False  # ... and that finished its job (start the reducer once)
+    job_finished: bool = False  # ... and that finished its job (one record per job says so)
+
+    @property
+    def escalate_to(self) -> str | None:
+        return self.fallback["to_tier"] if self.fallback else None
 
 
-def write_records(conn: Connection, records: Sequence[Record]) -> list[Written]:
-    """Write `records` in the caller's transaction; one `Written` per record, in order."""
+def write_records(conn: Connection, records: Sequence[Record]) -> Sequence[Record]:
+    """Write `records` in the caller's transaction, and mark on each what it changed (the
+    marks count only once the transaction commits)."""
+    for record in records:  # a group that failed and is written again starts unmarked
+        record.finished = record.job_finished = False
     attempts = [row for record in records for row in record.attempts]
     if attempts:
         conn.execute(insert(ATTEMPTS), attempts)
@@ -58,21 +66,16 @@ def write_records(conn: Connection, records: Sequence[Record]) -> list[Written]:
         conn.execute(insert(FALLBACKS), fallbacks)
     finishing = [record for record in records if record.finish]
     if not finishing:
-        return [Written() for _ in records]
+        return records
     applied = _finish_prompts(conn, finishing)
     finished_jobs = _count_on_jobs(conn, applied)
-    made_terminal = {id(record) for record, _ in applied}
-    # One record per finished job carries the news, so its follow-up runs once.
-    finishers = {
-        record.job_id: id(record) for record, _ in applied if record.job_id in finished_jobs
-    }
-    return [
-        Written(
-            finished=id(record) in made_terminal,
-            job_finished=finishers.get(record.job_id) == id(record),
-        )
-        for record in records
-    ]
+    for record, _ in applied:
+        record.finished = True
+        # One record per finished job carries the news, so its follow-up runs once.
+        if record.job_id in finished_jobs:
+            record.job_finished = True
+            finished_jobs.discard(record.job_id)
+    return records
 
 
 def _finish_prompts(conn: Connection, records: list[Record]) -> list[tuple[Record, bool]]:

@@ -5,11 +5,10 @@ group commit of outcomes is `models.outcomes`)."""
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Row, func, insert, select, update
+from sqlalchemy import ColumnElement, func, insert, select, update
 from sqlmodel import Session, col
 
 from models.bulk import copy_insert
-from models.tables import JOBS, PROMPTS
 from models.tables import (
     TERMINAL_PROMPT_STATUSES,
     Attempt,
@@ -56,25 +55,6 @@ def create_job(
 def _chunks(rows: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(rows), size):
         yield rows[start : start + size]
-
-
-def open_prompts(
-    conn: Connection, prompt_ids: Sequence[int], *columns: Any
-) -> list[tuple[Row[Any], dict[str, Any]]]:
-    """The prompts of a message that still have work to do — not terminal, their job still
-    running — in message order, each with its job's params: (id, job_id, *columns) rows.
-    Two queries for the whole message; a worker's first step for each of its tasks."""
-    rows = conn.execute(
-        select(PROMPTS.c.id, PROMPTS.c.job_id, *columns).where(
-            PROMPTS.c.id.in_(prompt_ids), PROMPTS.c.status.not_in(TERMINAL_PROMPT_STATUSES)
-        )
-    ).all()
-    running = select(JOBS.c.id, JOBS.c.params).where(
-        JOBS.c.id.in_({row.job_id for row in rows}), JOBS.c.status == JobStatus.RUNNING
-    )
-    params = dict(conn.execute(running).all())
-    by_id = {row.id: row for row in rows if row.job_id in params}
-    return [(by_id[pid], dict(params[by_id[pid].job_id])) for pid in prompt_ids if pid in by_id]
 
 
 def unfinished_prompts(*, session: Session, job_id: int) -> list[tuple[int, str | None]]:

@@ -28,7 +28,6 @@ from sqlmodel import Session, col
 from models import Attempt, AttemptPurpose, AttemptStatus, Prompt, PromptStatus
 from producer.report import TIMES
 from producer.status import get_job
-from workers.cost import cost_usd
 from workers.settings import Settings, TierConfig
 
 if TYPE_CHECKING:
@@ -457,7 +456,7 @@ def _cascade_calls(first: str, last: str, fallback_rate: float) -> dict[str, flo
 
 
 def _cost(tier: TierConfig, request: Request) -> float:
-    return cost_usd(tier, request.prompt_tokens, request.completion_tokens)
+    return tier.cost_usd(request.prompt_tokens, request.completion_tokens)
 
 
 def _routed(
@@ -500,7 +499,7 @@ def _router_call_cost(decision: "Decision", settings: Settings) -> float:
     if decision.call is None or decision.call_tier is None:
         return 0.0
     tier = settings.tiers[decision.call_tier]
-    return cost_usd(tier, decision.call.prompt_tokens, decision.call.completion_tokens)
+    return tier.cost_usd(decision.call.prompt_tokens, decision.call.completion_tokens)
 
 
 def _summary(run: StrategyRun, scale: float, baseline: float) -> dict[str, Any]:

@@ -176,7 +176,7 @@ def _latencies(router: Router, texts: list[str], decisions: list[Decision]) -> l
     if not has_scores(router):
         return [d.latency_ms for d in decisions]
     step = max(1, len(texts) // LATENCY_ROWS)
-    return [router.decide(text).latency_ms for text in texts[::step][:LATENCY_ROWS]]
+    return [router.decide_now(text).latency_ms for text in texts[::step][:LATENCY_ROWS]]
 
 
 def latency_summary(values: Sequence[float]) -> dict[str, Any]:

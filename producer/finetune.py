@@ -4,8 +4,8 @@ puts the fine-tuned model into the config.
 
 Any OpenAI-compatible fine-tuning API will do (OpenAI, the simulator). Which one is a
 tier's endpoint and key: the teacher tier's by default, the provider that wrote the
-answers. The client is the workers' own (`workers.client.openai_client`), whose retries
-are off: a failed upload or create is reported at once, with what was already done.
+answers. The client is the openai SDK (`openai_client`), whose retries are off: a failed
+upload or create is reported at once, with what was already done.
 """
 
 import hashlib
@@ -31,7 +31,6 @@ from sqlmodel import Session, col, select
 
 from models import TrainingFile, session_scope
 from producer.errors import ExitCode, UserError
-from workers.client import openai_client
 from workers.finetune_format import check_file
 from workers.settings import ConfigError, Settings, TierConfig, load_settings
 
@@ -79,10 +78,19 @@ class LocalFile:
         }
 
 
+def openai_client(tier: TierConfig) -> openai.OpenAI:
+    """The openai SDK for the provider APIs only it covers here (Files, fine-tuning). Its
+    own retries are off (`max_retries=0`): a failed upload is reported, not repeated blind."""
+    base_url = str(tier.base_url).rstrip("/")
+    return openai.OpenAI(
+        base_url=base_url, api_key=tier.api_key(), timeout=tier.timeout_s, max_retries=0
+    )
+
+
 def endpoint_for(settings: Settings, tier_name: str | None) -> Endpoint:
     name = tier_name or settings.teacher.tier
     tier = settings.require_tier(name, "--tier")
-    client = openai_client(str(tier.base_url).rstrip("/"), tier.api_key(name), tier.timeout_s)
+    client = openai_client(tier)
     return Endpoint(name, tier, client)
 
 

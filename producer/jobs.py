@@ -31,7 +31,7 @@ def _worker_context(settings: Settings) -> AbstractContextManager[Any]:
     from workers.app import CONTROL_QUEUE, app
     from workers.embedded import embedded_worker
 
-    # Messages at once; each message's prompts run in its tier's pool (workers.inflight).
+    # Messages at once; each message's prompts run as coroutines in the worker's call loop.
     concurrency = 2 * len(settings.tiers) + 2
     return embedded_worker(app, queues=[*settings.tiers, CONTROL_QUEUE], concurrency=concurrency)
 
@@ -83,7 +83,6 @@ def reduce(
     validation_fraction: float | None,
 ) -> dict[str, Any]:
     from workers.reducer import ReduceError, reduce_job
-    from workers.tasks import default_training_path
 
     with Session(engine) as session:
         job = get_job(session, job_id)
@@ -91,7 +90,7 @@ def reduce(
         raise ReduceError(f"job {job_id} is a {job.mode} job; only teacher jobs are reduced")
     changes = {"min_length": min_length, "validation_fraction": validation_fraction}
     config = settings.reducer.model_copy(update={k: v for k, v in changes.items() if v is not None})
-    out = out or default_training_path(settings.output_dir, job_id)
+    out = out or settings.training_path(job_id)
     result = reduce_job(engine=engine, job_id=job_id, out=out, config=config)
     record = result.record
     return {

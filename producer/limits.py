@@ -26,9 +26,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from models import JobMode
 from producer.readers import MAX_PROBLEMS_SHOWN, InputFileError, PromptInput
-from workers.request import build_request
+from workers.job_settings import AnyJobSettings, JobSettings
 from workers.settings import Settings
 
 TOKENS_PER_MESSAGE = 4
@@ -89,9 +88,9 @@ def estimate_prompt_tokens(messages: Sequence[dict[str, Any]]) -> int:
     return sum(per_message) + REPLY_PRIMING_TOKENS
 
 
-def context_limit(mode: JobMode, params: dict[str, Any], settings: Settings) -> ContextLimit | None:
+def context_limit(job: AnyJobSettings, settings: Settings) -> ContextLimit | None:
     """The context a job's prompts must fit, or None when it is unknown."""
-    names = [params["tier"]] if mode == JobMode.TEACHER else list(params["tiers"])
+    names = list(job.tiers)
     contexts = {name: settings.require_tier(name).context_tokens for name in names}
     if any(tokens is None for tokens in contexts.values()):
         return None  # an unbounded (unconfigured) tier can take any prompt
@@ -101,14 +100,14 @@ def context_limit(mode: JobMode, params: dict[str, Any], settings: Settings) -> 
     return ContextLimit(
         tier=tier,
         context_tokens=config.context_tokens,
-        answer_tokens=params.get("max_tokens") or 0,
+        answer_tokens=job.max_tokens or 0,
         policy=config.context_policy,
         largest_of=len(names),
     )
 
 
 def fit_to_context(
-    prompts: list[PromptInput], *, limit: ContextLimit | None, params: dict[str, Any], source: str
+    prompts: list[PromptInput], *, limit: ContextLimit | None, job: JobSettings, source: str
 ) -> Fitted:
     """The prompts, cut where the policy allows; raise PromptTooLong listing every prompt that
     does not fit, so nothing of the file is stored."""
@@ -118,7 +117,7 @@ def fit_to_context(
     notes: list[str] = []
     fitted: list[PromptInput] = []
     for prompt in prompts:
-        outcome = _fit_one(prompt, limit, params, f"{source}:{prompt.line}")
+        outcome = _fit_one(prompt, limit, job, f"{source}:{prompt.line}")
         if isinstance(outcome, str):
             problems.append(outcome)
             continue
@@ -131,11 +130,11 @@ def fit_to_context(
 
 
 def _fit_one(
-    prompt: PromptInput, limit: ContextLimit, params: dict[str, Any], place: str
+    prompt: PromptInput, limit: ContextLimit, job: JobSettings, place: str
 ) -> PromptInput | str:
     """The prompt itself when it fits, a cut copy, or the problem to report."""
     # Measured on what the worker will send: the job's system prompt is added there.
-    sent = build_request(params, prompt.messages)["messages"]
+    sent = job.request(prompt.messages).messages
     tokens = estimate_prompt_tokens(sent)
     if tokens <= limit.prompt_budget:
         return prompt

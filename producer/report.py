@@ -26,7 +26,6 @@ from models import (
     PromptStatus,
 )
 from producer.status import get_job
-from workers.cost import cost_usd
 from workers.settings import TierConfig
 
 SAVINGS_FALLBACK_TARGET = 0.15
@@ -296,7 +295,7 @@ def _cost(
 ) -> dict[str, Any]:
     frontier_tier = _frontier_tier(tiers)
     prompt_tokens, completion_tokens = _final_answer_tokens(session, job_id)
-    all_frontier = cost_usd(tiers[frontier_tier], prompt_tokens, completion_tokens)
+    all_frontier = tiers[frontier_tier].cost_usd(prompt_tokens, completion_tokens)
     return {
         "routed_usd": _round_usd(routed_usd),
         "all_frontier_usd": _round_usd(all_frontier),

@@ -16,15 +16,13 @@ from models.queries import create_job, unfinished_prompts
 from producer.errors import BrokerUnavailable
 from producer.limits import context_limit, fit_to_context
 from producer.readers import PromptInput, read_prompts
-from workers.app import CONTROL_QUEUE
+from workers.app import ANSWER_TASK, CONTROL_QUEUE, ROUTE_TASK
+from workers.job_settings import AnyJobSettings, RouteSettings, TeacherSettings, load_job_settings
 from workers.routers import validate_router
-from workers.routing import route_params
 from workers.settings import Settings
-from workers.teacher import teacher_params
 
+__all__ = ["ANSWER_TASK", "ROUTE_TASK", "enqueue", "resume_job", "submit_job"]
 Progress = Callable[[int], None]
-ANSWER_TASK = "distillery.answer"
-ROUTE_TASK = "distillery.route"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,23 +70,20 @@ def enqueue(
                 progress(len(chunk))
 
 
-def job_params(
+def job_settings(
     mode: JobMode, settings: Settings, *, router: str | None, overrides: dict[str, Any]
-) -> dict[str, Any]:
+) -> AnyJobSettings:
     """The job's frozen settings, validated: every tier it may call exists and has its key."""
+    job: AnyJobSettings
     if mode == JobMode.TEACHER:
-        params = teacher_params(settings.teacher, **overrides)
-        tiers = [params["tier"]]
+        job = TeacherSettings.from_config(settings, **overrides)
     else:
         overrides = {k: v for k, v in overrides.items() if k != "tier"}
-        params = route_params(settings, router=router, **overrides)
-        validate_router(params["router"], settings=settings, classifier_path=params["classifier"])
-        tiers = params["tiers"]
-    for name in tiers:
-        settings.require_tier(name, "--tier").api_key(
-            name
-        )  # a missing key fails now, not in workers
-    return params
+        job = RouteSettings.from_config(settings, router=router, **overrides)
+        validate_router(job.router, settings=settings, classifier_path=job.classifier)
+    for name in job.tiers:
+        settings.require_tier(name, "--tier").api_key()  # a missing key fails now, not later
+    return job
 
 
 def submit_job(
@@ -105,24 +100,22 @@ def submit_job(
     notify: Callable[[str], None] = print_notice,
 ) -> Submitted:
     prompts = read_prompts(path)  # raises InputFileError listing every bad line
-    params = job_params(mode, settings, router=router, overrides=overrides or {})
+    job = job_settings(mode, settings, router=router, overrides=overrides or {})
     # raises PromptTooLong listing every prompt over its tier's context, before any storing
-    fitted = fit_to_context(
-        prompts, limit=context_limit(mode, params, settings), params=params, source=str(path)
-    )
+    fitted = fit_to_context(prompts, limit=context_limit(job, settings), job=job, source=str(path))
     check_broker(app)
     with session_scope(engine) as session:
-        job = create_job(
+        stored = create_job(
             session=session,
             mode=mode,
             prompts=prompt_rows(fitted.prompts),
             name=name or path.name,
-            router=params.get("router"),
-            params=params,
+            router=job.router if isinstance(job, RouteSettings) else None,
+            params=job.to_params(),
             source=str(path),
         )
-        assert job.id is not None
-        job_id = job.id
+        assert stored.id is not None
+        job_id = stored.id
     submitted = enqueue_unfinished(app, engine, job_id, settings=settings, progress=progress)
     for notice in fitted.notices:
         notify(notice)
@@ -142,11 +135,12 @@ def enqueue_unfinished(
     with session_scope(engine) as session:
         job = session.get(Job, job_id)
         assert job is not None
-        mode, params = job.mode, job.params
+        settings_of_job = load_job_settings(job.mode, job.params)
         targets = unfinished_prompts(session=session, job_id=job_id)
+    teacher = settings_of_job.tier if isinstance(settings_of_job, TeacherSettings) else None
     by_queue: dict[str | None, list[int]] = defaultdict(list)
     for prompt_id, tier in targets:
-        by_queue[params["tier"] if mode == JobMode.TEACHER else tier].append(prompt_id)
+        by_queue[teacher or tier].append(prompt_id)
     batch = settings.enqueue_batch
     for tier, ids in by_queue.items():
         if tier is None:
@@ -161,8 +155,7 @@ def enqueue_unfinished(
                 extra_args=(tier,),
                 progress=progress,
             )
-    queue = params["tier"] if mode == JobMode.TEACHER else CONTROL_QUEUE
-    return Submitted(job_id, len(targets), queue)
+    return Submitted(job_id, len(targets), teacher or CONTROL_QUEUE)
 
 
 def resume_job(*, job: Job, settings: Settings, engine: Engine, app: Celery) -> Submitted:

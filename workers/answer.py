@@ -5,37 +5,28 @@ a doubtful answer or a call that still fails after its retries escalates to the 
 of the job's fallback chain (a `fallbacks` row, then a call there) instead of ending the
 prompt; only the last tier's failure fails it.
 
-A message's prompts are loaded with three queries (`load_work`), answered concurrently as
-coroutines in the worker's call loop (`answer_prompt`), and what they produce goes to the
-ledger writer as `Record`s (`workers.ledger`), committed in groups. `workers.tasks` wraps
-this in a Celery task.
+A message's prompts are loaded with three queries (`load_work`) and answered concurrently
+as coroutines in the worker's call loop (`answer_message`); what they produce goes to the
+ledger writer as `Record`s (`workers.ledger`), committed in groups. The step returns the
+committed records; the task (`workers.tasks`) sends what follows from them.
 """
 
 import asyncio
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from models import FallbackReason, JobStatus, PromptStatus
-from models.outcomes import Record, Written
-from models.tables import FALLBACKS, JOBS, PROMPTS
-from models.queries import open_prompts
+from models import FallbackReason, PromptStatus
+from models.outcomes import Record
 from models.types import utcnow
-from workers.aclient import ChatClient
+from models.work import open_prompts
 from workers.attempts import attempt_from_completion, attempt_from_error
-from workers.calls import limited_call_async
-from workers.completion import CallError, Completion
-from workers.confidence import confidence
-from workers.ledger import LedgerWriter
-from workers.ratelimit import AsyncRateLimiter
-from workers.request import build_request, next_tier
-from workers.retry import RetryPolicy, call_with_retries
-from workers.settings import Settings, TierConfig
-from workers.ttlcache import TtlCache
+from workers.chat import CallError, Completion
+from workers.context import WorkerContext
+from workers.job_settings import AnyJobSettings, load_job_settings
+from workers.settings import TierConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,66 +34,17 @@ class WorkItem:
     prompt_id: int
     job_id: int
     messages: list[dict[str, Any]]
-    params: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What follows a committed step: nothing, send the prompt to `escalate_to`, or (when
-    `job_finished`) the job's follow-up work such as the reducer."""
-
-    job_id: int | None = None
-    escalate_to: str | None = None
-    job_finished: bool = False
-
-
-FollowUp = Callable[[Outcome, int], None]
+    job: AnyJobSettings
 
 
 def load_work(engine: Engine, prompt_ids: list[int], tier: str) -> list[WorkItem]:
     """The prompts of a message still to answer on `tier`, in message order: not already
-    answered, cancelled, gone, or escalated past this tier. This check is what makes a
-    redelivered message harmless. Three queries for the whole message."""
+    answered, cancelled, gone, or escalated past this tier. Each job's stored settings are
+    validated once per message."""
     with engine.connect() as conn:
-        rows = open_prompts(conn, prompt_ids, PROMPTS.c.messages)
-        escalated = set(
-            conn.execute(
-                select(FALLBACKS.c.prompt_id).where(
-                    FALLBACKS.c.prompt_id.in_(prompt_ids), FALLBACKS.c.from_tier == tier
-                )
-            ).scalars()
-        )
-    return [
-        WorkItem(row.id, row.job_id, list(row.messages), params)
-        for row, params in rows
-        if row.id not in escalated
-    ]
-
-
-# How stale a worker's view of a job's status may be: a cancel stops its calls within this.
-JOB_STATUS_TTL_S = 0.1
-
-
-class RunningJobs:
-    """Whether a job still wants calls: checked right before each call, so a cancel stops
-    the calls that were waiting. The answer is re-read at most every `ttl_s` per job per
-    process (one query however many calls are in flight), so a cancel reaches every
-    worker within `ttl_s` plus a query."""
-
-    def __init__(self, engine: Engine, ttl_s: float = JOB_STATUS_TTL_S) -> None:
-        self.engine = engine
-        self.statuses: TtlCache[int, bool] = TtlCache(ttl_s)
-
-    async def running(self, job_id: int) -> bool:
-        loop = asyncio.get_running_loop()
-        return await self.statuses.get(
-            job_id, lambda: loop.run_in_executor(None, self._read, job_id)
-        )
-
-    def _read(self, job_id: int) -> bool:
-        with self.engine.connect() as conn:
-            status = conn.execute(select(JOBS.c.status).where(JOBS.c.id == job_id)).scalar()
-        return status == JobStatus.RUNNING
+        rows = open_prompts(conn=conn, prompt_ids=prompt_ids, escalated_from=tier)
+    jobs = {row.job_id: load_job_settings(row.mode, row.params) for row in rows}
+    return [WorkItem(row.id, row.job_id, row.messages, jobs[row.job_id]) for row in rows]
 
 
 class JobStopped(Exception):
@@ -110,82 +52,85 @@ class JobStopped(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Context:
-    """What answering needs in this worker process; lives in the call loop."""
+class Answered:
+    """A message's committed records, and the first failure if a prompt could not finish
+    its step (the task sends the records' follow-ups, then raises it for a retry)."""
 
-    settings: Settings
-    ledger: LedgerWriter
-    jobs: RunningJobs
-    limiter: AsyncRateLimiter
-    client: ChatClient
-    follow_up: FollowUp
+    records: list[Record]
+    error: BaseException | None
 
 
-async def answer_prompt(work: WorkItem, tier_name: str, ctx: Context) -> list[Future[Written]]:
-    """Answer one prompt on one tier; the futures of everything it recorded (the last one
-    is its outcome, or its escalation)."""
-    tier = ctx.settings.require_tier(tier_name, f"job {work.job_id}")
-    request = build_request(work.params, work.messages)
-    escalation = next_tier(work.params, tier_name)
-    recorded: list[Future[Written]] = []
+async def answer_message(
+    work: Sequence[WorkItem], tier: TierConfig, ctx: WorkerContext
+) -> Answered:
+    """Answer a message's prompts on `tier`, at most the tier's `concurrency` calls in flight
+    per worker, and return once everything they recorded is committed."""
+    in_flight = ctx.loop.in_flight(tier.name, tier.concurrency)
+
+    async def one(item: WorkItem) -> list[Record]:
+        # The slot is held until the prompt's records are committed: a worker never has
+        # more calls paid for but not on record than its tier's `concurrency` (the most a
+        # kill -9 can lose).
+        async with in_flight:
+            return await answer_prompt(item, tier, ctx)
+
+    # Every prompt runs to its end even when another fails (e.g. Redis went away for it):
+    # the failure is raised afterwards, and the retried message skips what is done.
+    steps = await asyncio.gather(*(one(item) for item in work), return_exceptions=True)
+    records = [record for step in steps if isinstance(step, list) for record in step]
+    errors = [step for step in steps if isinstance(step, BaseException)]
+    return Answered(records, errors[0] if errors else None)
+
+
+async def answer_prompt(work: WorkItem, tier: TierConfig, ctx: WorkerContext) -> list[Record]:
+    """Answer one prompt on one tier; everything it recorded, committed (the last record is
+    its outcome, or its escalation)."""
+    request = work.job.request(work.messages)
+    escalation = work.job.next_tier(tier.name)
+    pending: list[asyncio.Future[Record]] = []
+
+    def record(step: Record) -> None:
+        pending.append(asyncio.wrap_future(ctx.ledger.submit(step)))
 
     def record_failure(error: CallError) -> None:  # each failed call, as it happens
-        attempt = attempt_from_error(work.prompt_id, tier_name, tier, error)
-        recorded.append(ctx.ledger.submit(Record(work.job_id, work.prompt_id, [attempt])))
+        record(
+            Record(work.job_id, work.prompt_id, [attempt_from_error(work.prompt_id, tier, error)])
+        )
 
     async def still_wanted() -> None:
         if not await ctx.jobs.running(work.job_id):
             raise JobStopped
 
-    async def call() -> Completion:
-        return await limited_call_async(
-            tier_name,
-            tier,
-            request,
-            limiter=ctx.limiter,
-            call=ctx.client.call,
-            before_call=still_wanted,
-        )
-
-    policy = RetryPolicy(tier.max_retries, tier.backoff_base_s, tier.backoff_max_s)
     try:
-        completion = await call_with_retries(call, policy, on_failure=record_failure)
+        completion = await ctx.caller.call(
+            tier, request, on_failure=record_failure, before_call=still_wanted
+        )
     except JobStopped:  # cancelled while this prompt waited: no call, nothing to record
-        return recorded
+        pass
     except CallError as error:  # its attempt is already recorded by record_failure
-        if escalation:
-            reason = FallbackReason(error.status.value)
-            step = escalate(work, tier_name, escalation, reason, attempts=[])
-        else:
-            step = finish(
-                work, [], status=PromptStatus.FAILED, final_tier=tier_name, error=str(error)
-            )
+        record(_after_failure(work, tier.name, escalation, error))
     else:
-        step = accept_or_escalate(work, tier_name, tier, completion, escalation)
-    recorded.append(submit(ctx, step, escalate_to=escalation if step.fallback else None))
-    return recorded
+        record(accept_or_escalate(work, tier, completion, escalation))
+    # A failed write raises here: Celery retries the message (what is done skips).
+    return list(await asyncio.gather(*pending))
+
+
+def _after_failure(work: WorkItem, tier: str, escalation: str | None, error: CallError) -> Record:
+    if escalation:
+        return escalate(work, tier, escalation, FallbackReason(error.status.value), attempts=[])
+    return finish(work, [], status=PromptStatus.FAILED, final_tier=tier, error=str(error))
 
 
 def accept_or_escalate(
-    work: WorkItem,
-    tier_name: str,
-    tier: TierConfig,
-    completion: Completion,
-    escalation: str | None,
+    work: WorkItem, tier: TierConfig, completion: Completion, escalation: str | None
 ) -> Record:
-    score = None
-    if work.params.get("logprobs"):
-        score = confidence(
-            completion.logprobs,
-            method=work.params.get("confidence_method", "geometric_mean"),
-            unknown=work.params.get("unknown_confidence", 0.5),
-        )
-    attempt = attempt_from_completion(work.prompt_id, tier_name, tier, completion, confidence=score)
-    threshold = work.params.get("threshold")
+    score = work.job.confidence(completion)
+    attempt = attempt_from_completion(work.prompt_id, tier, completion, confidence=score)
+    threshold = work.job.escalation_threshold
     if escalation and score is not None and threshold is not None and score < threshold:
         return escalate(
             work,
-            tier_name,
+            tier.name,
             escalation,
             FallbackReason.LOW_CONFIDENCE,
             attempts=[attempt],
@@ -195,7 +140,7 @@ def accept_or_escalate(
         work,
         [attempt],
         status=PromptStatus.SUCCEEDED,
-        final_tier=tier_name,
+        final_tier=tier.name,
         response=completion.text,
         confidence=score,
     )
@@ -222,26 +167,7 @@ def escalate(
         "to_tier": to_tier,
         "reason": reason,
         "confidence": confidence_value,
-        "threshold": work.params.get("threshold") if low_confidence else None,
+        "threshold": work.job.escalation_threshold if low_confidence else None,
         "created_at": utcnow(),
     }
     return Record(work.job_id, work.prompt_id, attempts, fallback=fallback)
-
-
-def submit(ctx: Context, record: Record, *, escalate_to: str | None) -> Future[Written]:
-    """Hand `record` to the ledger; once it is committed, start what follows from it."""
-    written = ctx.ledger.submit(record)
-
-    def committed(done: Future[Written]) -> None:
-        if done.cancelled() or done.exception() is not None:
-            return  # the task sees the error when it waits for its records
-        result = done.result()
-        if escalate_to:
-            ctx.follow_up(Outcome(record.job_id, escalate_to=escalate_to), record.prompt_id)
-        elif result.finished:
-            ctx.follow_up(
-                Outcome(record.job_id, job_finished=result.job_finished), record.prompt_id
-            )
-
-    written.add_done_callback(committed)
-    return written

@@ -7,6 +7,11 @@ from kombu import Queue
 from workers.settings import Settings, get_settings
 
 CONTROL_QUEUE = "control"
+# Task names, shared by the producer (which sends by name, without importing the tasks)
+# and the tasks themselves.
+ANSWER_TASK = "distillery.answer"
+ROUTE_TASK = "distillery.route"
+REDUCE_TASK = "distillery.reduce"
 
 # A call may wait out a long Retry-After and several backoffs; an unacknowledged message is
 # redelivered only after this long (kombu #337), so it must exceed the longest task.

@@ -6,18 +6,15 @@ from typing import Any
 
 from models import AttemptPurpose, AttemptStatus
 from models.types import utcnow
-from workers.completion import CallError, Completion
-from workers.cost import cost_usd
+from workers.chat import CallError, Completion
 from workers.settings import TierConfig
 
 
-def _attempt(
-    prompt_id: int, tier_name: str, tier: TierConfig, latency_ms: float, **fields: Any
-) -> dict[str, Any]:
+def _attempt(prompt_id: int, tier: TierConfig, latency_ms: float, **fields: Any) -> dict[str, Any]:
     row: dict[str, Any] = {
         "prompt_id": prompt_id,
         "purpose": AttemptPurpose.ANSWER,
-        "tier": tier_name,
+        "tier": tier.name,
         "model": tier.model,
         "http_status": None,
         "latency_ms": latency_ms,
@@ -34,28 +31,26 @@ def _attempt(
 
 
 def attempt_from_completion(
-    prompt_id: int, tier_name: str, tier: TierConfig, completion: Completion, **fields: Any
+    prompt_id: int, tier: TierConfig, completion: Completion, **fields: Any
 ) -> dict[str, Any]:
     return _attempt(
         prompt_id,
-        tier_name,
         tier,
         completion.latency_ms,
         status=AttemptStatus.OK,
         http_status=200,
         prompt_tokens=completion.prompt_tokens,
         completion_tokens=completion.completion_tokens,
-        cost_usd=cost_usd(tier, completion.prompt_tokens, completion.completion_tokens),
+        cost_usd=tier.cost_usd(completion.prompt_tokens, completion.completion_tokens),
         **fields,
     )
 
 
 def attempt_from_error(
-    prompt_id: int, tier_name: str, tier: TierConfig, error: CallError, **fields: Any
+    prompt_id: int, tier: TierConfig, error: CallError, **fields: Any
 ) -> dict[str, Any]:
     return _attempt(
         prompt_id,
-        tier_name,
         tier,
         error.latency_ms,
         status=error.status,

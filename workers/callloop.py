@@ -2,7 +2,8 @@
 own, where every model call of every message the worker holds is in flight.
 
 Celery hands a task a message (a batch of prompt ids) in one of its pool threads; the
-task runs the batch as coroutines here and waits. A call waiting for its answer, for
+task runs the batch as coroutines here, waits, and then sends what follows (escalations,
+the reducer). A call waiting for its answer, for
 rate-limit capacity or for a backoff is a suspended coroutine, not a thread: a worker
 keeps hundreds in flight for little memory and CPU. Each tier's `concurrency` caps its
 calls in flight per worker (`in_flight`).
@@ -21,7 +22,6 @@ class CallLoop:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self.caps: dict[tuple[str, int], asyncio.Semaphore] = {}
-        self.state: dict[str, Any] = {}  # per-loop objects (clients, limiters), by name
         self.thread = threading.Thread(
             target=self.loop.run_forever, name="distillery-call-loop", daemon=True
         )
@@ -30,6 +30,13 @@ class CallLoop:
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run `coroutine` on the loop from any other thread and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def close(self) -> None:
+        """Stop the loop once what is running now has been handed back (call from outside)."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        if not self.thread.is_alive():
+            self.loop.close()
 
     def in_flight(self, name: str, size: int) -> asyncio.Semaphore:
         """The named cap on calls in flight (call from the loop only)."""
@@ -44,7 +51,8 @@ _lock = threading.Lock()
 
 
 def call_loop() -> CallLoop:
-    """This process's loop (a forked child gets its own: a loop does not survive fork)."""
+    """This process's shared loop, for one-off callers outside a worker (CLI commands); a
+    worker's context has its own. A forked child gets its own: a loop does not survive fork."""
     with _lock:
         pid = os.getpid()
         if pid not in _loops:

@@ -10,7 +10,6 @@ futures before it returns, so a message is acknowledged only after its work is d
 """
 
 import logging
-import os
 import queue
 import threading
 from concurrent.futures import Future
@@ -18,43 +17,54 @@ from concurrent.futures import Future
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
-from models import get_write_engine
-from models.outcomes import Record, Written, write_records
+from models.outcomes import Record, write_records
 
 log = logging.getLogger(__name__)
 
 # Bounds a transaction (and its IN lists); groups are this large only after a stall.
 MAX_GROUP = 500
 
-Pending = tuple[Record, "Future[Written]"]
+Pending = tuple[Record, "Future[Record]"]
+_STOP = None  # queued by `close`: write what came before, then end the thread
 
 
 class LedgerWriter:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.queue: queue.SimpleQueue[Pending] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._run, name="distillery-ledger", daemon=True)
         self.thread.start()
 
-    def submit(self, record: Record) -> "Future[Written]":
-        future: Future[Written] = Future()
+    def submit(self, record: Record) -> "Future[Record]":
+        """The record's future: resolved with the record itself, marked with what it
+        changed, once it is committed."""
+        future: Future[Record] = Future()
         self.queue.put((record, future))
         return future
 
+    def close(self, timeout_s: float = 30.0) -> None:
+        self.queue.put(_STOP)
+        self.thread.join(timeout_s)
+
     def _run(self) -> None:
-        while True:
-            group = [self.queue.get()]
-            while len(group) < MAX_GROUP:
+        while (first := self.queue.get()) is not _STOP:
+            group, stop = [first], False
+            while len(group) < MAX_GROUP and not stop:
                 try:
-                    group.append(self.queue.get_nowait())
+                    item = self.queue.get_nowait()
                 except queue.Empty:
                     break
+                stop = item is _STOP
+                if item is not None:
+                    group.append(item)
             self._write(group)
+            if stop:
+                return
 
     def _write(self, group: list[Pending]) -> None:
         try:
             with self.engine.begin() as conn:
-                written = write_records(conn, [record for record, _ in group])
+                write_records(conn, [record for record, _ in group])
         except OperationalError as exc:  # the database is down or locked: all fail alike,
             for _, future in group:  # and each task retries its message (Celery autoretry)
                 future.set_exception(exc)
@@ -66,18 +76,5 @@ class LedgerWriter:
             for pending in group:  # one bad record must not fail the others with it
                 self._write([pending])
         else:
-            for (_, future), result in zip(group, written, strict=True):
-                future.set_result(result)
-
-
-_writers: dict[tuple[int, str], LedgerWriter] = {}
-_lock = threading.Lock()
-
-
-def ledger_for(database_url: str) -> LedgerWriter:
-    """This process's writer for `database_url`."""
-    key = (os.getpid(), database_url)
-    with _lock:
-        if key not in _writers:
-            _writers[key] = LedgerWriter(get_write_engine(database_url))
-        return _writers[key]
+            for record, future in group:
+                future.set_result(record)

@@ -9,9 +9,10 @@ Two rules, both in one Lua script:
 A 429 puts the whole tier on a shared cooldown for its Retry-After.
 
 Tokens are estimated before the call (see `estimate_tokens`) and reconciled with the usage
-the provider returned. Waiting is `time.sleep` in the calling thread: no database connection
-is held and no CPU burned. `LocalRateLimiter` is the same algorithm in-process, for the
-embedded mode without Redis, and the reference the Redis script is tested against.
+the provider returned. Waiting is `asyncio.sleep` in the caller's event loop: no thread,
+no database connection is held and no CPU burned. `LocalRateLimiter` is the same algorithm
+in-process, for the embedded mode without Redis, and the reference the Redis script is
+tested against.
 """
 
 import asyncio
@@ -61,27 +62,21 @@ def estimate_tokens(messages: list[dict[str, Any]], max_tokens: int | None) -> i
 
 
 class RateLimiter(Protocol):
-    def acquire(self, tier: str, limits: Limits, tokens: int) -> str | None:
-        """Block until the call may go; returns a ticket for `reconcile`."""
+    """A tier's limits, shared by every caller of that tier (an event loop's coroutines)."""
+
+    async def acquire(self, tier: str, limits: Limits, tokens: int) -> str | None:
+        """Wait until the call may go; returns a ticket for `reconcile`."""
         ...
 
-    def reconcile(self, tier: str, ticket: str | None, tokens: int) -> None:
+    async def reconcile(self, tier: str, ticket: str | None, tokens: int) -> None:
         """Replace the estimate on `ticket` with the tokens actually used."""
         ...
 
-    def cooldown(self, tier: str, seconds: float) -> None:
+    async def cooldown(self, tier: str, seconds: float) -> None:
         """Pause the whole tier for `seconds` (a 429's Retry-After)."""
         ...
 
-
-class AsyncRateLimiter(Protocol):
-    """`RateLimiter` for an event loop."""
-
-    async def acquire(self, tier: str, limits: Limits, tokens: int) -> str | None: ...
-
-    async def reconcile(self, tier: str, ticket: str | None, tokens: int) -> None: ...
-
-    async def cooldown(self, tier: str, seconds: float) -> None: ...
+    async def close(self) -> None: ...
 
 
 def _jittered(wait: float) -> float:
@@ -89,22 +84,12 @@ def _jittered(wait: float) -> float:
     return wait + random.uniform(0, min(0.05, wait / 10))
 
 
-def wait_loop(
-    try_acquire: Callable[[], tuple[float, str | None]], sleep: Callable[[float], None]
-) -> str | None:
-    """Ask until allowed, sleeping the time the limiter says."""
-    while True:
-        wait, ticket = try_acquire()
-        if wait <= 0:
-            return ticket
-        sleep(_jittered(wait))
-
-
-async def wait_loop_async(
+async def wait_loop(
     try_acquire: Callable[[], Awaitable[tuple[float, str | None]]],
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> str | None:
-    """`wait_loop` for an event loop: the waiting call costs a timer, not a thread."""
+    """Ask until allowed, sleeping the time the limiter says: a waiting call costs a timer,
+    not a thread."""
     while True:
         wait, ticket = await try_acquire()
         if wait <= 0:
@@ -200,45 +185,7 @@ PREFIX = "distillery:ratelimit"
 
 
 class RedisRateLimiter:
-    """For threads (the LLM router's calls); `AsyncRedisRateLimiter` is the same for an
-    event loop. Both run the same scripts on the same keys, so they share every limit."""
-
-    def __init__(
-        self,
-        client: Any,
-        *,
-        prefix: str = PREFIX,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.client = client
-        self.prefix = prefix
-        self.sleep = sleep
-        self._acquire = client.register_script(ACQUIRE_LUA)
-        self._reconcile = client.register_script(RECONCILE_LUA)
-        self._cooldown = client.register_script(COOLDOWN_LUA)
-
-    def acquire(self, tier: str, limits: Limits, tokens: int) -> str | None:
-        # Also without limits: a tier on a 429 cooldown waits it out.
-        ticket = uuid.uuid4().hex
-        return wait_loop(lambda: self.try_acquire(tier, limits, tokens, ticket), self.sleep)
-
-    def try_acquire(
-        self, tier: str, limits: Limits, tokens: int, ticket: str
-    ) -> tuple[float, str | None]:
-        """One atomic check: (0, window ticket) when granted, else (seconds to wait, None)."""
-        keys = redis_keys(self.prefix, tier)
-        return granted(self._acquire(keys=keys, args=acquire_args(limits, tokens, ticket)))
-
-    def reconcile(self, tier: str, ticket: str | None, tokens: int) -> None:
-        if ticket:
-            self._reconcile(keys=redis_keys(self.prefix, tier), args=[ticket, tokens])
-
-    def cooldown(self, tier: str, seconds: float) -> None:
-        self._cooldown(keys=redis_keys(self.prefix, tier)[:1], args=[seconds])
-
-
-class AsyncRedisRateLimiter:
-    """`RedisRateLimiter` over `redis.asyncio`, for the workers' call loop.
+    """The limits shared through Redis (`redis.asyncio`), across processes and machines.
 
     A tier with limits runs the acquire script before every call: it must be counted. A
     tier without limits only has to respect a 429 cooldown; asking Redis about it before
@@ -247,6 +194,7 @@ class AsyncRedisRateLimiter:
     pauses this one within that time."""
 
     def __init__(self, client: Any, *, prefix: str = PREFIX) -> None:
+        self.client = client
         self.prefix = prefix
         self._acquire = client.register_script(ACQUIRE_LUA)
         self._reconcile = client.register_script(RECONCILE_LUA)
@@ -264,7 +212,7 @@ class AsyncRedisRateLimiter:
         async def attempt() -> tuple[float, str | None]:
             return granted(await self._acquire(keys=keys, args=args))
 
-        return await wait_loop_async(attempt)
+        return await wait_loop(attempt)
 
     async def _wait_for_cooldown(self, tier: str) -> None:
         async def read() -> float:
@@ -282,26 +230,8 @@ class AsyncRedisRateLimiter:
         self.cool_until.put(tier, time.monotonic() + seconds)
         await self._cooldown(keys=redis_keys(self.prefix, tier)[:1], args=[seconds])
 
-
-class AsyncLocalRateLimiter:
-    """`LocalRateLimiter` for the call loop (the embedded mode without Redis)."""
-
-    def __init__(self, local: "LocalRateLimiter") -> None:
-        self.local = local
-
-    async def acquire(self, tier: str, limits: Limits, tokens: int) -> str | None:
-        ticket = uuid.uuid4().hex
-
-        async def attempt() -> tuple[float, str | None]:
-            return self.local.try_acquire(tier, limits, tokens, ticket)
-
-        return await wait_loop_async(attempt)
-
-    async def reconcile(self, tier: str, ticket: str | None, tokens: int) -> None:
-        self.local.reconcile(tier, ticket, tokens)
-
-    async def cooldown(self, tier: str, seconds: float) -> None:
-        self.local.cooldown(tier, seconds)
+    async def close(self) -> None:
+        await self.client.aclose()
 
 
 @dataclass
@@ -315,16 +245,12 @@ class _TierState:
 
 
 class LocalRateLimiter:
-    """The same rules within one process (the embedded mode's single worker)."""
+    """The same rules within one process (the embedded mode without Redis), and the
+    reference the Redis script is tested against. `try_acquire` is the rule itself, on an
+    injectable clock; the lock lets several event loops (threads) share one instance."""
 
-    def __init__(
-        self,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self.sleep = sleep
         self.lock = threading.Lock()
         self.tiers: dict[str, _TierState] = {}
 
@@ -354,11 +280,15 @@ class LocalRateLimiter:
             state.next_at = now + limits.spacing_s
             return 0.0, ticket
 
-    def acquire(self, tier: str, limits: Limits, tokens: int) -> str | None:
+    async def acquire(self, tier: str, limits: Limits, tokens: int) -> str | None:
         ticket = uuid.uuid4().hex
-        return wait_loop(lambda: self.try_acquire(tier, limits, tokens, ticket), self.sleep)
 
-    def reconcile(self, tier: str, ticket: str | None, tokens: int) -> None:
+        async def attempt() -> tuple[float, str | None]:
+            return self.try_acquire(tier, limits, tokens, ticket)
+
+        return await wait_loop(attempt)
+
+    async def reconcile(self, tier: str, ticket: str | None, tokens: int) -> None:
         with self.lock:
             window = self._state(tier).window
             assert window is not None
@@ -366,7 +296,32 @@ class LocalRateLimiter:
                 if held == ticket:
                     window[i] = (at, held, tokens)
 
-    def cooldown(self, tier: str, seconds: float) -> None:
+    async def cooldown(self, tier: str, seconds: float) -> None:
         with self.lock:
             state = self._state(tier)
             state.cool = max(state.cool, self.clock() + seconds)
+
+    async def close(self) -> None:
+        pass
+
+
+# One in-process limiter for the embedded mode: every event loop of the process shares it.
+_LOCAL = LocalRateLimiter()
+# Connections from one event loop to Redis for the rate limiter.
+REDIS_CONNECTIONS = 32
+
+
+def open_rate_limiter(redis_url: str | None) -> RateLimiter:
+    """Shared through Redis when there is one; in-process for the embedded mode. Open one
+    per event loop, in it (redis.asyncio connections belong to the loop that opened them)."""
+    if not redis_url:
+        return _LOCAL
+    import redis.asyncio
+
+    # A blocking pool: hundreds of calls in flight ask for capacity at once, and each ask
+    # is a short script; they queue for a connection instead of failing with "Too many
+    # connections" (the default pool's answer past its size).
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        redis_url, max_connections=REDIS_CONNECTIONS, timeout=None
+    )
+    return RedisRateLimiter(redis.asyncio.Redis.from_pool(pool))  # closing it closes the pool

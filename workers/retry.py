@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from workers.completion import CallError
+from workers.chat import CallError
 
 T = TypeVar("T")
 

@@ -1,38 +1,18 @@
-"""Route jobs: the job's frozen routing settings, and the decision step for a message's prompts."""
+"""The route step: decide the tier of each of a message's prompts with its job's router, in
+the worker's call loop (the llm router's calls go through the same caller as answers), and
+record the decisions in one transaction."""
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import asyncio
+from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, insert, update
-from sqlalchemy.engine import Engine
-
-from models import AttemptPurpose, get_write_engine
-from models.tables import ATTEMPTS, PROMPTS
-from models.queries import open_prompts
+from models import AttemptPurpose
+from models.work import OpenPrompt, RouteDecisionRow, open_prompts, record_route_decisions
 from workers.attempts import attempt_from_completion, attempt_from_error
-from workers.routers import Decision, Router, make_router
-from workers.settings import Settings
-
-
-def route_params(settings: Settings, *, router: str | None, **overrides: Any) -> dict[str, Any]:
-    """Everything a route job needs, frozen at submit so a config edit mid-job changes nothing."""
-    config = settings.router
-    params: dict[str, Any] = {
-        "router": router or config.strategy,
-        "tiers": list(settings.tiers),
-        "fallback": list(config.fallback),
-        "threshold": config.confidence_threshold,
-        "confidence_method": config.confidence_method,
-        "unknown_confidence": config.unknown_confidence,
-        "classifier": config.classifier,
-        "logprobs": True,
-        "temperature": 0.7,
-        "max_tokens": None,
-        "system_prompt": None,
-    }
-    params.update({key: value for key, value in overrides.items() if value is not None})
-    return params
+from workers.context import WorkerContext
+from workers.job_settings import RouteSettings, load_job_settings
+from workers.routers import Decision, decide_all
 
 
 def last_user_text(messages: list[dict[str, Any]]) -> str:
@@ -42,88 +22,68 @@ def last_user_text(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
-# Loading a classifier takes a moment: one router per job configuration per process.
-_routers: dict[tuple[str, tuple[str, ...], str | None], Router] = {}
-
-
-def router_for(params: dict[str, Any], settings: Settings) -> Router:
-    key = (params["router"], tuple(params["tiers"]), params.get("classifier"))
-    if key not in _routers:
-        _routers[key] = make_router(key[0], settings=settings, tiers=key[1], classifier_path=key[2])
-    return _routers[key]
-
-
-def router_attempt(prompt_id: int, decision: Decision, settings: Settings) -> dict[str, Any] | None:
-    """The LLM router's own model call, as an attempt with purpose `route` (cost included)."""
+def router_attempts(prompt_id: int, decision: Decision, ctx: WorkerContext) -> list[dict[str, Any]]:
+    """The llm router's own model calls, as attempts with purpose `route` (cost included)."""
     if decision.call_tier is None:
-        return None
-    tier = settings.require_tier(decision.call_tier)
+        return []
+    tier = ctx.settings.require_tier(decision.call_tier)
+    rows = [
+        attempt_from_error(prompt_id, tier, error, purpose=AttemptPurpose.ROUTE)
+        for error in decision.failures
+    ]
     if decision.call is not None:
-        return attempt_from_completion(
-            prompt_id, decision.call_tier, tier, decision.call, purpose=AttemptPurpose.ROUTE
+        rows.append(
+            attempt_from_completion(prompt_id, tier, decision.call, purpose=AttemptPurpose.ROUTE)
         )
-    if decision.error is not None:
-        return attempt_from_error(
-            prompt_id, decision.call_tier, tier, decision.error, purpose=AttemptPurpose.ROUTE
-        )
-    return None
+    return rows
 
 
-@dataclass(frozen=True, slots=True)
-class ToRoute:
-    prompt_id: int
-    params: dict[str, Any]
-    text: str
+async def route_message(prompt_ids: list[int], ctx: WorkerContext) -> dict[str, list[int]]:
+    """The prompts of a message by the tier they go to, in message order. Prompts with
+    nothing left to do are left out; a prompt already routed (a redelivered message) keeps
+    its decision."""
+    rows = await asyncio.to_thread(_load, ctx, prompt_ids)
+    todo = [row for row in rows if not row.routed_tier]
+    decided = {row.id: row.routed_tier for row in rows if row.routed_tier}
+    decisions = await _decide(todo, ctx)
+    await asyncio.to_thread(_record, ctx, todo, decisions)
+    decided.update({row.id: d.tier for row, d in zip(todo, decisions, strict=True)})
+    by_tier: dict[str, list[int]] = defaultdict(list)
+    for prompt_id in prompt_ids:
+        if tier := decided.get(prompt_id):
+            by_tier[tier].append(prompt_id)
+    return dict(by_tier)
 
 
-def decide_tiers(
-    prompt_ids: list[int],
-    *,
-    settings: Settings,
-    engine: Engine,
-    decide_all: Callable[[Callable[[ToRoute], Decision], list[ToRoute]], list[Decision]],
-) -> dict[int, str]:
-    """The tier each prompt of a message goes to, recorded on the prompts in one
-    transaction. Prompts with nothing left to do are left out; a prompt already routed (a
-    redelivered message) keeps its decision. `decide_all` runs the routers (in a pool: the
-    LLM router makes a call per prompt)."""
-    decided: dict[int, str] = {}
-    todo: list[ToRoute] = []
-    with engine.connect() as conn:
-        rows = open_prompts(conn, prompt_ids, PROMPTS.c.messages, PROMPTS.c.routed_tier)
-    for row, params in rows:
-        if row.routed_tier:
-            decided[row.id] = row.routed_tier
-        else:
-            todo.append(ToRoute(row.id, params, last_user_text(row.messages)))
-    decisions = decide_all(lambda item: router_for(item.params, settings).decide(item.text), todo)
-    _record_decisions(settings, list(zip(todo, decisions, strict=True)))
-    decided.update({item.prompt_id: d.tier for item, d in zip(todo, decisions, strict=True)})
-    return {pid: decided[pid] for pid in prompt_ids if pid in decided}
+def _load(ctx: WorkerContext, prompt_ids: list[int]) -> list[OpenPrompt]:
+    with ctx.engine.connect() as conn:
+        return open_prompts(conn=conn, prompt_ids=prompt_ids)
 
 
-def _record_decisions(settings: Settings, decisions: list[tuple[ToRoute, Decision]]) -> None:
-    if not decisions:
+async def _decide(rows: Sequence[OpenPrompt], ctx: WorkerContext) -> list[Decision]:
+    """Decisions in row order: each job's prompts with that job's router, validated once."""
+    by_job: dict[int, list[OpenPrompt]] = defaultdict(list)
+    for row in rows:
+        by_job[row.job_id].append(row)
+    decided: dict[int, Decision] = {}
+    for job_rows in by_job.values():
+        job = load_job_settings(job_rows[0].mode, job_rows[0].params)
+        assert isinstance(job, RouteSettings), "route messages carry route jobs' prompts"
+        router = ctx.router_for(job)
+        texts = [last_user_text(row.messages) for row in job_rows]
+        concurrency = ctx.settings.router_concurrency
+        for row, decision in zip(
+            job_rows, await decide_all(router, texts, concurrency=concurrency), strict=True
+        ):
+            decided[row.id] = decision
+    return [decided[row.id] for row in rows]
+
+
+def _record(ctx: WorkerContext, rows: Sequence[OpenPrompt], decisions: list[Decision]) -> None:
+    if not rows:
         return
-    attempts = [router_attempt(item.prompt_id, d, settings) for item, d in decisions]
-    with get_write_engine(settings.database_url).begin() as conn:
-        if any(attempts):
-            conn.execute(insert(ATTEMPTS), [a for a in attempts if a])
-        conn.execute(
-            update(PROMPTS)
-            .where(PROMPTS.c.id == bindparam("b_id"))
-            .values(
-                routed_tier=bindparam("b_tier"),
-                router_score=bindparam("b_score"),
-                router_latency_ms=bindparam("b_latency"),
-            ),
-            [
-                {
-                    "b_id": item.prompt_id,
-                    "b_tier": d.tier,
-                    "b_score": d.score,
-                    "b_latency": d.latency_ms,
-                }
-                for item, d in decisions
-            ],
-        )
+    pairs = list(zip(rows, decisions, strict=True))
+    attempts = [a for row, d in pairs for a in router_attempts(row.id, d, ctx)]
+    decided = [RouteDecisionRow(row.id, d.tier, d.score, d.latency_ms) for row, d in pairs]
+    with ctx.ledger.engine.begin() as conn:
+        record_route_decisions(conn=conn, decisions=decided, attempts=attempts)

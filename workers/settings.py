@@ -26,6 +26,12 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 DEFAULT_CONFIG_PATH = "distillery.toml"
 SIMULATOR_URL = "http://127.0.0.1:8900/v1"
+# Defaults that a config and a job's frozen settings share (workers.job_settings).
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+CONFIDENCE_THRESHOLD = 0.8
+# The confidence of an answer that came without logprobs: below the threshold, so it escalates.
+UNKNOWN_CONFIDENCE = 0.5
 
 
 class ConfigError(Exception):
@@ -37,6 +43,8 @@ class _Strict(BaseModel):
 
 
 class TierConfig(_Strict):
+    # The tier's name: its key under [tiers], filled in by Settings (never written in the file).
+    name: str = "tier"
     base_url: HttpUrl
     model: str
     api_key_env: str | None = None
@@ -54,23 +62,27 @@ class TierConfig(_Strict):
     # (nothing stored), or keep the head of the prompt's last user message and say so.
     context_policy: Literal["reject", "truncate"] = "reject"
 
-    def api_key(self, tier_name: str) -> str:
+    def api_key(self) -> str:
         """The key from the environment variable the config names (never from the file)."""
         if self.api_key_env is None:
             return "not-needed"  # local servers (simulator, llama.cpp) ignore it
         key = os.environ.get(self.api_key_env)
         if not key:
             raise ConfigError(
-                f"tier '{tier_name}' reads its API key from ${self.api_key_env}, which is not set; "
+                f"tier '{self.name}' reads its API key from ${self.api_key_env}, which is not set; "
                 f"export {self.api_key_env}=... (or remove api_key_env for a local server)"
             )
         return key
 
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """Priced by this tier's config, from the usage the provider returned."""
+        return (prompt_tokens * self.input_per_1k + completion_tokens * self.output_per_1k) / 1000
+
 
 class TeacherConfig(_Strict):
     tier: str = "frontier"
-    system_prompt: str | None = "You are a helpful assistant."
-    temperature: float = Field(0.7, ge=0, le=2)
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
+    temperature: float = Field(DEFAULT_TEMPERATURE, ge=0, le=2)
     max_tokens: int | None = Field(None, gt=0)
 
 
@@ -92,9 +104,9 @@ DEFAULT_LLM_ROUTER_PROMPT = (
 class RouterConfig(_Strict):
     strategy: Literal["rules", "classifier", "llm", "random"] = "rules"
     classifier: str = "router.joblib"
-    confidence_threshold: float = Field(0.8, ge=0, le=1)
+    confidence_threshold: float = Field(CONFIDENCE_THRESHOLD, ge=0, le=1)
     confidence_method: Literal["geometric_mean", "seed"] = "geometric_mean"
-    unknown_confidence: float = Field(0.5, ge=0, le=1)
+    unknown_confidence: float = Field(UNKNOWN_CONFIDENCE, ge=0, le=1)
     fallback: list[str] = ["frontier"]
     # score cut points between tiers, cheapest first: len(tiers) - 1 of them
     thresholds: list[Annotated[float, Field(ge=0, le=1)]] = [0.3, 0.7]
@@ -141,6 +153,7 @@ def _default_tiers() -> dict[str, TierConfig]:
     prices = {"small": 0.10, "medium": 0.30, "frontier": 5.00}
     return {
         name: TierConfig(
+            name=name,
             base_url=HttpUrl(SIMULATOR_URL),
             model=f"sim-{name}",
             input_per_1k=price,
@@ -178,6 +191,14 @@ class Settings(BaseSettings):
         # The environment wins over the file: REDIS_URL / DATABASE_URL are set per deployment.
         return env_settings, init_settings
 
+    @field_validator("tiers", mode="before")
+    @classmethod
+    def _named_tiers(cls, tiers: Any) -> Any:
+        """Each tier knows its own name (its key), so no signature needs both."""
+        if not isinstance(tiers, dict):
+            return tiers
+        return {name: _with_name(name, tier) for name, tier in tiers.items()}
+
     @model_validator(mode="after")
     def _tiers_exist(self) -> "Settings":
         if not self.tiers:
@@ -195,9 +216,23 @@ class Settings(BaseSettings):
             raise ConfigError(f"unknown tier '{name}' in {where}; configured tiers: {known}")
         return self.tiers[name]
 
+    def training_path(self, job_id: int) -> Path:
+        """Where a teacher job's training file goes unless told otherwise."""
+        return self.output_dir / f"job-{job_id}" / "train.jsonl"
+
     @property
     def broker_url(self) -> str:
         return self.redis_url or "memory://"
+
+
+def _with_name(name: str, tier: Any) -> Any:
+    if isinstance(tier, TierConfig):
+        return tier if tier.name == name else tier.model_copy(update={"name": name})
+    if isinstance(tier, dict):
+        if "name" in tier and tier["name"] != name:
+            raise ValueError(f"tier {name!r}: name is the table's key; do not set it")
+        return {**tier, "name": name}
+    return tier
 
 
 def config_path() -> Path:

@@ -9,18 +9,20 @@
 checked before a job is enqueued, so a bad router fails the submit, not the workers.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from workers.calls import limited_call
-from workers.completion import Completion
 from workers.routers.base import (
     Decision,
+    LocalRouter,
     Router,
     RouterError,
+    ScoringRouter,
     check_thresholds,
+    decide_all,
     even_thresholds,
+    has_scores,
     tier_for_level,
     tier_for_score,
 )
@@ -29,11 +31,18 @@ from workers.routers.random_router import RandomRouter
 from workers.routers.rules import RulesRouter
 from workers.settings import RouterConfig, Settings
 
+if TYPE_CHECKING:  # the caller imports the HTTP stack; routers only need its type here
+    from workers.caller import Caller
+
 __all__ = [
     "ROUTER_NAMES",
     "Decision",
+    "LocalRouter",
     "Router",
     "RouterError",
+    "ScoringRouter",
+    "decide_all",
+    "has_scores",
     "make_router",
     "router_thresholds",
     "tier_for_level",
@@ -43,8 +52,6 @@ __all__ = [
 
 ROUTER_NAMES = ("rules", "classifier", "llm", "random")
 
-ModelCall = Callable[[str, dict[str, Any]], Completion]
-
 
 def make_router(
     name: str,
@@ -52,17 +59,18 @@ def make_router(
     settings: Settings,
     tiers: Sequence[str] | None = None,
     classifier_path: str | Path | None = None,
-    call: ModelCall | None = None,
+    caller: "Caller | None" = None,
     seed: int = 0,
 ) -> Router:
-    """The router called `name` over `tiers` (default: every configured tier, in order)."""
+    """The router called `name` over `tiers` (default: every configured tier, in order).
+    The llm router makes its calls through `caller` (needed only to decide)."""
     tiers = _checked_tiers(settings, tiers)
     if name == "rules":
         return RulesRouter(settings.router, tiers)
     if name == "classifier":
         return _classifier_router(settings, tiers, classifier_path)
     if name == "llm":
-        return _llm_router(settings, tiers, call)
+        return _llm_router(settings, tiers, caller)
     if name == "random":
         return RandomRouter(tiers, router_thresholds(settings.router, tiers), seed)
     raise RouterError(f"unknown router {name!r}; choose one of: {', '.join(ROUTER_NAMES)}")
@@ -112,18 +120,13 @@ def _classifier_router(
     return ClassifierRouter(model, tiers, classifier_thresholds(path, settings.router, tiers))
 
 
-def _llm_router(settings: Settings, tiers: Sequence[str], call: ModelCall | None) -> Router:
+def _llm_router(settings: Settings, tiers: Sequence[str], caller: "Caller | None") -> Router:
     tier = settings.router.llm_router_tier or tiers[0]  # default: the cheapest tier asks
     if tier not in settings.tiers:
         raise RouterError(f"llm_router_tier {tier!r} is not a configured tier")
-
-    def call_configured_tier(tier_name: str, request: dict[str, Any]) -> Completion:
-        # Within the tier's global rate limit, like every other call.
-        return limited_call(settings, tier_name, request)
-
     return LlmRouter(
         tiers=tiers,
-        call_tier=tier,
+        call_tier=settings.tiers[tier],
         prompt_template=settings.router.llm_router_prompt,
-        call=call or call_configured_tier,
+        caller=caller,
     )

@@ -5,15 +5,16 @@ Tiers are always given cheapest first (the config's order), so "harder" means "f
 along the list", whatever the tiers are called and however many there are.
 """
 
+import asyncio
 import bisect
 import itertools
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeGuard
 
-from workers.completion import CallError, Completion
+from workers.chat import CallError, Completion
 
 Level = Literal["easy", "medium", "hard"]
 LEVELS: tuple[Level, ...] = ("easy", "medium", "hard")
@@ -31,14 +32,72 @@ class Decision:
     score: float | None  # the router's difficulty score in [0, 1]; None if it has none
     latency_ms: float  # the router's own decision time
     call: Completion | None = None  # the llm router's own model call, when it succeeded
-    error: CallError | None = None  # ... or how it failed
+    failures: tuple[CallError, ...] = ()  # ... and its tries that failed, in order
     call_tier: str | None = None  # the tier that call went to
+
+    @property
+    def error(self) -> CallError | None:
+        """How the router's call failed in the end (None: it made none, or it answered)."""
+        return self.failures[-1] if self.failures and self.call is None else None
 
 
 class Router(Protocol):
     name: str
 
-    def decide(self, text: str) -> Decision: ...
+    async def decide(self, text: str) -> Decision: ...
+
+
+class LocalRouter(Router, Protocol):
+    """A router that decides in this process, without I/O (rules, random, classifier)."""
+
+    def decide_now(self, text: str) -> Decision: ...
+
+
+class ScoringRouter(LocalRouter, Protocol):
+    """A router with a continuous score and a batch entry point (classifier, random)."""
+
+    tiers: tuple[str, ...]
+    thresholds: tuple[float, ...]
+
+    def score(self, texts: Sequence[str]) -> list[float]: ...
+
+
+class Local:
+    """`decide` for a router that decides in microseconds: no thread hop, no await."""
+
+    def decide_now(self, text: str) -> Decision:
+        raise NotImplementedError
+
+    async def decide(self, text: str) -> Decision:
+        return self.decide_now(text)
+
+
+def has_scores(router: Router) -> TypeGuard[ScoringRouter]:
+    return hasattr(router, "score") and hasattr(router, "thresholds")
+
+
+async def decide_all(router: Router, texts: Sequence[str], *, concurrency: int) -> list[Decision]:
+    """Every text's decision, in order. A scoring router scores them in one vectorised pass
+    in a thread (CPU work, off the event loop), each decision carrying the batch's time per
+    prompt as its latency; others decide concurrently, at most `concurrency` at once."""
+    if has_scores(router):
+        return await asyncio.to_thread(batch_decisions, router, texts)
+    gate = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(text: str) -> Decision:
+        async with gate:
+            return await router.decide(text)
+
+    return list(await asyncio.gather(*(one(text) for text in texts)))
+
+
+def batch_decisions(router: ScoringRouter, texts: Sequence[str]) -> list[Decision]:
+    started = time.perf_counter()
+    scores = router.score(texts)
+    per_prompt = elapsed_ms(started) / max(1, len(texts))
+    return [
+        Decision(tier_for_score(router.tiers, s, router.thresholds), s, per_prompt) for s in scores
+    ]
 
 
 def tier_for_level(tiers: Sequence[str], level: Level) -> str:

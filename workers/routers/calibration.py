@@ -2,8 +2,9 @@
 
 Routing a sample: routers with a batch `score(texts)` (classifier, random) score every
 prompt in one vectorised pass and cut the scores with their thresholds, exactly as `decide`
-would; the others (rules, llm) decide prompt by prompt, the llm router on a thread pool as
-wide as its tier's `concurrency`, since each decision is an HTTP call.
+would; the others (rules, llm) decide prompt by prompt, the llm router as many at once as
+its tier's `concurrency`, since each decision is an HTTP call (through this process's
+standalone caller, `workers.caller.standalone_caller`).
 
 Calibrating: as RouteLLM calibrates its routers on a sample of traffic, the last threshold
 is set so that a chosen share of the sample scores at or above it (goes to the last tier).
@@ -24,60 +25,37 @@ import itertools
 import os
 import re
 import tempfile
-import time
 import tomllib
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol, TypeGuard
+from typing import Any
 
-from workers.routers import Decision, Router, RouterError, make_router, router_thresholds
-from workers.routers.base import check_thresholds, elapsed_ms, tier_for_score
+from workers.callloop import call_loop
+from workers.routers import (
+    Decision,
+    Router,
+    RouterError,
+    decide_all,
+    has_scores,
+    make_router,
+    router_thresholds,
+)
+from workers.routers.base import ScoringRouter, check_thresholds
 from workers.settings import RouterConfig, Settings
+
+__all__ = ["ScoringRouter", "has_scores"]  # re-exported: the producer's evaluation uses them
 
 SCALED_DECIMALS = 4  # lower thresholds need no exactness: short numbers read better in TOML
 MAX_DECIMALS = 17
 
 
-class ScoringRouter(Protocol):
-    """A router with a continuous score and a batch entry point (classifier, random)."""
-
-    name: str
-    tiers: tuple[str, ...]
-    thresholds: tuple[float, ...]
-
-    def decide(self, text: str) -> Decision: ...
-
-    def score(self, texts: Sequence[str]) -> list[float]: ...
-
-
-def has_scores(router: Router) -> TypeGuard[ScoringRouter]:
-    return hasattr(router, "score") and hasattr(router, "thresholds")
-
-
-# --- routing a sample --------------------------------------------------------------------
-
-
 def route_sample(router: Router, texts: Sequence[str], *, workers: int = 1) -> list[Decision]:
-    """Every text's decision. Batch-scored decisions carry the batch's time per prompt as
-    their latency; time single `decide` calls when per-decision latency matters."""
-    if has_scores(router):
-        return _batch_decisions(router, texts)
-    if workers <= 1 or len(texts) <= 1:
-        return [router.decide(text) for text in texts]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="route") as pool:
-        return list(pool.map(router.decide, texts))
-
-
-def _batch_decisions(router: ScoringRouter, texts: Sequence[str]) -> list[Decision]:
-    started = time.perf_counter()
-    scores = router.score(texts)
-    per_prompt = elapsed_ms(started) / max(1, len(texts))
-    return [
-        Decision(tier_for_score(router.tiers, s, router.thresholds), s, per_prompt) for s in scores
-    ]
+    """Every text's decision (blocking; in this process's call loop). Batch-scored decisions
+    carry the batch's time per prompt as their latency; time single `decide_now` calls when
+    per-decision latency matters."""
+    return call_loop().run(decide_all(router, texts, concurrency=workers))
 
 
 def decision_workers(router: Router, settings: Settings) -> int:
@@ -98,7 +76,7 @@ def usable_router(
         return str(exc)
     if not hasattr(router, "call_tier"):
         return router
-    trial = router.decide(probe)
+    trial = call_loop().run(router.decide(probe))
     if trial.error is None:
         return router
     tier = settings.tiers[trial.call_tier or ""]
@@ -241,8 +219,16 @@ def build_router(
 ) -> Router:
     """`make_router`, with a classifier honouring the thresholds calibrated into its file
     (redundant once make_router reads them itself, and harmless)."""
+    from workers.caller import standalone_caller  # the HTTP stack, for the llm router only
+
+    caller = standalone_caller(settings) if name == "llm" else None
     router = make_router(
-        name, settings=settings, tiers=tiers, classifier_path=classifier_path, seed=seed
+        name,
+        settings=settings,
+        tiers=tiers,
+        classifier_path=classifier_path,
+        caller=caller,
+        seed=seed,
     )
     if name != "classifier":
         return router

@@ -8,6 +8,7 @@ the expected difficulty whether it was trained on two levels or three.
 joblib files are pickles: loading one runs code from it. Load only files you trained.
 """
 
+import asyncio
 import os
 import tempfile
 import time
@@ -65,7 +66,11 @@ class ClassifierRouter:
         self.thresholds = tuple(thresholds)
         tier_for_score(self.tiers, 0.0, self.thresholds)  # bad thresholds fail here, not later
 
-    def decide(self, text: str) -> Decision:
+    async def decide(self, text: str) -> Decision:
+        # A prediction is CPU work (~1 ms): off the event loop, where calls are in flight.
+        return await asyncio.to_thread(self.decide_now, text)
+
+    def decide_now(self, text: str) -> Decision:
         started = time.perf_counter()
         score = self.model.score([text])[0]
         tier = tier_for_score(self.tiers, score, self.thresholds)

@@ -10,7 +10,7 @@ import hashlib
 import time
 from collections.abc import Sequence
 
-from workers.routers.base import Decision, elapsed_ms, tier_for_score
+from workers.routers.base import Decision, Local, elapsed_ms, tier_for_score
 
 
 def uniform_score(text: str, seed: int) -> float:
@@ -20,7 +20,7 @@ def uniform_score(text: str, seed: int) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-class RandomRouter:
+class RandomRouter(Local):
     name = "random"
 
     def __init__(self, tiers: Sequence[str], thresholds: Sequence[float], seed: int = 0) -> None:
@@ -29,7 +29,7 @@ class RandomRouter:
         self.seed = seed
         tier_for_score(self.tiers, 0.0, self.thresholds)  # bad thresholds fail here, not later
 
-    def decide(self, text: str) -> Decision:
+    def decide_now(self, text: str) -> Decision:
         started = time.perf_counter()
         score = uniform_score(text, self.seed)
         tier = tier_for_score(self.tiers, score, self.thresholds)

@@ -8,7 +8,7 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 
-from workers.routers.base import Decision, Level, elapsed_ms, level_score, tier_for_level
+from workers.routers.base import Decision, Level, Local, elapsed_ms, level_score, tier_for_level
 from workers.settings import RouterConfig
 
 
@@ -23,7 +23,7 @@ def keyword_pattern(keywords: Iterable[str]) -> re.Pattern[str]:
     return re.compile(rf"\b(?:{alternatives})(?:s|es)?\b", re.IGNORECASE)
 
 
-class RulesRouter:
+class RulesRouter(Local):
     name = "rules"
 
     def __init__(self, config: RouterConfig, tiers: Sequence[str]) -> None:
@@ -33,7 +33,7 @@ class RulesRouter:
         self.short_question_words = config.short_question_words
         self.medium_words = config.medium_words
 
-    def decide(self, text: str) -> Decision:
+    def decide_now(self, text: str) -> Decision:
         started = time.perf_counter()
         level = self.level(text)
         tier = tier_for_level(self.tiers, level)

@@ -1,33 +1,37 @@
-"""The workers' bulk client: chat completions over aiohttp, inside the call loop.
+"""The one chat-completions client: aiohttp inside an event loop, used by every caller that
+answers, routes or judges (through `workers.caller`).
 
 Why not the `openai` SDK here: measured on this project's 2-core machine against the
 simulator, a call through `openai.OpenAI` in threads costs ~4.0 ms of CPU, through
 `openai.AsyncOpenAI` 2.5 to 7 ms (it varies from run to run), and a plain aiohttp POST
 with `json.loads` 0.5 to 1.0 ms (docs/performance.md). A worker answering hundreds of
 prompts a second spent most of its CPU in the client, so the hot path speaks the (small,
-stable) wire format itself. It classifies failures exactly as `workers.client` does
-(`workers.completion`).
+stable) wire format itself. The SDK stays where only it makes sense: the provider's Files
+and fine-tuning APIs (`producer.finetune`).
 """
 
 import asyncio
 import json
 import time
-from typing import Any
 
 import aiohttp
 
 from models import AttemptStatus
-from workers.completion import (
+from workers.chat import (
     CallError,
+    ChatRequest,
     Completion,
     completion_from_json,
     elapsed_ms,
     malformed,
     status_error,
     timed_out,
-    without_secret,
 )
 from workers.settings import TierConfig
+
+REDACTED = "[redacted]"
+# Shorter "keys" are placeholders like "x" for local servers; replacing them would garble text.
+MIN_SECRET_LENGTH = 8
 
 
 class ChatClient:
@@ -52,18 +56,18 @@ class ChatClient:
         await asyncio.gather(*(s.close() for s in self.sessions.values()))
         self.sessions.clear()
 
-    async def call(self, tier: TierConfig, tier_name: str, request: dict[str, Any]) -> Completion:
-        api_key = tier.api_key(tier_name)
+    async def call(self, tier: TierConfig, request: ChatRequest) -> Completion:
+        api_key = tier.api_key()
         session = self.session(str(tier.base_url).rstrip("/"), tier.timeout_s)
         started = time.perf_counter()
         try:
-            return await _post(session, api_key, {"model": tier.model, **request}, started)
+            return await _post(session, api_key, request.body(tier.model), started)
         except CallError as error:
             raise without_secret(error, api_key) from None
 
 
 async def _post(
-    session: aiohttp.ClientSession, api_key: str, body: dict[str, Any], started: float
+    session: aiohttp.ClientSession, api_key: str, body: dict[str, object], started: float
 ) -> Completion:
     headers = {"Authorization": f"Bearer {api_key}"}
     try:
@@ -100,3 +104,13 @@ def _error_message(data: bytes) -> str:
     if isinstance(error, str):
         return error
     return text.strip()
+
+
+def without_secret(error: CallError, secret: str) -> CallError:
+    """The error with `secret` cut out of its message. Some servers echo the key they were
+    sent in their error text (OpenAI masks most of it, proxies and local servers may not),
+    and that text goes into the database, the logs and `distillery results`."""
+    message = str(error)
+    if len(secret) >= MIN_SECRET_LENGTH and secret in message:
+        error.args = (message.replace(secret, REDACTED),)
+    return error

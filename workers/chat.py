@@ -1,5 +1,6 @@
-"""What a model call returns, whichever client made it: a `Completion`, or a `CallError`
-that says how it failed. No HTTP client here, so the producer can import it cheaply."""
+"""A model call's shapes: the `ChatRequest` a step sends, the `Completion` it gets back or the
+`CallError` that says how it failed, and how the chat-completions wire format (an HTTP status
+and a JSON body) becomes one of them. No HTTP client here, so anything can import it cheaply."""
 
 import time
 from collections.abc import Mapping
@@ -10,6 +11,28 @@ from models import AttemptStatus
 
 
 @dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """What a step asks of a tier; the tier adds its model name when it is sent."""
+
+    messages: list[dict[str, Any]]
+    temperature: float | None = None
+    max_tokens: int | None = None
+    logprobs: bool = False
+
+    def body(self, model: str) -> dict[str, Any]:
+        """The JSON body of POST /chat/completions."""
+        body: dict[str, Any] = {"model": model, "messages": self.messages}
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        if self.max_tokens:
+            body["max_tokens"] = self.max_tokens
+        if self.logprobs:
+            body["logprobs"] = True
+            body["top_logprobs"] = 0  # llama.cpp sends logprobs only when this is set
+        return body
+
+
+@dataclass(frozen=True, slots=True)
 class Completion:
     text: str
     prompt_tokens: int
@@ -17,6 +40,10 @@ class Completion:
     logprobs: list[float] | None
     latency_ms: float
     finish_reason: str | None
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
 
 
 class CallError(Exception):
@@ -120,18 +147,3 @@ def _token_logprobs(logprobs: Any) -> list[float] | None:
     if not content:
         return None
     return [float(token["logprob"]) for token in content]
-
-
-REDACTED = "[redacted]"
-# Shorter "keys" are placeholders like "x" for local servers; replacing them would garble text.
-MIN_SECRET_LENGTH = 8
-
-
-def without_secret(error: CallError, secret: str) -> CallError:
-    """The error with `secret` cut out of its message. Some servers echo the key they were
-    sent in their error text (OpenAI masks most of it, proxies and local servers may not),
-    and that text goes into the database, the logs and `distillery results`."""
-    message = str(error)
-    if len(secret) >= MIN_SECRET_LENGTH and secret in message:
-        error.args = (message.replace(secret, REDACTED),)
-    return error

@@ -1,0 +1,123 @@
+"""The one way anything calls a model: wait for the tier's global rate limit, make the HTTP
+call, reconcile the token estimate with the real usage (or pause the tier on a 429), and
+retry what may pass on a retry. Answers, the llm router, and any future caller (the gateway,
+a judge, the training backend's evaluation) go through `Caller.call`.
+
+A `Caller` lives in one event loop (its aiohttp sessions and Redis connections belong to
+it): a worker opens one per process at start-up (`workers.context`), a one-off command opens
+one for the duration of its work (`run_calls`)."""
+
+import atexit
+import threading
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from models import AttemptStatus
+from workers.callloop import call_loop
+from workers.chat import CallError, ChatRequest, Completion
+from workers.http_client import ChatClient
+from workers.ratelimit import Limits, RateLimiter, estimate_tokens, open_rate_limiter
+from workers.retry import RetryPolicy, call_with_retries
+from workers.settings import Settings, TierConfig
+
+T = TypeVar("T")
+# A 429 without Retry-After still pauses the tier, briefly.
+DEFAULT_COOLDOWN_S = 1.0
+
+OnFailure = Callable[[CallError], None]
+BeforeCall = Callable[[], Awaitable[None]]
+
+
+def _ignore(_: CallError) -> None:
+    pass
+
+
+def retry_policy(tier: TierConfig) -> RetryPolicy:
+    return RetryPolicy(tier.max_retries, tier.backoff_base_s, tier.backoff_max_s)
+
+
+class Caller:
+    def __init__(self, *, client: ChatClient, limiter: RateLimiter) -> None:
+        self.client = client
+        self.limiter = limiter
+
+    @classmethod
+    def open(cls, settings: Settings) -> "Caller":
+        """A caller for the running event loop (call it from inside that loop)."""
+        return cls(client=ChatClient(), limiter=open_rate_limiter(settings.redis_url))
+
+    async def close(self) -> None:
+        await self.client.close()
+        await self.limiter.close()
+
+    async def call(
+        self,
+        tier: TierConfig,
+        request: ChatRequest,
+        *,
+        on_failure: OnFailure = _ignore,
+        before_call: BeforeCall | None = None,
+    ) -> Completion:
+        """The answer, after the tier's retries; `on_failure` sees each failed try as it
+        happens (to record it), and the last failure is raised."""
+
+        async def once() -> Completion:
+            return await self.limited(tier, request, before_call=before_call)
+
+        return await call_with_retries(once, retry_policy(tier), on_failure=on_failure)
+
+    async def limited(
+        self, tier: TierConfig, request: ChatRequest, *, before_call: BeforeCall | None = None
+    ) -> Completion:
+        """One try within the tier's limits; `before_call` runs after the wait for capacity,
+        right before the request goes out (e.g. a cancellation check)."""
+        estimate = estimate_tokens(request.messages, request.max_tokens)
+        limits = Limits(tier.rpm, tier.tpm)
+        ticket = await self.limiter.acquire(tier.name, limits, estimate)
+        if before_call is not None:
+            await before_call()
+        try:
+            completion = await self.client.call(tier, request)
+        except CallError as error:
+            if error.status == AttemptStatus.RATE_LIMITED:
+                await self.limiter.cooldown(tier.name, error.retry_after or DEFAULT_COOLDOWN_S)
+            # An HTTP answer (even an error) was not a generation; no answer may have been one.
+            await self.limiter.reconcile(tier.name, ticket, 0 if error.http_status else estimate)
+            raise
+        await self.limiter.reconcile(tier.name, ticket, completion.tokens)
+        return completion
+
+
+def run_calls(settings: Settings, work: Callable[[Caller], Awaitable[T]]) -> T:
+    """For code outside any event loop (a CLI command): run `work` with a caller of its own
+    in this process's call loop, and close the caller when it is done."""
+
+    async def with_caller() -> T:
+        caller = Caller.open(settings)
+        try:
+            return await work(caller)
+        finally:
+            await caller.close()
+
+    return call_loop().run(with_caller())
+
+
+_standalone: dict[str | None, Caller] = {}  # by Redis URL: all a caller depends on
+_standalone_lock = threading.Lock()
+
+
+def standalone_caller(settings: Settings) -> Caller:
+    """A caller on this process's shared call loop, for one-off commands that build a router
+    and decide with it from synchronous code (router eval, cost simulate). Closed when the
+    process exits; a worker uses its context's caller instead."""
+    with _standalone_lock:
+        if settings.redis_url not in _standalone:
+            loop = call_loop()
+
+            async def open_caller() -> Caller:
+                return Caller.open(settings)
+
+            caller = loop.run(open_caller())
+            _standalone[settings.redis_url] = caller
+            atexit.register(lambda: loop.run(caller.close()))
+        return _standalone[settings.redis_url]

@@ -1,0 +1,101 @@
+"""A worker process's context: what all its tasks share — its call loop, the caller (HTTP
+client and rate limiter), the ledger writer, job statuses and routers — built once when the
+worker starts and closed when it stops (Celery's worker_init / worker_shutdown signals, or
+the embedded worker's own start and stop)."""
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from sqlalchemy.engine import Engine
+
+from models import get_engine, get_write_engine
+from workers.caller import Caller
+from workers.callloop import CallLoop
+from workers.job_settings import RouteSettings
+from workers.ledger import LedgerWriter
+from workers.routers import Router, make_router
+from workers.running_jobs import RunningJobs
+from workers.settings import Settings
+
+log = logging.getLogger(__name__)
+RouterKey = tuple[str, tuple[str, ...], str | None]
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    engine: Engine  # reads; the ledger writes through its own engine
+    loop: CallLoop
+    caller: Caller
+    ledger: LedgerWriter
+    jobs: RunningJobs
+    # Loading a classifier takes a moment: one router per job configuration per process.
+    routers: dict[RouterKey, Router] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, settings: Settings) -> "WorkerContext":
+        loop = CallLoop()
+
+        async def open_caller() -> Caller:  # in the loop: its connections belong there
+            return Caller.open(settings)
+
+        engine = get_engine(settings.database_url)
+        return cls(
+            settings=settings,
+            engine=engine,
+            loop=loop,
+            caller=loop.run(open_caller()),
+            ledger=LedgerWriter(get_write_engine(settings.database_url)),
+            jobs=RunningJobs(engine),
+        )
+
+    def close(self) -> None:
+        """Finish writing what is queued, then close the connections and the loop."""
+        self.ledger.close()
+        self.loop.run(self.caller.close())
+        self.loop.close()
+
+    def router_for(self, job: RouteSettings) -> Router:
+        """Called in the call loop only (one thread), so the cache needs no lock."""
+        key = (job.router, job.tiers, job.classifier)
+        if key not in self.routers:
+            self.routers[key] = make_router(
+                job.router,
+                settings=self.settings,
+                tiers=job.tiers,
+                classifier_path=job.classifier,
+                caller=self.caller,
+            )
+        return self.routers[key]
+
+
+_current: WorkerContext | None = None
+_lock = threading.Lock()
+
+
+def start_worker_context(settings: Settings) -> WorkerContext:
+    """This process's context, started now (a second start replaces the first)."""
+    global _current
+    with _lock:
+        previous, _current = _current, WorkerContext.start(settings)
+    if previous is not None:
+        previous.close()
+    return _current
+
+
+def stop_worker_context() -> None:
+    global _current
+    with _lock:
+        context, _current = _current, None
+    if context is not None:
+        context.close()
+
+
+def worker_context() -> WorkerContext:
+    if _current is None:
+        raise RuntimeError(
+            "no worker context: tasks run in a worker (`distillery worker`, or the embedded "
+            "worker of `distillery submit --wait` without REDIS_URL)"
+        )
+    return _current
