@@ -155,7 +155,8 @@ def test_submit_status_and_the_student_tier(env: dict[str, Any]) -> None:
 
 
 def check_student_tier_answers(env: dict[str, Any], job_id: str, model: str, block: str) -> None:
-    from workers.client import call_tier
+    from workers.caller import run_calls
+    from workers.chat import ChatRequest
     from workers.settings import load_settings
 
     added = invoke(
@@ -174,8 +175,9 @@ def check_student_tier_answers(env: dict[str, Any], job_id: str, model: str, blo
     settings = load_settings(env["config"])
     assert list(settings.tiers) == ["student", "small", "medium", "frontier"]
     assert settings.tiers["student"].model == model
-    request = {"messages": [{"role": "user", "content": "What is the capital of France?"}]}
-    answer = call_tier(settings.tiers["student"], "student", request)
+    request = ChatRequest([{"role": "user", "content": "What is the capital of France?"}])
+    student = settings.tiers["student"]
+    answer = run_calls(settings, lambda caller: caller.call(student, request))
     assert answer.text and answer.completion_tokens > 0
     assert model in [m.id for m in env["client"].models.list()]
 

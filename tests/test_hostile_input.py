@@ -43,6 +43,7 @@ from producer.readers import FORMATS_HINT, PromptInput
 from simulator.tokens import count_prompt_tokens
 from tests.conftest import make_engine
 from tests.test_cli import assert_nothing_stored, invoke, use_config
+from workers.job_settings import JobSettings, RouteSettings, TeacherSettings
 
 # Context windows small enough to hit with short prompts. No system prompt for the teacher,
 # so a {"prompt": "x" * n} line is ceil(n / 4) + 4 + 3 tokens.
@@ -356,14 +357,13 @@ def test_estimate_is_what_the_simulator_bills() -> None:
 def test_the_jobs_system_prompt_counts() -> None:
     prompt = PromptInput([{"role": "user", "content": "x" * 40}], None, None, line=1)
     limit = ContextLimit("small", context_tokens=20, answer_tokens=0, policy="reject")
-    assert fit_to_context([prompt], limit=limit, params={}, source="f").prompts == [prompt]
-    with_system = {"system_prompt": "s" * 40}  # 10 more tokens and 4 for the message
+    assert fit_to_context([prompt], limit=limit, job=JobSettings(), source="f").prompts == [prompt]
+    with_system = JobSettings(system_prompt="s" * 40)  # 10 more tokens and 4 for the message
     with pytest.raises(PromptTooLong, match="prompt is ~31 tokens"):
-        fit_to_context([prompt], limit=limit, params=with_system, source="f")
+        fit_to_context([prompt], limit=limit, job=with_system, source="f")
 
 
 def test_a_tier_without_a_context_means_no_check() -> None:
-    from models import JobMode
     from workers.settings import Settings
 
     tiers = {
@@ -371,8 +371,8 @@ def test_a_tier_without_a_context_means_no_check() -> None:
         for name, tokens in (("small", 60), ("frontier", None))
     }
     settings = Settings(tiers=tiers)
-    assert context_limit(JobMode.ROUTE, {"tiers": ["small", "frontier"]}, settings) is None
-    limit = context_limit(JobMode.TEACHER, {"tier": "small", "max_tokens": 5}, settings)
+    assert context_limit(RouteSettings(tiers=("small", "frontier")), settings) is None
+    limit = context_limit(TeacherSettings(tier="small", max_tokens=5), settings)
     assert limit == ContextLimit("small", 60, 5, "reject", largest_of=1)
 
 
@@ -382,7 +382,7 @@ def test_many_truncations_are_summarised() -> None:
         for n in range(1, 31)
     ]
     limit = ContextLimit("small", context_tokens=10, answer_tokens=0, policy="truncate")
-    fitted = fit_to_context(prompts, limit=limit, params={}, source="f")
+    fitted = fit_to_context(prompts, limit=limit, job=JobSettings(), source="f")
     assert fitted.truncated == 30
     assert fitted.notices[0].startswith("f:1: prompt was ~32 tokens")
     assert fitted.notices[-2:] == (

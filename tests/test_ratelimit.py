@@ -1,12 +1,13 @@
-"""Global per-tier rate limits: the algorithm on a fake clock, the Redis script against real
-Redis, and three real worker processes against a simulator enforcing the same limit."""
+"""Global per-tier rate limits: each scenario once, run against both backends (the Redis
+script on real Redis, and the in-process limiter), the rule itself on a fake clock, and three
+real worker processes against a simulator enforcing the same limit."""
 
 import asyncio
-import threading
 import time
+from collections.abc import Awaitable, Callable
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -14,7 +15,109 @@ from models import AttemptStatus, JobStatus
 from simulator import ModelBehaviour, SimConfig, start_in_thread
 from tests.conftest import TEST_REDIS_URL, write_config
 from tests.pipeline import attempts_of, submit_file, wait_for_job, write_jsonl
-from workers.ratelimit import Limits, LocalRateLimiter, RedisRateLimiter, estimate_tokens
+from workers.ratelimit import (
+    COOLDOWN_REFRESH_S,
+    Limits,
+    LocalRateLimiter,
+    RedisRateLimiter,
+    estimate_tokens,
+)
+
+T = TypeVar("T")
+Limiter = LocalRateLimiter | RedisRateLimiter
+NO_LIMITS = Limits(None, None)
+
+
+def redis_limiter() -> RedisRateLimiter:
+    import redis.asyncio
+
+    return RedisRateLimiter(redis.asyncio.Redis.from_url(TEST_REDIS_URL))
+
+
+@pytest.fixture(params=["redis", "local"])
+def make_limiter(request: pytest.FixtureRequest) -> Callable[[], Limiter]:
+    """A factory: each call is another process's limiter (sharing Redis), or, in-process,
+    the same one (the embedded mode has one process)."""
+    if request.param == "redis":
+        request.getfixturevalue("clean_redis")
+        return redis_limiter
+    local = LocalRateLimiter()
+    return lambda: local
+
+
+def run(scenario: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(scenario())  # type: ignore[arg-type]
+
+
+def test_grants_are_paced_across_concurrent_callers(make_limiter: Callable[[], Limiter]) -> None:
+    limits = Limits(rpm=600, tpm=None)  # one call per 0.1 s
+
+    async def scenario() -> list[float]:
+        limiters = [make_limiter() for _ in range(4)]  # four callers (processes)
+        grants: list[float] = []
+
+        async def caller(limiter: Limiter) -> None:
+            for _ in range(4):
+                await limiter.acquire("small", limits, 1)
+                grants.append(time.monotonic())
+
+        await asyncio.gather(*(caller(limiter) for limiter in limiters))
+        return sorted(grants)
+
+    grants = run(scenario)
+    assert len(grants) == 16
+    assert min(b - a for a, b in pairwise(grants)) >= 0.09  # never two at once (lower bound)
+
+
+def test_token_window_fills_and_reconcile_frees_it(make_limiter: Callable[[], Limiter]) -> None:
+    limits = Limits(rpm=None, tpm=1000)
+
+    async def scenario() -> None:
+        limiter, other = make_limiter(), make_limiter()
+        waited, ticket = await limiter.try_acquire("t", limits, 600, "a")
+        assert waited == 0 and ticket
+        wait, refused = await other.try_acquire("t", limits, 600, "b")
+        assert refused is None and 61 < wait <= 62.01  # full until the first call ages out
+        await limiter.reconcile("t", ticket, 300)  # it used fewer tokens than estimated
+        assert (await other.try_acquire("t", limits, 600, "c"))[1]
+
+    run(scenario)
+
+
+def test_a_cooldown_pauses_the_tier_even_without_limits(
+    make_limiter: Callable[[], Limiter],
+) -> None:
+    async def scenario() -> None:
+        limiter, other = make_limiter(), make_limiter()
+        await limiter.cooldown("t", 3)
+        wait, refused = await other.try_acquire("t", NO_LIMITS, 1, "d")
+        assert refused is None and 2.5 < wait <= 3.0
+
+    run(scenario)
+
+
+def test_a_limitless_tier_waits_out_any_callers_cooldown(
+    make_limiter: Callable[[], Limiter],
+) -> None:
+    """A tier without rpm/tpm asks about its 429 cooldown at most every COOLDOWN_REFRESH_S
+    per process: its own 429 pauses it at once, another process's within that time, and
+    either way for the whole Retry-After."""
+
+    async def scenario() -> tuple[float, float]:
+        this, other = make_limiter(), make_limiter()
+        assert await this.acquire("t", NO_LIMITS, 1) is None  # no cooldown: no wait
+        await other.cooldown("t", 1.0)  # another worker got a 429 with Retry-After: 1
+        cooled = time.monotonic()
+        await asyncio.sleep(COOLDOWN_REFRESH_S)  # this one's view is now stale
+        await this.acquire("t", NO_LIMITS, 1)
+        theirs = time.monotonic() - cooled
+        await this.cooldown("t", 0.5)  # its own 429
+        cooled = time.monotonic()
+        await this.acquire("t", NO_LIMITS, 1)
+        return theirs, time.monotonic() - cooled
+
+    theirs, own = run(scenario)
+    assert theirs >= 0.95 and own >= 0.5  # the whole Retry-After, less Redis clock skew
 
 
 class FakeClock:
@@ -24,137 +127,37 @@ class FakeClock:
     def __call__(self) -> float:
         return self.now
 
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
-
-def test_local_limiter_paces_calls_evenly() -> None:
+def test_the_rule_paces_evenly_on_its_own_clock() -> None:
     clock = FakeClock()
-    limiter = LocalRateLimiter(clock=clock, sleep=clock.sleep)
+    limiter = LocalRateLimiter(clock=clock)
+    limits = Limits(rpm=60, tpm=None)
     grants = []
-    for _ in range(10):
-        limiter.acquire("small", Limits(rpm=60, tpm=None), 10)
-        grants.append(clock.now)
+    while len(grants) < 10:
+        wait, ticket = limiter.check("small", limits, 10, f"call-{len(grants)}")
+        if ticket:
+            grants.append(clock.now)
+        clock.now += max(wait, 0.001)
     gaps = [b - a for a, b in pairwise(grants)]
-    assert all(gap >= 1.0 for gap in gaps)  # 60 rpm: one a second, never a burst
+    assert len(gaps) == 9 and all(gap >= 1.0 for gap in gaps)  # 60 rpm: one a second
 
 
-def test_local_limiter_token_window_and_reconcile() -> None:
+def test_the_rpm_window_holds_at_most_rpm_calls() -> None:
     clock = FakeClock()
-    limiter = LocalRateLimiter(clock=clock, sleep=clock.sleep)
-    limits = Limits(rpm=None, tpm=1000)
-    ticket = limiter.acquire("t", limits, 600)
-    wait, _ = limiter.try_acquire("t", limits, 600, "x")
-    assert 61 < wait <= 62.01  # the window is full until the first call ages out
-    limiter.reconcile("t", ticket, 300)  # it used fewer tokens than estimated
-    assert limiter.try_acquire("t", limits, 600, "y") == (0.0, "y")
-
-
-def test_local_cooldown_pauses_the_tier_even_without_limits() -> None:
-    clock = FakeClock()
-    limiter = LocalRateLimiter(clock=clock, sleep=clock.sleep)
-    limiter.cooldown("t", 5)
-    start = clock.now
-    limiter.acquire("t", Limits(None, None), 1)
-    assert clock.now - start >= 5
+    limiter = LocalRateLimiter(clock=clock)
+    limits = Limits(rpm=3, tpm=None)
+    granted = 0
+    for n in range(200):  # 200 asks over 100 s
+        granted += limiter.check("t", limits, 1, f"c{n}")[1] is not None
+        clock.now += 0.5
+    # pacing 20 s apart allows 5 in 100 s, and never more than 3 in any 62 s window
+    assert 4 <= granted <= 6
 
 
 def test_token_estimate_counts_prompt_and_answer() -> None:
     messages = [{"role": "user", "content": "x" * 400}]
     assert estimate_tokens(messages, 50) == 100 + 4 + 50
     assert estimate_tokens(messages, None) == 104 + 256
-
-
-@pytest.fixture
-def redis_limiter(clean_redis: Any) -> RedisRateLimiter:
-    return RedisRateLimiter(clean_redis)
-
-
-def test_redis_limiter_spaces_grants_across_threads(redis_limiter: RedisRateLimiter) -> None:
-    limits = Limits(rpm=600, tpm=None)  # one call per 0.1 s
-    grants: list[float] = []
-    lock = threading.Lock()
-
-    def worker() -> None:
-        for _ in range(4):
-            redis_limiter.acquire("small", limits, 1)
-            with lock:
-                grants.append(time.monotonic())
-
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    grants.sort()
-    gaps = [b - a for a, b in pairwise(grants)]
-    assert len(grants) == 16
-    assert min(gaps) >= 0.09  # grants are spaced, never two at once (a lower bound only)
-
-
-def test_redis_window_reconcile_and_cooldown(redis_limiter: RedisRateLimiter) -> None:
-    limits = Limits(rpm=None, tpm=1000)
-    _, ticket = redis_limiter.try_acquire("t", limits, 600, "a")
-    assert ticket == "a:600"
-    wait, granted = redis_limiter.try_acquire("t", limits, 600, "b")
-    assert granted is None and 61 < wait <= 62.01
-    redis_limiter.reconcile("t", ticket, 300)
-    assert redis_limiter.try_acquire("t", limits, 600, "c")[1] == "c:600"
-    redis_limiter.cooldown("t", 3)
-    wait, granted = redis_limiter.try_acquire("t", Limits(None, None), 1, "d")
-    assert granted is None and 2.5 < wait <= 3.0
-
-
-def async_limiter() -> Any:
-    import redis.asyncio
-
-    from workers.ratelimit import AsyncRedisRateLimiter
-
-    return AsyncRedisRateLimiter(redis.asyncio.Redis.from_url(TEST_REDIS_URL))
-
-
-def test_async_and_thread_limiters_share_one_window(
-    clean_redis: Any, redis_limiter: RedisRateLimiter
-) -> None:
-    """The call loop's limiter and the threads' one (the LLM router's) count the same calls."""
-    limits = Limits(rpm=None, tpm=1000)
-
-    async def grant_then_wait() -> tuple[str | None, float]:
-        limiter = async_limiter()
-        ticket = await limiter.acquire("t", limits, 600)
-        started = time.monotonic()
-        # The window is now full for the thread-side limiter too:
-        wait, granted = redis_limiter.try_acquire("t", limits, 600, "sync")
-        assert granted is None and 61 < wait <= 62.01
-        await limiter.reconcile("t", ticket, 100)
-        return redis_limiter.try_acquire("t", limits, 600, "sync2")[1], time.monotonic() - started
-
-    granted, _ = asyncio.run(grant_then_wait())
-    assert granted == "sync2:600"  # reconciled down to 100 tokens, so 600 more fit
-
-
-def test_a_limitless_tier_waits_out_any_workers_cooldown(clean_redis: Any) -> None:
-    """A tier without rpm/tpm asks Redis about its 429 cooldown at most every
-    COOLDOWN_REFRESH_S per process: its own 429 pauses it at once, another process's within
-    that time, and either way for the whole Retry-After."""
-    from workers.ratelimit import COOLDOWN_REFRESH_S
-
-    async def run() -> tuple[float, float]:
-        this, other = async_limiter(), async_limiter()  # two worker processes
-        none = Limits(None, None)
-        assert await this.acquire("t", none, 1) is None  # no cooldown: no wait
-        await other.cooldown("t", 1.0)  # another worker got a 429 with Retry-After: 1
-        cooled = time.monotonic()
-        await asyncio.sleep(COOLDOWN_REFRESH_S)  # this one's view is now stale
-        await this.acquire("t", none, 1)
-        theirs = time.monotonic() - cooled
-        await this.cooldown("t", 0.5)  # its own 429
-        cooled = time.monotonic()
-        await this.acquire("t", none, 1)
-        return theirs, time.monotonic() - cooled
-
-    theirs, own = asyncio.run(run())
-    assert theirs >= 0.95 and own >= 0.5  # the whole Retry-After, less Redis clock skew
 
 
 def max_in_any_window(events: list[tuple[float, float]], window: float = 60.0) -> float:

@@ -38,7 +38,7 @@ from tests.conftest import PRICES, Workers, shared_data
 from tests.pipeline import attempts_of, prompts_of, submit_file, wait_for_job, write_jsonl
 from tests.realmodel import MODEL_ALIAS, llama_server, require_real_model
 from workers.confidence import geometric_mean
-from workers.request import build_request
+from workers.job_settings import JobSettings
 
 pytestmark = pytest.mark.slow
 
@@ -247,10 +247,10 @@ def check_confidence_is_the_models_own(
         next(p for p in scored if p.final_tier == "frontier"),
     ]
     client = openai.OpenAI(base_url=llama_url, api_key="unused", timeout=120, max_retries=0)
-    params = {"max_tokens": MAX_TOKENS, "temperature": 0.0, "logprobs": True}
+    job = JobSettings(max_tokens=MAX_TOKENS, temperature=0.0, logprobs=True)
     for prompt in samples:
-        request = build_request(params, prompt.messages)
-        response = client.chat.completions.create(model=MODEL_ALIAS, **request)
+        request = job.request(prompt.messages).body(MODEL_ALIAS)
+        response = client.chat.completions.create(**request)
         content = response.choices[0].logprobs.content if response.choices[0].logprobs else None
         assert content, "the llama server sent no logprobs"
         expected = geometric_mean([token.logprob for token in content])

@@ -28,7 +28,6 @@ from models import (
 from producer.report import SAVINGS_FALLBACK_TARGET, TIMES, build_report, print_report
 from producer.report_plot import plot_report
 from tests.conftest import make_engine
-from workers.cost import cost_usd
 from workers.settings import TierConfig
 
 # Output tokens cost twice the input tokens, so a swapped column shows up in the costs.
@@ -168,7 +167,7 @@ def _insert_attempt(
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             # What a worker records: the provider's usage priced by the tier's config.
-            cost_usd=cost_usd(TIERS[tier], prompt_tokens, completion_tokens),
+            cost_usd=TIERS[tier].cost_usd(prompt_tokens, completion_tokens),
         )
     )
     session.flush()  # ids in insertion order: the last successful call is the final answer

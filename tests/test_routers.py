@@ -1,6 +1,7 @@
 """Routers: rules, trained classifier, LLM (over HTTP against the simulator) and random,
 plus the level/score → tier mapping and the errors a user sees for a bad setup."""
 
+import asyncio
 import json
 import math
 from collections import Counter
@@ -12,7 +13,10 @@ import pytest
 from pydantic import HttpUrl
 
 from tests.conftest import shared_data, write_config
-from workers.client import Completion, call_tier
+from workers.caller import Caller
+from workers.chat import ChatRequest, Completion
+from workers.http_client import ChatClient
+from workers.ratelimit import open_rate_limiter
 from workers.routers import (
     ROUTER_NAMES,
     Decision,
@@ -134,7 +138,7 @@ def test_explicit_thresholds_must_fit_the_tiers() -> None:
     with pytest.raises(RouterError, match="4 are configured"):
         validate_router("random", settings=settings)
     fitting = settings_for(FOUR, thresholds=[0.2, 0.4, 0.9])
-    assert make_router("random", settings=fitting).decide("x").tier in FOUR
+    assert make_router("random", settings=fitting).decide_now("x").tier in FOUR
 
 
 def test_config_file_rejects_bad_router_settings(tmp_path: Path) -> None:
@@ -213,7 +217,7 @@ def test_corrupt_classifier_file_names_the_train_command(tmp_path: Path) -> None
 def test_rules_on_fixed_prompts() -> None:
     router = make_router("rules", settings=settings_for(THREE))
     assert router.name == "rules"
-    easy, hard, medium = (router.decide(p) for p in (SHORT_FACT, CODE, ANALYSIS))
+    easy, hard, medium = (router.decide_now(p) for p in (SHORT_FACT, CODE, ANALYSIS))
     assert (easy.tier, easy.score) == ("small", 0.0)
     assert (hard.tier, hard.score) == ("frontier", 1.0)
     assert (medium.tier, medium.score) == ("medium", 0.5)
@@ -223,11 +227,11 @@ def test_rules_on_fixed_prompts() -> None:
 
 def test_rules_with_two_and_four_tiers() -> None:
     two = make_router("rules", settings=settings_for(("small", "frontier")))
-    assert [two.decide(p).tier for p in (SHORT_FACT, ANALYSIS, CODE)] == [
+    assert [two.decide_now(p).tier for p in (SHORT_FACT, ANALYSIS, CODE)] == [
         "small", "frontier", "frontier",
     ]  # fmt: skip
     four = make_router("rules", settings=settings_for(FOUR))
-    assert [four.decide(p).tier for p in (SHORT_FACT, ANALYSIS, CODE)] == [
+    assert [four.decide_now(p).tier for p in (SHORT_FACT, ANALYSIS, CODE)] == [
         "nano", "medium", "frontier",
     ]  # fmt: skip
 
@@ -235,26 +239,26 @@ def test_rules_with_two_and_four_tiers() -> None:
 def test_rules_length_and_question_marks() -> None:
     router = make_router("rules", settings=settings_for(THREE))
     long_story = " ".join(["The river ran past the old mill."] * 10)  # 70 words, no keyword
-    assert router.decide(long_story).tier == "medium"
+    assert router.decide_now(long_story).tier == "medium"
     twenty_word_question = " ".join(["word"] * 19) + " today?"
-    assert router.decide(twenty_word_question).tier == "small"
-    assert router.decide("Tell me a joke").tier == "small"
+    assert router.decide_now(twenty_word_question).tier == "small"
+    assert router.decide_now("Tell me a joke").tier == "small"
 
 
 def test_rules_match_whole_words_in_any_case() -> None:
     router = make_router("rules", settings=settings_for(THREE))
-    assert router.decide("Any good CLASSIC novels?").tier == "small"  # not "class"
-    assert router.decide("Why do my SQL queries have BUGS?").tier == "frontier"
-    assert router.decide("Explain   why the sky is blue").tier == "medium"
-    assert router.decide("Weigh the pros and\ncons of renting").tier == "medium"
+    assert router.decide_now("Any good CLASSIC novels?").tier == "small"  # not "class"
+    assert router.decide_now("Why do my SQL queries have BUGS?").tier == "frontier"
+    assert router.decide_now("Explain   why the sky is blue").tier == "medium"
+    assert router.decide_now("Weigh the pros and\ncons of renting").tier == "medium"
 
 
 def test_rules_keywords_come_from_the_settings() -> None:
     settings = settings_for(THREE, code_keywords=["haskell"], analysis_keywords=[])
     router = make_router("rules", settings=settings)
-    assert router.decide("Write a python function").tier == "small"
-    assert router.decide("Is Haskell lazy?").tier == "frontier"
-    assert router.decide("Compare tea and coffee").tier == "small"
+    assert router.decide_now("Write a python function").tier == "small"
+    assert router.decide_now("Is Haskell lazy?").tier == "frontier"
+    assert router.decide_now("Compare tea and coffee").tier == "small"
 
 
 # --- random ---------------------------------------------------------------------------
@@ -266,10 +270,14 @@ def test_random_router_is_seeded_and_uniform() -> None:
     first = make_router("random", settings=settings, seed=7)
     again = make_router("random", settings=settings, seed=7)
     other = make_router("random", settings=settings, seed=8)
-    decisions = [first.decide(t) for t in texts]
-    assert [_verdict(first.decide(t)) for t in texts[:50]] == [_verdict(d) for d in decisions[:50]]
-    assert [_verdict(again.decide(t)) for t in texts[:50]] == [_verdict(d) for d in decisions[:50]]
-    assert [d.score for d in decisions[:50]] != [other.decide(t).score for t in texts[:50]]
+    decisions = [first.decide_now(t) for t in texts]
+    assert [_verdict(first.decide_now(t)) for t in texts[:50]] == [
+        _verdict(d) for d in decisions[:50]
+    ]
+    assert [_verdict(again.decide_now(t)) for t in texts[:50]] == [
+        _verdict(d) for d in decisions[:50]
+    ]
+    assert [d.score for d in decisions[:50]] != [other.decide_now(t).score for t in texts[:50]]
     assert all(d.score is not None and 0 <= d.score <= 1 for d in decisions)
     shares = Counter(d.tier for d in decisions)
     assert abs(shares["small"] / 3000 - 0.3) < 0.04
@@ -312,7 +320,7 @@ def test_classifier_routes_with_the_trained_file(
     validate_router("classifier", settings=settings, classifier_path=out)
     router = make_router("classifier", settings=settings, classifier_path=str(out))
     prompts = [SHORT_FACT, CODE, ANALYSIS, "Find the degree of Q(sqrt(2)) over Q.\nA. 2\nB. 4"]
-    decisions = [router.decide(p) for p in prompts]
+    decisions = [router.decide_now(p) for p in prompts]
     for decision in decisions:
         assert decision.tier in THREE
         assert decision.score is not None and 0 <= decision.score <= 1
@@ -321,7 +329,7 @@ def test_classifier_routes_with_the_trained_file(
     assert batch == pytest.approx([d.score for d in decisions])
     two_tiers = settings_for(("small", "frontier"))
     two = make_router("classifier", settings=two_tiers, classifier_path=out)
-    assert two.decide(CODE).tier in ("small", "frontier")
+    assert two.decide_now(CODE).tier in ("small", "frontier")
 
 
 def test_small_jsonl_with_levels_trains(tmp_path: Path) -> None:
@@ -339,7 +347,7 @@ def test_small_jsonl_with_levels_trains(tmp_path: Path) -> None:
     assert report.held_out_auc == pytest.approx(1.0)
     router = make_router("classifier", settings=settings_for(THREE), classifier_path=out)
     prompts = ("What is 40 plus 2?", "Summarise chapter 30 of the novel", "Prove lemma 99")
-    easy, medium, hard = (router.decide(p) for p in prompts)
+    easy, medium, hard = (router.decide_now(p) for p in prompts)
     assert easy.score is not None and medium.score is not None and hard.score is not None
     assert easy.score < medium.score < hard.score  # expected difficulty over three levels
     assert easy.tier == "small" and hard.tier != "small"
@@ -355,8 +363,8 @@ def test_retrained_file_is_loaded_afresh(tmp_path: Path) -> None:
     data.write_text(_csv_rows([("easy question", "hard"), ("hard proof", "easy")] * 6))
     train_classifier(data, out)
     retrained = make_router("classifier", settings=two_tiers, classifier_path=out)
-    assert router.decide("easy question").tier == "small"
-    assert retrained.decide("easy question").tier == "frontier"
+    assert router.decide_now("easy question").tier == "small"
+    assert retrained.decide_now("easy question").tier == "frontier"
 
 
 def _csv_rows(rows: list[tuple[str, str]]) -> str:
@@ -451,64 +459,99 @@ def test_parse_level() -> None:
     assert parse_level("") is None
 
 
+class RecordingCaller(Caller):
+    """The real call path, remembering what it was asked (to check the router's request)."""
+
+    def __init__(self, **parts: Any) -> None:
+        super().__init__(**parts)
+        self.sent: list[tuple[str, ChatRequest]] = []
+
+    async def call(self, tier: TierConfig, request: ChatRequest, **options: Any) -> Completion:
+        self.sent.append((tier.name, request))
+        return await super().call(tier, request, **options)
+
+
+class ChattyCaller(Caller):
+    """A real model that ignores "one word": the simulator always obeys, so say it here."""
+
+    async def call(self, tier: TierConfig, request: ChatRequest, **options: Any) -> Completion:
+        answered = await super().call(tier, request, **options)
+        return Completion("Well, it depends.", answered.prompt_tokens, 4, None, 1.0, "stop")
+
+
+def llm_decisions(
+    settings: Settings, texts: Sequence[str], caller_class: type[Caller] = Caller
+) -> tuple[list[Decision], Caller]:
+    """The llm router's decisions, its calls made through a caller of `caller_class` (in the
+    event loop of this test, as a worker's are in its call loop)."""
+
+    async def decide() -> tuple[list[Decision], Caller]:
+        caller = caller_class(client=ChatClient(), limiter=open_rate_limiter(None))
+        try:
+            router = make_router("llm", settings=settings, caller=caller)
+            return [await router.decide(text) for text in texts], caller
+        finally:
+            await caller.close()
+
+    return asyncio.run(decide())
+
+
 def test_llm_router_asks_the_cheapest_tier(tmp_path: Path, sim: Any) -> None:
     settings = sim_settings(tmp_path, sim)
-    sent: list[tuple[str, dict[str, Any]]] = []
-
-    def recording_call(tier: str, request: dict[str, Any]) -> Completion:
-        sent.append((tier, request))
-        return call_tier(settings.tiers[tier], tier, request)
-
-    router = make_router("llm", settings=settings, call=recording_call)
-    easy = router.decide("What is two plus two? [easy]")
-    hard = router.decide("Prove the Riemann hypothesis [hard]")
+    texts = ["What is two plus two? [easy]", "Prove the Riemann hypothesis [hard]"]
+    (easy, hard), caller = llm_decisions(settings, texts, RecordingCaller)
     assert (easy.tier, easy.score, hard.tier, hard.score) == ("small", 0.0, "frontier", 1.0)
     for decision in (easy, hard):
         assert decision.call is not None and decision.error is None
         assert decision.call_tier == "small"
         assert decision.call.prompt_tokens > 0 and decision.call.completion_tokens > 0
         assert decision.latency_ms >= decision.call.latency_ms
-    tier, request = sent[0]
+    assert isinstance(caller, RecordingCaller)
+    tier, request = caller.sent[0]
     assert tier == "small"
-    assert request["temperature"] == 0 and request["max_tokens"] == 5
-    assert request["messages"][0]["role"] == "user"
-    assert request["messages"][0]["content"].endswith("What is two plus two? [easy]")
-    assert "EASY, MEDIUM, or HARD" in request["messages"][0]["content"]
+    assert request.temperature == 0 and request.max_tokens == 5
+    assert request.messages[0]["role"] == "user"
+    assert request.messages[0]["content"].endswith("What is two plus two? [easy]")
+    assert "EASY, MEDIUM, or HARD" in request.messages[0]["content"]
 
 
-def test_llm_router_default_call_goes_over_http(tmp_path: Path, sim: Any) -> None:
+def test_llm_router_calls_go_over_http(tmp_path: Path, sim: Any) -> None:
     settings = sim_settings(tmp_path, sim, extra='[router]\nllm_router_tier = "medium"\n')
-    decision = make_router("llm", settings=settings).decide("Implement quicksort [hard]")
+    (decision,), _ = llm_decisions(settings, ["Implement quicksort [hard]"])
     assert (decision.tier, decision.call_tier) == ("frontier", "medium")
     assert decision.call is not None and decision.call.text == "HARD"
     assert sim.stats()["by_model"] == {"sim-medium": {"requests": 1, "200": 1}}
 
 
 def test_llm_router_falls_back_to_the_middle_tier_on_failure(tmp_path: Path, sim: Any) -> None:
-    router = make_router("llm", settings=sim_settings(tmp_path, sim))
+    settings = sim_settings(tmp_path, sim)  # max_retries = 0: one try
     sim.fail_next(5, status=500)
-    decision = router.decide("What is two plus two? [easy]")
+    (decision,), _ = llm_decisions(settings, ["What is two plus two? [easy]"])
     assert (decision.tier, decision.score, decision.call) == ("medium", None, None)
     assert decision.error is not None and decision.error.http_status == 500
-    assert decision.call_tier == "small"
+    assert len(decision.failures) == 1 and decision.call_tier == "small"
+
+
+def test_llm_router_retries_like_every_call(sim: Any) -> None:
+    """The router's call goes through the tier's retries; a try that fails is kept (the
+    route step records each as an attempt), and one that then succeeds decides."""
+    sim.fail_next(2, status=503)
+    settings = settings_for(THREE, base_url=sim.base_url)
+    (decision,), _ = llm_decisions(settings, ["[hard] prove it"])
+    assert [error.http_status for error in decision.failures] == [503, 503]
+    assert decision.call is not None and decision.error is None and decision.tier == "frontier"
 
 
 def test_llm_router_failure_with_two_tiers_goes_to_the_better_one(sim: Any) -> None:
     sim.configure(error_rate=1.0)
     settings = settings_for(("small", "frontier"), base_url=sim.base_url)
-    decision = make_router("llm", settings=settings).decide("[easy] hi")
+    (decision,), _ = llm_decisions(settings, ["[easy] hi"])
     assert decision.tier == "frontier"
     assert decision.error is not None and decision.call is None
 
 
 def test_llm_router_unparsable_answer_is_medium(tmp_path: Path, sim: Any) -> None:
     settings = sim_settings(tmp_path, sim)
-
-    def chatty_model(tier: str, request: dict[str, Any]) -> Completion:
-        # a real model that ignores "one word": the simulator always obeys, so say it here
-        answered = call_tier(settings.tiers[tier], tier, request)
-        return Completion("Well, it depends.", answered.prompt_tokens, 4, None, 1.0, "stop")
-
-    decision = make_router("llm", settings=settings, call=chatty_model).decide("[hard] x")
+    (decision,), _ = llm_decisions(settings, ["[hard] x"], ChattyCaller)
     assert (decision.tier, decision.score, decision.error) == ("medium", None, None)
     assert decision.call is not None and decision.call.text == "Well, it depends."

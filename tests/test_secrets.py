@@ -387,7 +387,8 @@ class _EchoingKeyHandler(BaseHTTPRequestHandler):
 def test_a_server_echoing_the_key_does_not_put_it_in_the_error(
     monkeypatch: pytest.MonkeyPatch, call: Any
 ) -> None:
-    from workers.completion import REDACTED, CallError
+    from workers.chat import CallError, ChatRequest
+    from workers.http_client import REDACTED
     from workers.settings import TierConfig
 
     monkeypatch.setenv(KEY_VAR, SECRET)
@@ -401,7 +402,7 @@ def test_a_server_echoing_the_key_does_not_put_it_in_the_error(
             api_key_env=KEY_VAR,
         )
         with pytest.raises(CallError) as caught:
-            call(tier, {"messages": [{"role": "user", "content": "hi"}]})
+            call(tier, ChatRequest([{"role": "user", "content": "hi"}]))
     finally:
         server.shutdown()
         server.server_close()
@@ -705,7 +706,7 @@ def test_settings_hold_only_the_keys_name(monkeypatch: pytest.MonkeyPatch, tmp_p
     )
     settings = load_settings(config)
     assert SECRET not in repr(settings) and SECRET not in settings.model_dump_json()
-    assert settings.tiers["small"].api_key("small") == SECRET  # read when a call is made
+    assert settings.tiers["small"].api_key() == SECRET  # read when a call is made
 
 
 @pytest.mark.parametrize(

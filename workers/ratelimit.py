@@ -207,12 +207,14 @@ class RedisRateLimiter:
             await self._wait_for_cooldown(tier)
             return None
         ticket = uuid.uuid4().hex
+        return await wait_loop(lambda: self.try_acquire(tier, limits, tokens, ticket))
+
+    async def try_acquire(
+        self, tier: str, limits: Limits, tokens: int, ticket: str
+    ) -> tuple[float, str | None]:
+        """One atomic check: (0, window ticket) when granted, else (seconds to wait, None)."""
         keys, args = redis_keys(self.prefix, tier), acquire_args(limits, tokens, ticket)
-
-        async def attempt() -> tuple[float, str | None]:
-            return granted(await self._acquire(keys=keys, args=args))
-
-        return await wait_loop(attempt)
+        return granted(await self._acquire(keys=keys, args=args))
 
     async def _wait_for_cooldown(self, tier: str) -> None:
         async def read() -> float:
@@ -257,9 +259,16 @@ class LocalRateLimiter:
     def _state(self, tier: str) -> _TierState:
         return self.tiers.setdefault(tier, _TierState())
 
-    def try_acquire(
+    async def try_acquire(
         self, tier: str, limits: Limits, tokens: int, ticket: str
     ) -> tuple[float, str | None]:
+        return self.check(tier, limits, tokens, ticket)
+
+    def check(
+        self, tier: str, limits: Limits, tokens: int, ticket: str
+    ) -> tuple[float, str | None]:
+        """The rule itself, on this limiter's clock: (0, ticket) when granted, else (seconds
+        to wait, None)."""
         with self.lock:
             state, now = self._state(tier), self.clock()
             window = state.window
@@ -282,11 +291,7 @@ class LocalRateLimiter:
 
     async def acquire(self, tier: str, limits: Limits, tokens: int) -> str | None:
         ticket = uuid.uuid4().hex
-
-        async def attempt() -> tuple[float, str | None]:
-            return self.try_acquire(tier, limits, tokens, ticket)
-
-        return await wait_loop(attempt)
+        return await wait_loop(lambda: self.try_acquire(tier, limits, tokens, ticket))
 
     async def reconcile(self, tier: str, ticket: str | None, tokens: int) -> None:
         with self.lock:
