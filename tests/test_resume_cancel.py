@@ -48,7 +48,7 @@ from tests.test_faults import (
     wait_for_training_file,
     wait_ready,
 )
-from workers.answer import JOB_STATUS_TTL_S
+from workers.running_jobs import JOB_STATUS_TTL_S
 
 # Calls already on the wire when `cancel` returns may still reach the simulator.
 CANCEL_GRACE_S = 1.0

@@ -221,7 +221,8 @@ def test_a_lost_reduce_message_is_made_good_at_the_next_worker_start(
     workers.start(config, control=False)
     job_id, engine, _ = submit_file(write_jsonl(tmp_path / "p.jsonl", rows), config)
     assert wait_for_job(engine, job_id, workers).completed == len(TOPICS)
-    assert clean_redis.llen(CONTROL_QUEUE) == 1  # the reduce message, waiting
+    # The reduce message, sent once the commit that finished the job is durable, waiting:
+    wait_until(lambda: clean_redis.llen(CONTROL_QUEUE) == 1, timeout=30, what="reduce message")
     clean_redis.delete(CONTROL_QUEUE)  # ... and lost
 
     workers.start(config, tiers="frontier")  # with the control queue

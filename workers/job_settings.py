@@ -85,7 +85,7 @@ class TeacherSettings(JobSettings):
 class RouteSettings(JobSettings):
     """A router picks each prompt's tier; a doubtful answer escalates along `fallback`."""
 
-    router: Literal["rules", "classifier", "llm", "random"] = "rules"
+    router: str = "rules"  # checked by `validate_router` at submit, with a helpful message
     tiers_in_order: tuple[str, ...] = Field((), alias="tiers")  # cheapest first
     fallback: tuple[str, ...] = ()
     threshold: float | None = Field(CONFIDENCE_THRESHOLD, ge=0, le=1)
