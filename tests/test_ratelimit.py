@@ -14,7 +14,7 @@ from models import AttemptStatus, JobStatus
 from simulator import ModelBehaviour, SimConfig, start_in_thread
 from tests.conftest import TEST_REDIS_URL, write_config
 from tests.pipeline import attempts_of, submit_file, wait_for_job, write_jsonl
-from workers.ratelimit import Limits, LocalRateLimiter, RedisRateLimiter, estimate_tokens
+from workers.ratelimit import Limits, LocalRateLimiter, RedisRateLimiter
 
 
 class FakeClock:
@@ -57,12 +57,6 @@ def test_local_cooldown_pauses_the_tier_even_without_limits() -> None:
     start = clock.now
     limiter.acquire("t", Limits(None, None), 1)
     assert clock.now - start >= 5
-
-
-def test_token_estimate_counts_prompt_and_answer() -> None:
-    messages = [{"role": "user", "content": "x" * 400}]
-    assert estimate_tokens(messages, 50) == 100 + 4 + 50
-    assert estimate_tokens(messages, None) == 104 + 256
 
 
 @pytest.fixture

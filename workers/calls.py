@@ -18,9 +18,9 @@ from workers.ratelimit import (
     LocalRateLimiter,
     RateLimiter,
     RedisRateLimiter,
-    estimate_tokens,
 )
 from workers.settings import Settings, TierConfig
+from workers.tokens import call_estimate
 
 # A 429 without Retry-After still pauses the tier, briefly.
 DEFAULT_COOLDOWN_S = 1.0
@@ -82,7 +82,7 @@ def limited_call(
 
     tier = settings.require_tier(tier_name)
     limiter = rate_limiter(settings.redis_url)
-    estimate = estimate_tokens(request["messages"], request.get("max_tokens"))
+    estimate = call_estimate(tier, request["messages"], request.get("max_tokens"))
     ticket = limiter.acquire(tier_name, _limits(tier), estimate)
     if before_call is not None:
         before_call()
@@ -107,7 +107,7 @@ async def limited_call_async(
     before_call: Callable[[], Awaitable[None]] | None = None,
 ) -> Completion:
     """`limited_call` in the call loop; `call` makes the request (`workers.aclient`)."""
-    estimate = estimate_tokens(request["messages"], request.get("max_tokens"))
+    estimate = call_estimate(tier, request["messages"], request.get("max_tokens"))
     ticket = await limiter.acquire(tier_name, _limits(tier), estimate)
     if before_call is not None:
         await before_call()
