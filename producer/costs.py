@@ -12,7 +12,6 @@ tier's input_per_1k plus its completion tokens at output_per_1k.
 
 import csv
 import json
-import math
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,6 +28,7 @@ from models import Attempt, AttemptPurpose, AttemptStatus, Prompt, PromptStatus
 from producer.report import TIMES
 from producer.status import get_job
 from workers.settings import Settings, TierConfig
+from workers.tokens import chars_tokens
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 DEFAULT_OUTPUT_SHARE = 0.5  # with equal input and output prices the split does not matter
 DEFAULT_FALLBACK_RATE = 0.15  # the seed's fallback target
-CHARS_PER_TOKEN = 4  # as the simulator and the reducer count English text
 MIX_TOLERANCE = 1e-6  # 0.7 + 0.2 + 0.1 is 0.9999999999999999 in floating point
 ALL_FRONTIER, CASCADE = "all-frontier", "cascade"
 MAX_REPORTED_PROBLEMS = 20
@@ -185,10 +184,6 @@ class Request:
     category: str | None = None
 
 
-def estimated_tokens(characters: int) -> int:
-    return math.ceil(characters / CHARS_PER_TOKEN)
-
-
 Record = tuple[int, dict[str, Any]]  # (first line of the record, its columns)
 
 
@@ -248,7 +243,7 @@ def _json_records(stream: Any) -> Iterator[Record]:
 def read_traffic(path: Path, *, completion_tokens: int | None = None) -> list[Request]:
     """A traffic log: per row a `prompt` (or chat `messages`) or a `prompt_length` /
     `length` in characters; optional `prompt_tokens`, `completion_tokens` and `category`.
-    A row without `prompt_tokens` has ceil(characters / 4); one without a
+    A row without `prompt_tokens` has ceil(characters / 4) (`chars_tokens`); one without a
     `completion_tokens` column has the `completion_tokens` argument, or when that is None
     as many as its prompt (half the request, as `cost estimate` assumes by default)."""
     requests, problems = [], []
@@ -271,7 +266,7 @@ def _request(record: dict[str, Any], default_completion: int | None) -> Request:
     if characters is None:
         raise ValueError("needs a 'prompt' (or 'messages') or a 'prompt_length'/'length' column")
     prompt_tokens = _count(record, ("prompt_tokens",))
-    prompt_tokens = estimated_tokens(characters) if prompt_tokens is None else prompt_tokens
+    prompt_tokens = chars_tokens(characters) if prompt_tokens is None else prompt_tokens
     completion = _count(record, ("completion_tokens",))
     if completion is None:
         completion = prompt_tokens if default_completion is None else default_completion

@@ -82,7 +82,7 @@ def reduce(
     min_length: int | None,
     validation_fraction: float | None,
 ) -> dict[str, Any]:
-    from workers.reducer import ReduceError, reduce_job
+    from workers.reducer import ReduceError, reduce_job, teacher_counter
 
     with Session(engine) as session:
         job = get_job(session, job_id)
@@ -91,7 +91,8 @@ def reduce(
     changes = {"min_length": min_length, "validation_fraction": validation_fraction}
     config = settings.reducer.model_copy(update={k: v for k, v in changes.items() if v is not None})
     out = out or settings.training_path(job_id)
-    result = reduce_job(engine=engine, job_id=job_id, out=out, config=config)
+    counter = teacher_counter(job.params, settings)
+    result = reduce_job(engine=engine, job_id=job_id, out=out, config=config, counter=counter)
     record = result.record
     return {
         "job_id": job_id,

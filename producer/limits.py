@@ -15,24 +15,20 @@ file listing every prompt over it as `file:line: ...`; `truncate` keeps the head
 prompt's last user message (the question itself is at its start more often than not), says
 so on stderr and records it in the prompt's metadata under `distillery_truncated`.
 
-Tokens are estimated, not counted (no tokenizer runs here): ceil(characters / 4) plus 4 per
-message plus 3 for the reply, OpenAI's accounting for English text and what the simulator
-bills. Text that tokenizes densely (code, CJK) is underestimated; the provider's own
-`context_length_exceeded` answer stays the backstop.
+Tokens are counted by the limiting tier's counter (`workers.tokens`: the model's tiktoken
+encoding, or about 4 characters a token), the count the rate limiter and the reducer use.
+Where characters are counted, text that tokenizes densely (code, CJK) is underestimated;
+the provider's own `context_length_exceeded` answer stays the backstop.
 """
 
 import dataclasses
-import math
-from collections.abc import Sequence
 from typing import Any
 
 from producer.readers import MAX_PROBLEMS_SHOWN, InputFileError, PromptInput
 from workers.job_settings import AnyJobSettings, JobSettings
 from workers.settings import Settings
+from workers.tokens import CHARS, TokenCounter, chat_tokens, counter_for
 
-TOKENS_PER_MESSAGE = 4
-REPLY_PRIMING_TOKENS = 3
-CHARS_PER_TOKEN = 4
 TRUNCATION_METADATA_KEY = "distillery_truncated"
 
 __all__ = [
@@ -41,7 +37,6 @@ __all__ = [
     "Fitted",
     "PromptTooLong",
     "context_limit",
-    "estimate_prompt_tokens",
     "fit_to_context",
 ]
 
@@ -59,6 +54,7 @@ class ContextLimit:
     answer_tokens: int  # the job's max_tokens, reserved for the answer; 0 when unset
     policy: str  # "reject" | "truncate"
     largest_of: int = 1  # how many tiers it was chosen among (route jobs)
+    counter: TokenCounter = CHARS  # the tier's, as its limiter counts the same request
 
     @property
     def prompt_budget(self) -> int:
@@ -80,17 +76,13 @@ class Fitted:
     notices: tuple[str, ...] = ()  # a line per truncated prompt (the first few), then a count
 
 
-def estimate_prompt_tokens(messages: Sequence[dict[str, Any]]) -> int:
-    per_message = (
-        math.ceil(len(str(m.get("content", ""))) / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE
-        for m in messages
-    )
-    return sum(per_message) + REPLY_PRIMING_TOKENS
-
-
 def context_limit(job: AnyJobSettings, settings: Settings) -> ContextLimit | None:
-    """The context a job's prompts must fit, or None when it is unknown."""
+    """The context a job's prompts must fit, or None when it is unknown. A tier that asks
+    for tiktoken where its encoding does not load fails here (ConfigError), not in a worker."""
     names = list(job.tiers)
+    for tier_config in map(settings.require_tier, names):
+        if tier_config.tokenizer == "tiktoken":
+            counter_for(tier_config)
     contexts = {name: settings.require_tier(name).context_tokens for name in names}
     if any(tokens is None for tokens in contexts.values()):
         return None  # an unbounded (unconfigured) tier can take any prompt
@@ -103,6 +95,7 @@ def context_limit(job: AnyJobSettings, settings: Settings) -> ContextLimit | Non
         answer_tokens=job.max_tokens or 0,
         policy=config.context_policy,
         largest_of=len(names),
+        counter=counter_for(config),
     )
 
 
@@ -135,34 +128,35 @@ def _fit_one(
     """The prompt itself when it fits, a cut copy, or the problem to report."""
     # Measured on what the worker will send: the job's system prompt is added there.
     sent = job.request(prompt.messages).messages
-    tokens = estimate_prompt_tokens(sent)
+    tokens = chat_tokens(sent, limit.counter)
     if tokens <= limit.prompt_budget:
         return prompt
     over = f"{place}: prompt is ~{tokens} tokens, over {limit.describe()}"
     if limit.policy != "truncate":
         return over
-    keep_chars = _chars_that_fit(sent, limit.prompt_budget)
-    if keep_chars < 1:
+    keep_tokens = _tokens_that_fit(sent, limit)
+    if keep_tokens < 1:
         return f"{over}, even with its last user message cut"
-    return _cut(prompt, keep_chars, tokens, limit)
+    return _cut(prompt, keep_tokens, tokens, limit)
 
 
-def _chars_that_fit(sent: list[dict[str, Any]], budget: int) -> int:
+def _tokens_that_fit(sent: list[dict[str, Any]], limit: ContextLimit) -> int:
     """How much of the last (user) message fits once every other message is counted."""
     without_last = [*sent[:-1], {**sent[-1], "content": ""}]
-    return (budget - estimate_prompt_tokens(without_last)) * CHARS_PER_TOKEN
+    return limit.prompt_budget - chat_tokens(without_last, limit.counter)
 
 
-def _cut(prompt: PromptInput, keep_chars: int, tokens: int, limit: ContextLimit) -> PromptInput:
+def _cut(prompt: PromptInput, keep_tokens: int, tokens: int, limit: ContextLimit) -> PromptInput:
     # The readers guarantee the last message is the user's; that is the one cut.
     last = prompt.messages[-1]
-    messages = [*prompt.messages[:-1], {**last, "content": last["content"][:keep_chars]}]
+    kept = limit.counter.head(last["content"], keep_tokens)
+    messages = [*prompt.messages[:-1], {**last, "content": kept}]
     record = {
         "tier": limit.tier,
         "context_tokens": limit.context_tokens,
         "estimated_tokens": tokens,
         "original_chars": len(last["content"]),
-        "kept_chars": keep_chars,
+        "kept_chars": len(kept),
     }
     metadata = {**(prompt.metadata or {}), TRUNCATION_METADATA_KEY: record}
     return dataclasses.replace(prompt, messages=messages, metadata=metadata)

@@ -36,14 +36,13 @@ from producer.limits import (
     ContextLimit,
     PromptTooLong,
     context_limit,
-    estimate_prompt_tokens,
     fit_to_context,
 )
 from producer.readers import FORMATS_HINT, PromptInput
-from simulator.tokens import count_prompt_tokens
 from tests.conftest import make_engine
 from tests.test_cli import assert_nothing_stored, invoke, use_config
 from workers.job_settings import JobSettings, RouteSettings, TeacherSettings
+from workers.tokens import CHARS, chat_tokens
 
 # Context windows small enough to hit with short prompts. No system prompt for the teacher,
 # so a {"prompt": "x" * n} line is ceil(n / 4) + 4 + 3 tokens.
@@ -322,7 +321,7 @@ def test_prompt_over_context_is_truncated_when_the_tier_says_so(
     short, cut = stored_prompts(env)
     assert short.messages == [{"role": "user", "content": "short"}] and short.meta is None
     assert cut.messages == [{"role": "user", "content": long_text[:212]}]
-    assert estimate_prompt_tokens(cut.messages) == 60
+    assert chat_tokens(cut.messages, CHARS) == 60  # the cut fills the context exactly
     assert cut.meta == {
         "source": "wiki",
         TRUNCATION_METADATA_KEY: {
@@ -346,12 +345,6 @@ def test_truncation_that_cannot_fit_is_rejected(
 
 
 # ---------------------------------------------------------- the limit's pieces, directly
-
-
-def test_estimate_is_what_the_simulator_bills() -> None:
-    for texts in (["a"], ["abcd", "abcde"], ["x" * 1001, "", "\U0001f600" * 7]):
-        messages = [{"role": "user", "content": text} for text in texts]
-        assert estimate_prompt_tokens(messages) == count_prompt_tokens(texts)
 
 
 def test_the_jobs_system_prompt_counts() -> None:

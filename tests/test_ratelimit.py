@@ -20,7 +20,6 @@ from workers.ratelimit import (
     Limits,
     LocalRateLimiter,
     RedisRateLimiter,
-    estimate_tokens,
 )
 
 T = TypeVar("T")
@@ -152,12 +151,6 @@ def test_the_rpm_window_holds_at_most_rpm_calls() -> None:
         clock.now += 0.5
     # pacing 20 s apart allows 5 in 100 s, and never more than 3 in any 62 s window
     assert 4 <= granted <= 6
-
-
-def test_token_estimate_counts_prompt_and_answer() -> None:
-    messages = [{"role": "user", "content": "x" * 400}]
-    assert estimate_tokens(messages, 50) == 100 + 4 + 50
-    assert estimate_tokens(messages, None) == 104 + 256
 
 
 def max_in_any_window(events: list[tuple[float, float]], window: float = 60.0) -> float:

@@ -16,9 +16,10 @@ from models import AttemptStatus
 from workers.callloop import call_loop
 from workers.chat import CallError, ChatRequest, Completion
 from workers.http_client import ChatClient
-from workers.ratelimit import Limits, RateLimiter, estimate_tokens, open_rate_limiter
+from workers.ratelimit import Limits, RateLimiter, open_rate_limiter
 from workers.retry import RetryPolicy, call_with_retries
 from workers.settings import Settings, TierConfig
+from workers.tokens import call_estimate
 
 T = TypeVar("T")
 # A 429 without Retry-After still pauses the tier, briefly.
@@ -71,7 +72,7 @@ class Caller:
     ) -> Completion:
         """One try within the tier's limits; `before_call` runs after the wait for capacity,
         right before the request goes out (e.g. a cancellation check)."""
-        estimate = estimate_tokens(request.messages, request.max_tokens)
+        estimate = call_estimate(tier, request.messages, request.max_tokens)
         limits = Limits(tier.rpm, tier.tpm)
         ticket = await self.limiter.acquire(tier.name, limits, estimate)
         if before_call is not None:

@@ -8,7 +8,7 @@ Two rules, both in one Lua script:
 * a sliding 60-second window: no more than `rpm` calls and `tpm` tokens in any window.
 A 429 puts the whole tier on a shared cooldown for its Retry-After.
 
-Tokens are estimated before the call (see `estimate_tokens`) and reconciled with the usage
+Tokens are estimated before the call (`workers.tokens`) and reconciled with the usage
 the provider returned. Waiting is `asyncio.sleep` in the caller's event loop: no thread,
 no database connection is held and no CPU burned. `LocalRateLimiter` is the same algorithm
 in-process, for the embedded mode without Redis, and the reference the Redis script is
@@ -35,7 +35,6 @@ GUARD_S = 2.0
 # Spacing a hair wider than 60/rpm keeps any 60-second window at or under rpm calls even
 # when a call lands exactly on the window's edge.
 PACING_MARGIN = 1.002
-DEFAULT_COMPLETION_ESTIMATE = 256
 # How stale a worker's view of a limitless tier's 429 cooldown may be (see below).
 COOLDOWN_REFRESH_S = 0.1
 
@@ -52,13 +51,6 @@ class Limits:
     @property
     def spacing_s(self) -> float:
         return WINDOW_S / self.rpm * PACING_MARGIN if self.rpm else 0.0
-
-
-def estimate_tokens(messages: list[dict[str, Any]], max_tokens: int | None) -> int:
-    """A documented approximation, no tokenizer: ~4 characters per token plus 4 per message
-    for the prompt, and `max_tokens` (or 256) for the answer. Reconciled after the call."""
-    prompt = sum(len(str(m.get("content", ""))) for m in messages) // 4 + 4 * len(messages)
-    return prompt + (max_tokens or DEFAULT_COMPLETION_ESTIMATE)
 
 
 class RateLimiter(Protocol):

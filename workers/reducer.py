@@ -20,7 +20,8 @@ from sqlmodel import Session
 
 from models import Job, Prompt, PromptStatus, TrainingFile, session_scope
 from workers.finetune_format import FormatCheck, FormatReport, check_example
-from workers.settings import ReducerConfig
+from workers.settings import ReducerConfig, Settings, get_settings
+from workers.tokens import CHARS, TokenCounter, counter_for, example_over
 
 # Rows per fetch from the database (a server-side cursor on PostgreSQL): fewer round trips
 # than 2,000, and still a few MiB of rows in memory at a time.
@@ -45,16 +46,12 @@ class Reduction:
     warnings: list[str]
 
 
-def approx_tokens(text: str) -> int:
-    """~4 characters per token for English text (OpenAI's rule of thumb); no tokenizer needed."""
-    return (len(text) + 3) // 4
-
-
 class Filters:
     """Decides, row by row, whether an example is kept; remembers what it has seen."""
 
-    def __init__(self, config: ReducerConfig) -> None:
+    def __init__(self, config: ReducerConfig, counter: TokenCounter = CHARS) -> None:
         self.config = config
+        self.counter = counter  # the teacher tier's: an example counts as its request did
         self.refusals = tuple(p.lower() for p in config.refusal_prefixes)
         self.seen: set[bytes] = set()
 
@@ -80,10 +77,7 @@ class Filters:
             return "refusal"
         if len(answer) < self.config.min_length:
             return "too_short"
-        if (
-            sum(approx_tokens(m["content"]) for m in example["messages"])
-            > self.config.max_example_tokens
-        ):
+        if example_over(example["messages"], self.counter, self.config.max_example_tokens):
             return "too_long"
         return None
 
@@ -173,18 +167,28 @@ class _HashingWriter:
         os.replace(self.tmp, self.path)
 
 
-def reduce_job(*, engine: Engine, job_id: int, out: Path, config: ReducerConfig) -> Reduction:
+def reduce_job(
+    *,
+    engine: Engine,
+    job_id: int,
+    out: Path,
+    config: ReducerConfig,
+    counter: TokenCounter | None = None,
+) -> Reduction:
+    """`counter` counts the examples; None: the teacher tier's, in the process's settings."""
     with Session(engine) as session:
         job = session.get(Job, job_id)
         if job is None:
             raise ReduceError(f"job {job_id} not found")
         system_prompt = job.params.get("system_prompt") if config.include_system_prompt else None
+        counter = counter or teacher_counter(job.params, get_settings())
         out.parent.mkdir(parents=True, exist_ok=True)
         validation = validation_path_for(out)
         check = FormatCheck(out)  # the training file's only, as check_file read back only it
         train, valid = _HashingWriter(out, check), _HashingWriter(validation)
         rows = stream_rows(session, job_id)
-        rejected = _write_examples(rows, system_prompt, job_id, config, train, valid)
+        filters = Filters(config, counter)
+        rejected = _write_examples(rows, system_prompt, job_id, filters, train, valid)
         train.close()
         valid.close()
     if not valid.lines:
@@ -192,17 +196,24 @@ def reduce_job(*, engine: Engine, job_id: int, out: Path, config: ReducerConfig)
     return _record(engine, job_id, train, valid, rejected, check.finish())
 
 
+def teacher_counter(params: dict[str, Any], settings: Settings) -> TokenCounter:
+    """How the job's teacher tier counted its requests; characters when it is gone from the
+    config (a job outlives its config)."""
+    tier = settings.tiers.get(params.get("tier", ""))
+    return CHARS if tier is None else counter_for(tier)
+
+
 def _write_examples(
     rows: Iterator[Row],
     system_prompt: str | None,
     job_id: int,
-    config: ReducerConfig,
+    filters: Filters,
     train: _HashingWriter,
     valid: _HashingWriter,
 ) -> Counter[str]:
     """Build, filter and write every row's example; returns the rejected counts by reason."""
-    filters, rejected = Filters(config), Counter[str]()
-    fraction = config.validation_fraction
+    rejected = Counter[str]()
+    fraction = filters.config.validation_fraction
     for row in rows:
         example = build_example(row, system_prompt)
         reason, line = filters.judge(row, example)

@@ -61,6 +61,10 @@ class TierConfig(_Strict):
     # What `submit` does with a prompt estimated over context_tokens: refuse the whole file
     # (nothing stored), or keep the head of the prompt's last user message and say so.
     context_policy: Literal["reject", "truncate"] = "reject"
+    # How the tier counts tokens for submit's context check, the rate limiter and the
+    # reducer (workers/tokens.py): the model's tiktoken encoding, ~4 characters a token, or
+    # "auto": tiktoken where the model's encoding is installed, characters otherwise.
+    tokenizer: Literal["auto", "tiktoken", "chars"] = "auto"
 
     def api_key(self) -> str:
         """The key from the environment variable the config names (never from the file)."""
