@@ -3,22 +3,19 @@
 parses to the same `Completion`, and every kind of failure is classified the same way
 (status, HTTP code, whether to retry, Retry-After)."""
 
-import asyncio
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from models import AttemptStatus
 from simulator import RunningSimulator, SimConfig, start_in_thread
-from workers.aclient import ChatClient
-from workers.client import call_tier
-from workers.completion import CallError, Completion
+from tests.helpers.clients import CLIENTS, Call, async_call, sync_call
+from workers.completion import CallError
 from workers.settings import TierConfig
 
 QUESTION = {"messages": [{"role": "user", "content": "Why does bread rise?"}], "temperature": 0}
-Call = Callable[[TierConfig, dict[str, Any]], Completion]
 
 
 @pytest.fixture
@@ -32,24 +29,6 @@ def sim() -> Iterator[RunningSimulator]:
 
 def tier_at(url: str, model: str = "m", timeout_s: float = 10.0) -> TierConfig:
     return TierConfig(base_url=url, model=model, timeout_s=timeout_s)  # type: ignore[arg-type]
-
-
-def sync_call(tier: TierConfig, request: dict[str, Any]) -> Completion:
-    return call_tier(tier, "t", request)
-
-
-def async_call(tier: TierConfig, request: dict[str, Any]) -> Completion:
-    async def call() -> Completion:
-        client = ChatClient()
-        try:
-            return await client.call(tier, "t", request)
-        finally:
-            await client.close()
-
-    return asyncio.run(call())
-
-
-CLIENTS = pytest.mark.parametrize("call", [sync_call, async_call], ids=["openai-sdk", "aiohttp"])
 
 
 def failure(call: Call, tier: TierConfig, request: dict[str, Any] = QUESTION) -> CallError:

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from models import Job, JobMode, JobStatus, Prompt, PromptStatus, TrainingFile
-from tests.conftest import make_engine
+from tests.helpers.services import make_engine
 from workers.finetune_format import check_file
 from workers.reducer import ReduceError, Reduction, reduce_job
 from workers.settings import ReducerConfig

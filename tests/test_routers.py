@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from pydantic import HttpUrl
 
-from tests.conftest import shared_data, write_config
+from tests.helpers.config import write_config
+from tests.helpers.services import shared_data
 from workers.client import Completion, call_tier
 from workers.routers import (
     ROUTER_NAMES,

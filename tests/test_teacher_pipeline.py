@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from models import AttemptStatus, JobStatus, PromptStatus
-from tests.conftest import shared_data, wait_until, write_config
-from tests.pipeline import (
+from tests.helpers.config import write_config
+from tests.helpers.pipeline import (
     attempts_of,
     prompts_of,
     read_jsonl,
@@ -17,6 +17,8 @@ from tests.pipeline import (
     wait_for_training_file,
     write_jsonl,
 )
+from tests.helpers.services import shared_data
+from tests.helpers.workers import wait_until
 
 TOPICS = [
     "photosynthesis",
