@@ -389,4 +389,5 @@ def test_many_truncations_are_summarised() -> None:
         "truncated 30 prompts to fit tier 'small' context of 10; "
         f"see metadata.{TRUNCATION_METADATA_KEY} in `distillery results`",
     )
+    assert len(fitted.prompts) == 30
     assert all(len(p.messages[0]["content"]) == 12 for p in fitted.prompts)

@@ -48,18 +48,21 @@ def test_retries_until_success_and_reports_each_failure() -> None:
 
 def test_retry_after_is_honoured_and_capped() -> None:
     sleeps: list[float] = []
-    retried(
+    result = retried(
         failing(2, retry_after=7.0),
         RetryPolicy(max_retries=3, base_s=0.1, max_s=5.0),
         on_failure=lambda e: None,
         sleep=recording(sleeps),
     )
+    assert result == "ok" and len(sleeps) == 2  # one wait after each failure
     assert all(5.0 <= s <= 5.1 for s in sleeps)
 
 
 def test_gives_up_after_last_retry_and_on_non_retryable() -> None:
+    failures: list[CallError] = []
     with pytest.raises(CallError):
-        retried(failing(9), RetryPolicy(max_retries=2), on_failure=lambda e: None)
+        retried(failing(9), RetryPolicy(max_retries=2), on_failure=failures.append)
+    assert len(failures) == 3  # the first call and its two retries, then no more
     seen: list[CallError] = []
     with pytest.raises(CallError):
         retried(failing(1, retryable=False), RetryPolicy(max_retries=5), on_failure=seen.append)

@@ -106,6 +106,7 @@ def test_small_tier_errors_escalate(
     job = wait_for_job(engine, job_id, workers)
     assert (job.completed, job.failed, job.fell_back) == (8, 0, 8)
     prompts = prompts_of(engine, job_id)
+    assert len(prompts) == 8
     assert all(p.routed_tier == "small" and p.final_tier == "frontier" for p in prompts)
     assert all(p.status == PromptStatus.SUCCEEDED for p in prompts)
     with Session(engine) as session:
