@@ -30,7 +30,9 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
 
 unit: $(STAMP)
-	$(BIN)/pytest -q -m "not slow" tests/test_readers.py tests/test_simulator.py tests/test_units.py
+	$(BIN)/pytest -q -m "not slow" tests/test_readers.py tests/test_simulator.py tests/test_confidence.py \
+		tests/test_cost.py tests/test_retry.py tests/test_reducer.py tests/test_finetune_format.py \
+		tests/test_request.py tests/test_settings.py
 
 clean:
 	rm -rf $(VENV) distillery-demo .pytest_cache .mypy_cache .ruff_cache

@@ -15,7 +15,7 @@ from sqlmodel import Session
 from models import Job, JobMode, Prompt, PromptStatus, session_scope
 from models.bulk import copy_insert
 from models.queries import create_job, stream_prompts
-from tests.conftest import make_engine
+from tests.helpers.services import make_engine
 
 PROMPTS = 3000
 # What COPY's text format must escape, and what JSON and unicode make of it.

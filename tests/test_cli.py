@@ -12,14 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
-from sqlmodel import Session, func, select
 
-from models import Job
-from producer.cli import main
 from producer.errors import ExitCode
-from tests.conftest import make_engine
-from tests.pipeline import read_jsonl
+from tests.helpers.cli import assert_nothing_stored, invoke, use_config_text
+from tests.helpers.pipeline import read_jsonl
 
 
 @pytest.fixture
@@ -34,16 +30,6 @@ def cli_env(
     get_settings.cache_clear()
     yield {"url": url, "redis": clean_redis, "tmp": tmp_path}
     get_settings.cache_clear()
-
-
-def invoke(*args: str) -> Any:
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
-
-
-def assert_nothing_stored(env: dict[str, Any]) -> None:
-    with Session(make_engine(env["url"])) as session:
-        assert session.exec(select(func.count()).select_from(Job)).one() == 0
-    assert env["redis"].dbsize() == 0
 
 
 BAD_FILES: list[tuple[str, bytes, str]] = [
@@ -85,14 +71,6 @@ def good_file(env: dict[str, Any]) -> Path:
     return path
 
 
-def use_config(monkeypatch: pytest.MonkeyPatch, path: Path, text: str) -> None:
-    from workers.settings import get_settings
-
-    path.write_text(text)
-    monkeypatch.setenv("DISTILLERY_CONFIG", str(path))
-    get_settings.cache_clear()
-
-
 TIER = '[tiers.frontier]\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "m"\n'
 BAD_CONFIGS = [
     ("unknown_teacher_tier", TIER + '[teacher]\ntier = "huge"\n', "unknown tier 'huge'"),
@@ -111,7 +89,7 @@ BAD_CONFIGS = [
 def test_bad_config(
     cli_env: dict[str, Any], monkeypatch: pytest.MonkeyPatch, case: str, text: str, message: str
 ) -> None:
-    use_config(monkeypatch, cli_env["tmp"] / f"{case}.toml", text)
+    use_config_text(monkeypatch, cli_env["tmp"] / f"{case}.toml", text)
     result = invoke("submit", str(good_file(cli_env)))
     assert result.exit_code == ExitCode.BAD_CONFIG, result.output
     assert message in result.output and "Traceback" not in result.output

@@ -2,21 +2,19 @@
 an answer parses to the same `Completion` the openai SDK sees in the same response, and every
 kind of failure is classified (status, HTTP code, whether to retry, Retry-After)."""
 
-import asyncio
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import openai
 import pytest
 
 from models import AttemptStatus
 from simulator import RunningSimulator, SimConfig, start_in_thread
-from workers.chat import CallError, ChatRequest, Completion
-from workers.http_client import ChatClient
+from tests.helpers.clients import CLIENTS, Call, async_call
+from workers.chat import CallError, ChatRequest
 from workers.settings import TierConfig
 
 QUESTION = ChatRequest([{"role": "user", "content": "Why does bread rise?"}], temperature=0)
-Call = Callable[[TierConfig, ChatRequest], Completion]
 
 
 @pytest.fixture
@@ -30,21 +28,6 @@ def sim() -> Iterator[RunningSimulator]:
 
 def tier_at(url: str, model: str = "m", timeout_s: float = 10.0) -> TierConfig:
     return TierConfig(name="t", base_url=url, model=model, timeout_s=timeout_s)  # type: ignore[arg-type]
-
-
-def async_call(tier: TierConfig, request: ChatRequest) -> Completion:
-    async def call() -> Completion:
-        client = ChatClient()
-        try:
-            return await client.call(tier, request)
-        finally:
-            await client.close()
-
-    return asyncio.run(call())
-
-
-# One client now; kept as a parametrisation so test_secrets can run its checks through it.
-CLIENTS = pytest.mark.parametrize("call", [async_call], ids=["aiohttp"])
 
 
 def failure(call: Call, tier: TierConfig, request: ChatRequest = QUESTION) -> CallError:

@@ -3,13 +3,10 @@ costs of a generated traffic log, a length-only log and a job in SQLite, compute
 The llm strategy asks the simulator over real HTTP."""
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
-from click.testing import CliRunner, Result
 from sqlmodel import Session
 
 from models import (
@@ -22,73 +19,22 @@ from models import (
     Prompt,
     PromptStatus,
 )
-from producer.cli_analysis import cost, router_calibrate, router_eval
 from producer.costs import estimate
 from producer.errors import ExitCode
-from tests.conftest import make_engine
+from tests.helpers.analysis import (
+    ANALYSIS,
+    CODE,
+    EASY,
+    EXAMPLE_CONFIG,
+    PRICES,
+    priced_config,
+    run,
+    run_json,
+)
+from tests.helpers.services import make_engine
 from workers.settings import Settings
 
-EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "distillery.example.toml"
 TIMES = "\u00d7"  # the multiplication sign the CLI prints after "7.9"
-
-# Input and output prices differ, so a mix-up of prompt and completion tokens shows.
-PRICES = {"small": (0.1, 0.2), "medium": (0.3, 0.6), "frontier": (5.0, 15.0)}
-
-EASY = "What is the capital of France? [easy]"  # rules: short question → small; sim: EASY
-CODE = "Write a Python function that merges two sorted lists. [hard]"  # code → frontier
-ANALYSIS = "Compare the trade-offs of SQLite and PostgreSQL for a small web shop."  # → medium
-
-
-def analysis_cli() -> click.Group:
-    """The commands as the lead attaches them to `distillery` (cli.py registers them)."""
-    group = click.Group("distillery")
-    router = click.Group("router")
-    group.add_command(cost)
-    group.add_command(router)
-    router.add_command(router_eval)
-    router.add_command(router_calibrate)
-    return group
-
-
-def run(*args: str) -> Result:
-    return CliRunner().invoke(analysis_cli(), list(args), catch_exceptions=False)
-
-
-def run_json(*args: str) -> Any:
-    result = run(*args, "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.output)
-
-
-@pytest.fixture
-def use_config(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """Point the settings at a config file, re-read for this test only."""
-    from workers.settings import get_settings
-
-    def use(path: Path) -> Path:
-        monkeypatch.setenv("DISTILLERY_CONFIG", str(path))
-        get_settings.cache_clear()
-        return path
-
-    yield use
-    get_settings.cache_clear()
-
-
-def priced_config(path: Path, *, base_url: str, database_url: str = "") -> Path:
-    """Three tiers at PRICES on `base_url` (the simulator, or nothing for no llm)."""
-    lines = [f'database_url = "{database_url}"'] if database_url else []
-    for tier, (price_in, price_out) in PRICES.items():
-        lines += [
-            f"[tiers.{tier}]",
-            f'base_url = "{base_url}"',
-            f'model = "sim-{tier}"',
-            f"input_per_1k = {price_in}",
-            f"output_per_1k = {price_out}",
-            "max_retries = 0",
-            "timeout_s = 5",
-        ]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def by_hand(tier: str, prompt_tokens: int, completion_tokens: int) -> float:

@@ -14,16 +14,8 @@ from typing import Any
 import pytest
 
 from producer.errors import ExitCode
-from tests.conftest import shared_data
-from tests.test_costs import (
-    ANALYSIS,
-    CODE,
-    EXAMPLE_CONFIG,
-    priced_config,
-    run,
-    run_json,
-    use_config,
-)
+from tests.helpers.analysis import ANALYSIS, CODE, EXAMPLE_CONFIG, priced_config, run, run_json
+from tests.helpers.services import shared_data
 from workers.routers import RouterError, make_router
 from workers.routers.calibration import (
     build_router,
@@ -37,8 +29,6 @@ from workers.routers.calibration import (
 from workers.routers.classifier import load_classifier
 from workers.routers.training import train_classifier
 from workers.settings import RouterConfig, Settings, load_settings
-
-__all__ = ["use_config"]  # the fixture, shared with test_costs
 
 UNREACHABLE = "http://127.0.0.1:9/v1"
 TIERS = ["small", "medium", "frontier"]

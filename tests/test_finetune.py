@@ -19,8 +19,9 @@ from models import Job, JobMode, JobStatus, Prompt, PromptStatus, TrainingFile
 from producer.cli_finetune import finetune
 from producer.errors import ExitCode
 from simulator import ModelBehaviour, RunningSimulator, SimConfig, start_in_thread
-from tests.conftest import make_engine, write_config
-from tests.pipeline import write_jsonl
+from tests.helpers.config import write_config
+from tests.helpers.pipeline import write_jsonl
+from tests.helpers.services import make_engine
 
 ANSWER = "A long enough answer from the teacher, well over the reducer's fifty characters."
 

@@ -2,10 +2,6 @@
 workers run: its HTTP API shows each worker and each tier's queue with its true length, and
 refuses requests without the password (FLOWER_UNAUTHENTICATED_API is never set)."""
 
-import os
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,64 +10,14 @@ import httpx
 import pytest
 
 from simulator import ModelBehaviour, RunningSimulator, SimConfig, start_in_thread
-from tests.conftest import TEST_REDIS_URL, TIERS, Workers, wait_until, write_config
-from tests.pipeline import submit_file, write_jsonl
+from tests.helpers.config import TIERS, write_config
+from tests.helpers.flower import PASSWORD, USER, Flower, start_flower, stop
+from tests.helpers.pipeline import submit_file, write_jsonl
+from tests.helpers.workers import Workers, wait_until
 
-USER, PASSWORD = "ops", "correct-horse-battery"
-AUTH = httpx.BasicAuth(USER, PASSWORD)
 # Messages left waiting in each tier's queue while its worker holds one more.
 WAITING = {"small": 2, "medium": 3, "frontier": 4}
 HANG_S = 600  # longer than the test; stopping the simulator releases every hanging call
-
-
-class Flower:
-    def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
-        self.process = process
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = log
-
-    def get(self, path: str, auth: httpx.Auth | None = AUTH) -> httpx.Response:
-        return httpx.get(self.url + path, auth=auth, timeout=30)
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def start_flower(tmp_path: Path, config: Path, args: list[str], env: dict[str, str]) -> Flower:
-    """`celery --app workers.app:app --broker URL flower ARGS` on a free port."""
-    port = _free_port()
-    environ = {**os.environ, "DISTILLERY_CONFIG": str(config), **env}
-    environ.pop("FLOWER_UNAUTHENTICATED_API", None)
-    # No REDIS_URL: the broker Flower watches comes from --broker, as in the compose file.
-    environ.pop("REDIS_URL", None)
-    command = [sys.executable, "-m", "celery", "--app", "workers.app:app"]
-    command += ["--broker", TEST_REDIS_URL, "flower", f"--port={port}", "--address=127.0.0.1"]
-    log = tmp_path / "flower.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*command, *args], env=environ, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT
-        )
-    flower = Flower(process, port, log)
-    wait_until(lambda: _answers(flower), timeout=60, what="Flower", logs=flower.log_text)
-    return flower
-
-
-def _answers(flower: Flower) -> bool:
-    if flower.process.poll() is not None:
-        pytest.fail(f"Flower exited with {flower.process.returncode}:\n{flower.log_text()}")
-    try:
-        return flower.get("/healthcheck", auth=None).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-def stop(flower: Flower) -> None:
-    flower.process.terminate()
-    try:
-        flower.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        flower.process.kill()
-        flower.process.wait()
 
 
 @pytest.fixture
@@ -170,9 +116,3 @@ def test_basic_auth_option_protects_the_api(tmp_path: Path, clean_redis: Any) ->
         assert flower.get("/api/workers").status_code == 200
     finally:
         stop(flower)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

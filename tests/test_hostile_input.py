@@ -39,8 +39,8 @@ from producer.limits import (
     fit_to_context,
 )
 from producer.readers import FORMATS_HINT, PromptInput
-from tests.conftest import make_engine
-from tests.test_cli import assert_nothing_stored, invoke, use_config
+from tests.helpers.cli import assert_nothing_stored, invoke, use_config_text
+from tests.helpers.services import make_engine, postgres_database
 from workers.job_settings import JobSettings, RouteSettings, TeacherSettings
 from workers.tokens import CHARS, chat_tokens
 
@@ -103,7 +103,7 @@ def stored_prompts(env: dict[str, Any]) -> list[Prompt]:
 
 def context_config(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch, policy: str = "") -> None:
     text = CONTEXT_CONFIG.format(small_policy=policy)
-    use_config(monkeypatch, env["tmp"] / "context.toml", text)
+    use_config_text(monkeypatch, env["tmp"] / "context.toml", text)
 
 
 # ------------------------------------------------------------------------ size and shape
@@ -191,10 +191,9 @@ def any_db_env(
     if request.param == "sqlite":
         yield env
         return
-    from tests.conftest import _postgres_database
     from workers.settings import get_settings
 
-    for url in _postgres_database():
+    for url in postgres_database():
         make_engine(url)  # the CLI creates tables on SQLite only; PostgreSQL needs them made
         monkeypatch.setenv("DATABASE_URL", url)
         get_settings.cache_clear()
@@ -383,4 +382,5 @@ def test_many_truncations_are_summarised() -> None:
         "truncated 30 prompts to fit tier 'small' context of 10; "
         f"see metadata.{TRUNCATION_METADATA_KEY} in `distillery results`",
     )
+    assert len(fitted.prompts) == 30
     assert all(len(p.messages[0]["content"]) == 12 for p in fitted.prompts)

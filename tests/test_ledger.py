@@ -26,7 +26,7 @@ from models import (
 from models.outcomes import Record, write_records
 from models.queries import cancel_job, create_job
 from models.types import utcnow
-from tests.conftest import make_engine
+from tests.helpers.services import make_engine
 from workers.ledger import LedgerWriter
 
 

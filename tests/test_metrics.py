@@ -3,7 +3,6 @@ in real Redis give known numbers in the Prometheus exposition; the real `metrics
 serves them over HTTP."""
 
 import os
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -30,7 +29,9 @@ from models import (
     session_scope,
 )
 from producer.metrics import LATENCY_BUCKETS_MS, make_registry
-from tests.conftest import TEST_REDIS_URL, TIERS, make_engine, wait_until
+from tests.helpers.config import TIERS
+from tests.helpers.services import TEST_REDIS_URL, free_port, make_engine
+from tests.helpers.workers import wait_until
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -236,7 +237,7 @@ def test_an_unreachable_source_is_reported_not_raised(tmp_path: Path) -> None:
     import redis
 
     no_tables = get_engine(f"sqlite:///{tmp_path / 'empty.db'}")
-    nobody = redis.Redis(host="127.0.0.1", port=_free_port(), socket_connect_timeout=1)
+    nobody = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
     samples = scrape(make_registry(no_tables, redis_client=nobody, tiers=TIERS))
     assert value(samples, "distillery_ledger_up") == 0
     assert value(samples, "distillery_broker_up") == 0
@@ -248,7 +249,7 @@ def test_metrics_command_serves_http(tmp_path: Path, clean_redis: Any) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     insert_ledger(make_engine(url))
     clean_redis.rpush("small", b"{}")  # LLEN only counts; the payload does not matter here
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "metrics.log").open("wb")
     env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": TEST_REDIS_URL}
     command = [sys.executable, "-m", "producer.cli", "metrics", "--port", str(port)]
@@ -282,9 +283,3 @@ def _get_when_up(url: str, process: subprocess.Popen[bytes], log: Path) -> str:
 
     wait_until(answered, timeout=60, what="the metrics endpoint", logs=log.read_text)
     return answer["text"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

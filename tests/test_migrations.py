@@ -27,7 +27,7 @@ from models.types import StrEnumType
 from producer.cli import handle_errors
 from producer.cli_db import db_group
 from producer.errors import ExitCode
-from tests.conftest import make_engine
+from tests.helpers.services import make_engine
 
 # Indexes added with the migrations: tables made before them lack these.
 QUERY_INDEXES = {"ix_attempts_started_at", "ix_attempts_tier", "ix_prompts_job_final_tier"}

@@ -34,7 +34,7 @@ from models.example_queries import (
     ExampleQuery,
 )
 from producer.results import records
-from tests.conftest import make_engine
+from tests.helpers.services import make_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "querying.md"

@@ -13,8 +13,9 @@ import pytest
 
 from models import AttemptStatus, JobStatus
 from simulator import ModelBehaviour, SimConfig, start_in_thread
-from tests.conftest import TEST_REDIS_URL, write_config
-from tests.pipeline import attempts_of, submit_file, wait_for_job, write_jsonl
+from tests.helpers.config import write_config
+from tests.helpers.pipeline import attempts_of, submit_file, wait_for_job, write_jsonl
+from tests.helpers.services import TEST_REDIS_URL
 from workers.ratelimit import (
     COOLDOWN_REFRESH_S,
     Limits,

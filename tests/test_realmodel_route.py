@@ -34,9 +34,11 @@ from models import (
     PromptStatus,
 )
 from simulator import RunningSimulator, SimConfig, start_in_thread
-from tests.conftest import PRICES, Workers, shared_data
-from tests.pipeline import attempts_of, prompts_of, submit_file, wait_for_job, write_jsonl
-from tests.realmodel import MODEL_ALIAS, llama_server, require_real_model
+from tests.helpers.config import PRICES
+from tests.helpers.pipeline import attempts_of, prompts_of, submit_file, wait_for_job, write_jsonl
+from tests.helpers.realmodel import MODEL_ALIAS, llama_server, require_real_model
+from tests.helpers.services import shared_data
+from tests.helpers.workers import Workers
 from workers.confidence import geometric_mean
 from workers.job_settings import JobSettings
 

@@ -6,7 +6,7 @@ import math
 import openai
 import pytest
 
-from tests.realmodel import MODEL_ALIAS, llama_server, require_real_model
+from tests.helpers.realmodel import MODEL_ALIAS, llama_server, require_real_model
 from workers.confidence import geometric_mean
 
 

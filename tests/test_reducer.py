@@ -1,7 +1,8 @@
 """The reducer's output pinned to the byte on SQLite and PostgreSQL: which rows are kept and
 why the others are not, the exact JSONL lines (key order, separators, unescaped unicode), the
 validation split, the sha256, the warnings, and a format error in our own output. The
-expected lines are built here from the rules, not by the reducer's own functions."""
+expected lines are built here from the rules, not by the reducer's own functions.
+Then its pure pieces on their own: the filters, the system prompt, the split's fraction."""
 
 import hashlib
 import json
@@ -13,9 +14,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from models import Job, JobMode, JobStatus, Prompt, PromptStatus, TrainingFile
-from tests.conftest import make_engine
+from tests.helpers.services import make_engine
 from workers.finetune_format import check_file
-from workers.reducer import ReduceError, Reduction, reduce_job
+from workers.reducer import Filters, ReduceError, Reduction, Row, build_example, reduce_job
+from workers.reducer import in_validation as reducer_in_validation
 from workers.settings import ReducerConfig
 
 SYSTEM = "Sé bref — « concis »."
@@ -168,3 +170,45 @@ def test_our_output_breaking_the_format_fails(database_url: str, tmp_path: Path)
     assert len(out.read_text(encoding="utf-8").splitlines()) == 4  # as check_file read it
     with Session(engine) as session:
         assert session.exec(select(TrainingFile)).all() == []  # no row for a broken file
+
+
+def row(response: str | None, status: str = "succeeded", idx: int = 0) -> Row:
+    return Row(idx, status, [{"role": "user", "content": f"question {idx}"}], response)
+
+
+def test_reducer_filters() -> None:
+    filters = Filters(ReducerConfig(min_length=10, max_example_tokens=50))
+    long_answer = "A fine answer, long enough."
+
+    def reason(r: Row) -> str | None:
+        return filters.reject_reason(r, build_example(r, None))
+
+    assert reason(row(None, "failed")) == "no_answer"
+    assert reason(row("I'm sorry, I can't do that")) == "refusal"
+    assert reason(row("short")) == "too_short"
+    assert reason(row("word " * 300)) == "too_long"
+    assert reason(row(long_answer)) is None
+    assert reason(row(long_answer)) == "duplicate"
+    assert reason(row(long_answer, idx=1)) is None  # another question: not a duplicate
+
+
+def test_example_carries_system_prompt_unless_the_prompt_has_one() -> None:
+    example = build_example(row("answer"), "Be brief.")
+    assert [m["role"] for m in example["messages"]] == ["system", "user", "assistant"]
+    own = Row(
+        0,
+        "succeeded",
+        [{"role": "developer", "content": "x"}, {"role": "user", "content": "q"}],
+        "a",
+    )
+    assert [m["role"] for m in build_example(own, "Be brief.")["messages"]] == [
+        "system",
+        "user",
+        "assistant",
+    ]
+
+
+def test_validation_split_is_deterministic_and_near_the_fraction() -> None:
+    picks = [reducer_in_validation(7, i, 0.1) for i in range(10_000)]
+    assert picks == [reducer_in_validation(7, i, 0.1) for i in range(10_000)]
+    assert 0.08 < sum(picks) / len(picks) < 0.12

@@ -27,7 +27,7 @@ from models import (
 )
 from producer.report import SAVINGS_FALLBACK_TARGET, TIMES, build_report, print_report
 from producer.report_plot import plot_report
-from tests.conftest import make_engine
+from tests.helpers.services import make_engine
 from workers.settings import TierConfig
 
 # Output tokens cost twice the input tokens, so a swapped column shows up in the costs.

@@ -7,7 +7,6 @@ import json
 import math
 import re
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,10 @@ import pytest
 
 from models import JobMode, JobStatus
 from models.types import utcnow
-from simulator import ModelBehaviour, RunningSimulator, SimConfig, start_in_thread
-from tests.conftest import Workers, make_engine, wait_until
-from tests.pipeline import prompts_of, submit_file, wait_for_job, write_jsonl
-from tests.test_faults import (
+from simulator import RunningSimulator, SimConfig, start_in_thread
+from tests.helpers.faults import (
     BATCH,
     CLOCK_SLACK,
-    LATENCY_MS,
     PROMPTS,
     QUEUE,
     UNACKED,
@@ -45,20 +41,23 @@ from tests.test_faults import (
     tasks_succeeded,
     training_files,
     wait_for_done,
-    wait_for_training_file,
     wait_ready,
 )
+from tests.helpers.pipeline import (
+    prompts_of,
+    submit_file,
+    wait_for_job,
+    wait_for_training_file,
+    write_jsonl,
+)
+from tests.helpers.routing import CASES, route_config, start_tier_workers
+from tests.helpers.services import make_engine
+from tests.helpers.workers import Workers, wait_until
 from workers.running_jobs import JOB_STATUS_TTL_S
 
 # Calls already on the wire when `cancel` returns may still reach the simulator.
 CANCEL_GRACE_S = 1.0
 DRAIN_WATCH_S = 3.0
-
-
-@pytest.fixture
-def slow_sim() -> Iterator[RunningSimulator]:
-    with start_in_thread(SimConfig(default=ModelBehaviour(latency_ms=LATENCY_MS))) as running:
-        yield running
 
 
 def drained(redis: Any, queues: tuple[str, ...] = (QUEUE,)) -> bool:
@@ -257,7 +256,6 @@ def test_redelivered_route_messages_change_nothing(
     """A finished route job's prompts published again to the router and to every tier
     (including the tier a prompt escalated from): nothing is called, written or counted."""
     from producer.submit import ROUTE_TASK, enqueue
-    from tests.test_route_pipeline import CASES, route_config, start_tier_workers
     from workers.app import CONTROL_QUEUE, app
 
     rows = [{"prompt": f"{text} (variant {i})"} for i in range(4) for text, _, _ in CASES]

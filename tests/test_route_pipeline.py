@@ -9,52 +9,10 @@ import pytest
 from sqlmodel import Session, select
 
 from models import Fallback, FallbackReason, JobMode, JobStatus, PromptStatus
-from simulator import ModelBehaviour, RunningSimulator, SimConfig, start_in_thread
-from tests.conftest import PRICES, write_config
-from tests.pipeline import attempts_of, prompts_of, submit_file, wait_for_job, write_jsonl
-
-# (prompt, routed tier by the rules router, expected final tier)
-CASES = [
-    ("[easy] What is the capital of France?", "small", "small"),
-    ("[hard] What is the integral of x^x?", "small", "frontier"),
-    ("[easy] Write a python function that reverses a list.", "frontier", "frontier"),
-    (
-        "[hard] Compare the trade-offs of microservices and monoliths for a bank.",
-        "medium",
-        "frontier",
-    ),
-    ("[easy] Compare the trade-offs of tea and coffee for breakfast.", "medium", "medium"),
-]
-
-
-@pytest.fixture
-def tiered_sim() -> Any:
-    config = SimConfig(
-        default=ModelBehaviour(latency_ms=5),
-        models={
-            "sim-small": ModelBehaviour(latency_ms=5, skill=0.3),
-            "sim-medium": ModelBehaviour(latency_ms=5, skill=0.6),
-            "sim-frontier": ModelBehaviour(latency_ms=5, skill=0.95),
-        },
-    )
-    with start_in_thread(config) as running:
-        yield running
-
-
-def start_tier_workers(workers: Any, config: Path) -> None:
-    workers.start(config, tiers="small", concurrency=4)
-    workers.start(config, tiers="medium", concurrency=4)
-    workers.start(config, tiers="frontier", concurrency=4)
-
-
-def route_config(tmp_path: Path, sim: RunningSimulator, database_url: str, **tier: Any) -> Path:
-    return write_config(
-        tmp_path / "distillery.toml",
-        base_url=sim.base_url,
-        database_url=database_url,
-        extra='[router]\nstrategy = "rules"\nfallback = ["frontier"]\nconfidence_threshold = 0.8\n',
-        **tier,
-    )
+from simulator import RunningSimulator
+from tests.helpers.config import PRICES
+from tests.helpers.pipeline import attempts_of, prompts_of, submit_file, wait_for_job, write_jsonl
+from tests.helpers.routing import CASES, route_config, start_tier_workers
 
 
 def test_cascade_with_known_confidences(
@@ -148,6 +106,7 @@ def test_small_tier_errors_escalate(
     job = wait_for_job(engine, job_id, workers)
     assert (job.completed, job.failed, job.fell_back) == (8, 0, 8)
     prompts = prompts_of(engine, job_id)
+    assert len(prompts) == 8
     assert all(p.routed_tier == "small" and p.final_tier == "frontier" for p in prompts)
     assert all(p.status == PromptStatus.SUCCEEDED for p in prompts)
     with Session(engine) as session:

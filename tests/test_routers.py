@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from pydantic import HttpUrl
 
-from tests.conftest import shared_data, write_config
+from tests.helpers.config import write_config
+from tests.helpers.services import shared_data
 from workers.caller import Caller
 from workers.chat import ChatRequest, Completion
 from workers.http_client import ChatClient

@@ -15,8 +15,9 @@ from sqlmodel import Session
 
 from models import AttemptStatus, Job, JobStatus, PromptStatus
 from simulator import ModelBehaviour, RunningSimulator, SimConfig, start_in_thread
-from tests.conftest import Workers, wait_until, write_config
-from tests.pipeline import attempts_of, prompts_of, submit_file, wait_for_job, write_jsonl
+from tests.helpers.config import write_config
+from tests.helpers.pipeline import attempts_of, prompts_of, submit_file, wait_for_job, write_jsonl
+from tests.helpers.workers import Workers, wait_until
 
 PROMPTS = 300
 FAST_MS = 50

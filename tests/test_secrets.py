@@ -26,16 +26,18 @@ from sqlmodel import Session
 from models import AttemptStatus, Job, JobMode, JobStatus
 from producer.errors import ExitCode, safe_url
 from simulator import ModelBehaviour, RunningSimulator, SimConfig, start_in_thread
-from tests.conftest import Workers, make_engine, need, wait_until, write_config
-from tests.pipeline import (
+from tests.helpers.cli import invoke
+from tests.helpers.clients import CLIENTS
+from tests.helpers.config import write_config
+from tests.helpers.pipeline import (
     attempts_of,
     submit_file,
     wait_for_job,
     wait_for_training_file,
     write_jsonl,
 )
-from tests.test_cli import invoke
-from tests.test_clients import CLIENTS
+from tests.helpers.services import make_engine, need
+from tests.helpers.workers import Workers, wait_until
 
 SECRET = "sk-distillery-test-SECRET-1234567890"
 KEY_VAR = "DISTILLERY_TEST_API_KEY"
@@ -279,7 +281,7 @@ def run_to_the_end(engine: Any, job_ids: dict[str, int], workers: Workers) -> No
 
 def flower_workers_text(tmp_path: Path, config: Path) -> str:
     """Flower's /api/workers (it includes each worker's Celery conf) once the worker shows."""
-    from tests.test_flower import start_flower, stop
+    from tests.helpers.flower import start_flower, stop
 
     auth = {"FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{FLOWER_PASSWORD}"}
     flower = start_flower(tmp_path, config, [], auth)

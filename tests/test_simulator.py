@@ -185,6 +185,7 @@ def test_logprobs_shape(client: openai.OpenAI) -> None:
     choice = response.choices[0]
     assert choice.logprobs is not None and choice.logprobs.content is not None
     tokens = choice.logprobs.content
+    assert tokens  # else the checks below hold for no token at all
     assert "".join(token.token for token in tokens) == choice.message.content
     for token in tokens:
         assert token.logprob <= 0

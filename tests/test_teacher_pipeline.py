@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from models import AttemptStatus, JobStatus, PromptStatus
-from tests.conftest import shared_data, wait_until, write_config
-from tests.pipeline import (
+from tests.helpers.config import write_config
+from tests.helpers.pipeline import (
     attempts_of,
     prompts_of,
     read_jsonl,
@@ -17,6 +17,8 @@ from tests.pipeline import (
     wait_for_training_file,
     write_jsonl,
 )
+from tests.helpers.services import shared_data
+from tests.helpers.workers import wait_until
 
 TOPICS = [
     "photosynthesis",
@@ -71,6 +73,7 @@ def test_teacher_job_end_to_end(tmp_path: Path, sim: Any, database_url: str, wor
     assert (job.total, job.completed, job.failed) == (200, 200, 0)
 
     prompts = prompts_of(engine, job_id)
+    assert len(prompts) == 200
     assert all(p.status == PromptStatus.SUCCEEDED and p.response for p in prompts)
     attempts = attempts_of(engine, job_id)
     assert Counter(a.prompt_id for a in attempts) == Counter({p.id: 1 for p in prompts})
@@ -158,6 +161,7 @@ def test_prompt_fails_after_last_retry(
     assert job.status == JobStatus.FINISHED
     assert (job.completed, job.failed) == (0, 12)
     prompts = prompts_of(engine, job_id)
+    assert len(prompts) == 12
     assert all(p.status == PromptStatus.FAILED and "HTTP 500" in (p.error or "") for p in prompts)
     assert Counter(a.prompt_id for a in attempts_of(engine, job_id)) == Counter(
         {p.id: 3 for p in prompts}

@@ -4,7 +4,6 @@ loads and ranks hard prompts above easy ones; and the labelling rules on hand-ma
 
 import json
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +12,11 @@ from click.testing import CliRunner
 from sqlmodel import Session
 
 from models import Fallback, FallbackReason, Job, JobMode, JobStatus, Prompt, PromptStatus
-from simulator import ModelBehaviour, RunningSimulator, SimConfig, start_in_thread
-from tests.conftest import TIERS, make_engine, write_config
-from tests.pipeline import prompts_of, submit_file, wait_for_job, write_jsonl
+from simulator import RunningSimulator
+from tests.helpers.config import TIERS
+from tests.helpers.pipeline import prompts_of, submit_file, wait_for_job, write_jsonl
+from tests.helpers.routing import route_config, start_tier_workers
+from tests.helpers.services import make_engine
 from workers.routers import RouterError, make_router
 from workers.routers.history import HistoryTrainReport, Skip, train_from_job
 
@@ -35,29 +36,12 @@ CASES = [
 ]
 
 
-@pytest.fixture
-def tiered_sim() -> Iterator[RunningSimulator]:
-    skills = {"sim-small": 0.3, "sim-medium": 0.6, "sim-frontier": 0.95}
-    config = SimConfig(
-        default=ModelBehaviour(latency_ms=5),
-        models={name: ModelBehaviour(latency_ms=5, skill=skill) for name, skill in skills.items()},
-    )
-    with start_in_thread(config) as running:
-        yield running
-
-
 def run_route_job(
     tmp_path: Path, sim: RunningSimulator, database_url: str, workers: Any
 ) -> dict[str, Any]:
     """A rules-routed job over CASES, run by one worker process per tier."""
-    config = write_config(
-        tmp_path / "distillery.toml",
-        base_url=sim.base_url,
-        database_url=database_url,
-        extra='[router]\nstrategy = "rules"\nfallback = ["frontier"]\nconfidence_threshold = 0.8\n',
-    )
-    for tier in TIERS:
-        workers.start(config, tiers=tier, concurrency=4)
+    config = route_config(tmp_path, sim, database_url)
+    start_tier_workers(workers, config)
     rows = [
         {"prompt": f"{text} (case {copy})", "custom_id": f"c{n}-{copy}"}
         for n, (text, _, _, _) in enumerate(CASES)

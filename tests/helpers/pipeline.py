@@ -7,7 +7,8 @@ from typing import Any
 from sqlmodel import Session, select
 
 from models import Attempt, Job, JobMode, JobStatus, Prompt, TrainingFile
-from tests.conftest import Workers, make_engine, wait_until
+from tests.helpers.services import make_engine
+from tests.helpers.workers import Workers, wait_until
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:

