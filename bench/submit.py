@@ -36,7 +36,6 @@ from bench.common import (
 
 BENCH = "submit"
 TARGET_S = 20.0
-ANSWER_TASK = "distillery.answer"
 # submit_job's steps as its module names them; fit_to_context is newer, timed if present.
 STAGES = (
     "read_prompts",
@@ -161,7 +160,7 @@ def job_prompt_ids(engine: Any, job_id: int) -> list[int]:
 def naive_enqueue_seconds(prompt_ids: list[int]) -> float:
     """One message per prompt the way `task.delay()` sends it: each call acquires a
     producer (and its connection) from the pool on its own."""
-    from workers.app import app
+    from workers.app import ANSWER_TASK, app
 
     started = time.perf_counter()
     for prompt_id in prompt_ids:
@@ -172,7 +171,7 @@ def naive_enqueue_seconds(prompt_ids: list[int]) -> float:
 def unbatched_enqueue_seconds(prompt_ids: list[int]) -> float:
     """The project's `enqueue` (one shared producer) with one id per message."""
     from producer.submit import enqueue
-    from workers.app import app
+    from workers.app import ANSWER_TASK, app
 
     started = time.perf_counter()
     enqueue(app, ANSWER_TASK, prompt_ids, queue=TIER, batch=1, extra_args=(TIER,))
