@@ -29,6 +29,7 @@ from models import Attempt, AttemptPurpose, AttemptStatus, Prompt, PromptStatus
 from producer.report import TIMES
 from producer.status import get_job
 from workers.cost import cost_usd
+from workers.errors import BadInput
 from workers.settings import Settings, TierConfig
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ CSV_FIELD_LIMIT = 16 * 1024 * 1024  # csv's default of 128K characters is below 
 BAR_COLOURS = {"baseline": "#C44E52", "strategy": "#4C72B0"}
 
 
-class CostInputError(ValueError):
+class CostInputError(BadInput, ValueError):
     """Bad numbers or a bad traffic log; the message says which and where."""
 
 

@@ -17,9 +17,9 @@ from sqlmodel import Session, func, select
 
 from models import Job
 from producer.cli import main
-from producer.errors import ExitCode
 from tests.conftest import make_engine
 from tests.pipeline import read_jsonl
+from workers.errors import ExitCode
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from producer.errors import ExitCode
 from tests.conftest import shared_data
 from tests.test_costs import (
     ANALYSIS,
@@ -24,6 +23,7 @@ from tests.test_costs import (
     run_json,
     use_config,
 )
+from workers.errors import ExitCode
 from workers.routers import RouterError, make_router
 from workers.routers.calibration import (
     build_router,

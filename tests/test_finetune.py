@@ -16,11 +16,11 @@ from click.testing import CliRunner
 from sqlmodel import Session
 
 from models import Job, JobMode, JobStatus, Prompt, PromptStatus, TrainingFile
-from producer.cli_finetune import finetune
-from producer.errors import ExitCode
+from producer.cli.finetune import finetune
 from simulator import ModelBehaviour, RunningSimulator, SimConfig, start_in_thread
 from tests.conftest import make_engine, write_config
 from tests.pipeline import write_jsonl
+from workers.errors import ExitCode
 
 ANSWER = "A long enough answer from the teacher, well over the reducer's fifty characters."
 

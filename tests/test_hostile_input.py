@@ -30,7 +30,6 @@ import pytest
 from sqlmodel import Session, select
 
 from models import Prompt
-from producer.errors import ExitCode
 from producer.limits import (
     TRUNCATION_METADATA_KEY,
     ContextLimit,
@@ -43,6 +42,7 @@ from producer.readers import FORMATS_HINT, PromptInput
 from simulator.tokens import count_prompt_tokens
 from tests.conftest import make_engine
 from tests.test_cli import assert_nothing_stored, invoke, use_config
+from workers.errors import ExitCode
 
 # Context windows small enough to hit with short prompts. No system prompt for the teacher,
 # so a {"prompt": "x" * n} line is ceil(n / 4) + 4 + 3 tokens.

@@ -24,7 +24,7 @@ from sqlalchemy import MetaData, Table, func, inspect, select
 from sqlmodel import Session
 
 from models import AttemptStatus, Job, JobMode, JobStatus
-from producer.errors import ExitCode, safe_url
+from producer.errors import safe_url
 from simulator import ModelBehaviour, RunningSimulator, SimConfig, start_in_thread
 from tests.conftest import Workers, make_engine, need, wait_until, write_config
 from tests.pipeline import (
@@ -36,6 +36,7 @@ from tests.pipeline import (
 )
 from tests.test_cli import invoke
 from tests.test_clients import CLIENTS
+from workers.errors import ExitCode
 
 SECRET = "sk-distillery-test-SECRET-1234567890"
 KEY_VAR = "DISTILLERY_TEST_API_KEY"

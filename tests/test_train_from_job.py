@@ -119,7 +119,7 @@ def check_mixed_with_a_labelled_file(job_id: int, engine: Any, tmp_path: Path) -
 
 
 def router_train_takes_from_job() -> bool:
-    from producer.cli import router_train
+    from producer.cli.router import router_train
 
     return any(param.name == "from_job" for param in router_train.params)
 

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from models import Job, Prompt, PromptStatus, TrainingFile, session_scope
+from workers.errors import NotFound
 from workers.finetune_format import FormatCheck, FormatReport, check_example
 from workers.settings import ReducerConfig
 
@@ -27,7 +28,7 @@ from workers.settings import ReducerConfig
 ROWS_PER_FETCH = 5000
 
 
-class ReduceError(Exception):
+class ReduceError(NotFound):
     """The job cannot be reduced (unknown, or not a teacher job); the message says why."""
 
 

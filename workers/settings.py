@@ -24,11 +24,13 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from workers.errors import BadConfig
+
 DEFAULT_CONFIG_PATH = "distillery.toml"
 SIMULATOR_URL = "http://127.0.0.1:8900/v1"
 
 
-class ConfigError(Exception):
+class ConfigError(BadConfig):
     """A configuration problem a user can fix; the message says where and how."""
 
 
