@@ -1,9 +1,9 @@
 """What every `distillery` command shares: the consoles, JSON output, the settings and the
 engine, and the one place where failures become a message and a named exit code.
 
-Heavy modules (pydantic, SQLModel, Celery, numpy, matplotlib, alembic) are imported inside
-functions throughout the CLI, so that `distillery --help` and a command's own `--help`
-load none of them."""
+Heavy modules (SQLAlchemy, SQLModel, pydantic, Celery, redis, alembic, the openai SDK, numpy,
+matplotlib) are imported inside functions throughout the CLI, so that `distillery --help`
+and a command's own `--help` load none of them."""
 
 import functools
 import json
