@@ -20,8 +20,8 @@ class BrokerUnavailable(ServiceUnavailable):
 
 
 class UserError(DistilleryError):
-    """An error the user can fix whose exit code depends on where it is raised (a bad
-    option is USAGE, the same bad file BAD_INPUT)."""
+    """An error the user can fix whose exit code is given where it is raised: a bad option
+    is USAGE; an upload the provider rejects is BAD_INPUT or BAD_CONFIG by its HTTP status."""
 
     def __init__(self, message: str, code: ExitCode) -> None:
         super().__init__(message)

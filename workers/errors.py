@@ -2,8 +2,8 @@
 which named exit code the CLI ends with (README → exit codes; scripts rely on them).
 
 The CLI prints such an error as one line, never a traceback; the few foreign errors that
-mean the same things (a database or Redis that cannot be reached) are mapped onto these
-codes in one place, `producer/cli/common.py`."""
+mean the same things (a database or Redis that cannot be reached, a schema that is missing)
+are mapped onto these classes in one place, `producer/cli/common.py`."""
 
 from enum import IntEnum
 
