@@ -27,6 +27,7 @@ from sqlmodel import Session, col
 from models import Attempt, AttemptPurpose, AttemptStatus, Prompt, PromptStatus
 from producer.report import TIMES
 from producer.status import get_job
+from workers.errors import BadInput
 from workers.settings import Settings, TierConfig
 from workers.tokens import chars_tokens
 
@@ -44,7 +45,7 @@ CSV_FIELD_LIMIT = 16 * 1024 * 1024  # csv's default of 128K characters is below 
 BAR_COLOURS = {"baseline": "#C44E52", "strategy": "#4C72B0"}
 
 
-class CostInputError(ValueError):
+class CostInputError(BadInput, ValueError):
     """Bad numbers or a bad traffic log; the message says which and where."""
 
 

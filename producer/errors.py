@@ -1,30 +1,31 @@
-"""Named exit codes, and the translation of known failures into one clear line each.
-A user error never prints a stack trace."""
+"""The producer's own errors (a broker that cannot be reached, a user error with its exit
+code) and `safe_url`, which every printed URL goes through. The exit codes and the rest of
+the error tree are in workers/errors.py."""
 
-from enum import IntEnum
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-
-class ExitCode(IntEnum):
-    OK = 0
-    ERROR = 1  # unexpected: a bug, reported with its traceback
-    USAGE = 2  # click's own code for bad options
-    BAD_INPUT = 3  # the prompt file (or another input) is invalid; nothing was stored
-    BAD_CONFIG = 4  # distillery.toml or the environment is wrong
-    SERVICE_DOWN = 5  # Redis or the database cannot be reached
-    NOT_FOUND = 6  # no such job
+from workers.errors import DistilleryError, ExitCode, ServiceUnavailable
 
 
-class BrokerUnavailable(Exception):
+class BrokerUnavailable(ServiceUnavailable):
     """Redis cannot be reached; nothing was stored."""
 
+    @classmethod
+    def at(cls, url: str, reason: object) -> "BrokerUnavailable":
+        """The error for the broker at URL, which is shown with its password masked."""
+        return cls(
+            f"Redis is unreachable at {safe_url(url)}: {reason}\n"
+            "start Redis (redis-server), or unset REDIS_URL to run embedded with --wait"
+        )
 
-class UserError(Exception):
-    """An error the user can fix, with its exit code."""
+
+class UserError(DistilleryError):
+    """An error the user can fix whose exit code is given where it is raised: a bad option
+    is USAGE; an upload the provider rejects is BAD_INPUT or BAD_CONFIG by its HTTP status."""
 
     def __init__(self, message: str, code: ExitCode) -> None:
         super().__init__(message)
-        self.code = code
+        self.exit_code = code
 
 
 # Query parameters that carry a secret (redis-py reads `?password=`, libpq `sslpassword`).

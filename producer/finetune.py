@@ -30,7 +30,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from models import TrainingFile, session_scope
-from producer.errors import ExitCode, UserError
+from producer.errors import UserError
+from workers.errors import ExitCode
 from workers.finetune_format import check_file
 from workers.settings import ConfigError, Settings, TierConfig, load_settings
 

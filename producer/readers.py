@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
+from workers.errors import BadInput
+
 __all__ = [
     "DEFAULT_MAX_PROMPT_CHARS",
     "InputFileError",
@@ -97,7 +99,7 @@ class PromptInput:
     line: int  # 1-based; for CSV, the line where the record starts
 
 
-class InputFileError(Exception):
+class InputFileError(BadInput):
     """The prompt file was rejected; ``problems`` lists every problem found."""
 
     problems: list[str]
@@ -121,6 +123,10 @@ class InputFileError(Exception):
         if self.hint:
             lines.append(self.hint)
         return "\n".join(lines)
+
+    def format_message(self) -> str:
+        # Raised before anything of the file is stored or enqueued (submit checks it whole).
+        return f"{self}\nnothing was stored or enqueued"
 
 
 def read_prompts(

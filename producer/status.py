@@ -9,10 +9,11 @@ from sqlmodel import Session, col
 
 from models import Attempt, Job, Prompt, TrainingFile
 from models.types import utcnow
+from workers.errors import NotFound
 
 
-class JobNotFound(Exception):
-    pass
+class JobNotFound(NotFound):
+    """No job with this id."""
 
 
 def get_job(session: Session, job_id: int) -> Job:

@@ -48,7 +48,8 @@ def check_broker(app: Celery) -> None:
         with app.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, timeout=5)
     except Exception as exc:
-        raise BrokerUnavailable(f"cannot reach the broker ({type(exc).__name__}: {exc})") from None
+        reason = f"cannot reach the broker ({type(exc).__name__}: {exc})"
+        raise BrokerUnavailable.at(app.conf.broker_url, reason) from None
 
 
 def enqueue(

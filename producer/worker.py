@@ -5,7 +5,8 @@ import socket
 
 from sqlalchemy.engine import Engine
 
-from producer.errors import ExitCode, UserError
+from producer.errors import UserError
+from workers.errors import ExitCode
 from workers.settings import Settings
 
 

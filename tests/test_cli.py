@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from producer.errors import ExitCode
 from tests.helpers.cli import assert_nothing_stored, invoke, use_config_text
 from tests.helpers.pipeline import read_jsonl
+from workers.errors import ExitCode
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from models import (
     PromptStatus,
 )
 from producer.costs import estimate
-from producer.errors import ExitCode
 from tests.helpers.analysis import (
     ANALYSIS,
     CODE,
@@ -32,6 +31,7 @@ from tests.helpers.analysis import (
     run_json,
 )
 from tests.helpers.services import make_engine
+from workers.errors import ExitCode
 from workers.settings import Settings
 
 TIMES = "\u00d7"  # the multiplication sign the CLI prints after "7.9"

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from producer.errors import ExitCode
 from tests.helpers.analysis import ANALYSIS, CODE, EXAMPLE_CONFIG, priced_config, run, run_json
 from tests.helpers.services import shared_data
+from workers.errors import ExitCode
 from workers.routers import RouterError, make_router
 from workers.routers.calibration import (
     build_router,
@@ -249,7 +249,7 @@ def test_calibrate_random_router_into_the_config_file(tmp_path: Path, use_config
     assert list(settings.router.thresholds) == data["thresholds"]
     router = make_router("random", settings=settings)
     texts = [json.loads(line)["prompt"] for line in sample.read_text().splitlines()]
-    assert sum(1 for t in texts if router.decide(t).tier == "frontier") == 100
+    assert sum(1 for t in texts if router.decide_now(t).tier == "frontier") == 100
 
 
 def test_calibrate_prints_the_toml_line_by_default(tmp_path: Path, use_config: Any) -> None:
@@ -283,7 +283,7 @@ def test_calibrate_classifier_into_its_file(
     texts = [row["prompt"] for row in csv.DictReader(mmlu_split["held_out"].open())]
     batch = [d.tier for d in route_sample(router, texts)]
     assert abs(batch.count("frontier") - round(0.2 * len(texts))) <= 1
-    assert [router.decide(t).tier for t in texts[:300]] == batch[:300]  # one at a time too
+    assert [router.decide_now(t).tier for t in texts[:300]] == batch[:300]  # one at a time too
     # thresholds set explicitly in the config win over the file's
     explicit = RouterConfig(thresholds=[0.3, 0.7])
     assert classifier_thresholds(router_file, explicit, TIERS) == (0.3, 0.7)

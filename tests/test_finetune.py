@@ -16,12 +16,12 @@ from click.testing import CliRunner
 from sqlmodel import Session
 
 from models import Job, JobMode, JobStatus, Prompt, PromptStatus, TrainingFile
-from producer.cli_finetune import finetune
-from producer.errors import ExitCode
+from producer.cli.finetune import finetune
 from simulator import ModelBehaviour, RunningSimulator, SimConfig, start_in_thread
 from tests.helpers.config import write_config
 from tests.helpers.pipeline import write_jsonl
 from tests.helpers.services import make_engine
+from workers.errors import ExitCode
 
 ANSWER = "A long enough answer from the teacher, well over the reducer's fifty characters."
 

@@ -30,7 +30,6 @@ import pytest
 from sqlmodel import Session, select
 
 from models import Prompt
-from producer.errors import ExitCode
 from producer.limits import (
     TRUNCATION_METADATA_KEY,
     ContextLimit,
@@ -41,6 +40,7 @@ from producer.limits import (
 from producer.readers import FORMATS_HINT, PromptInput
 from tests.helpers.cli import assert_nothing_stored, invoke, use_config_text
 from tests.helpers.services import make_engine, postgres_database
+from workers.errors import ExitCode
 from workers.job_settings import JobSettings, RouteSettings, TeacherSettings
 from workers.tokens import CHARS, chat_tokens
 

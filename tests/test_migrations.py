@@ -24,10 +24,10 @@ from models import (
     migrate,
 )
 from models.types import StrEnumType
-from producer.cli import handle_errors
-from producer.cli_db import db_group
-from producer.errors import ExitCode
+from producer.cli.db import db
 from tests.helpers.services import make_engine
+from workers.errors import ExitCode
+from workers.settings import get_settings
 
 # Indexes added with the migrations: tables made before them lack these.
 QUERY_INDEXES = {"ix_attempts_started_at", "ix_attempts_tier", "ix_prompts_job_final_tier"}
@@ -233,8 +233,9 @@ def test_upgrade_sql_is_postgres_ddl_without_native_enums() -> None:
 
 
 def run_db(url: str, *args: str) -> tuple[int, str]:
-    group = db_group(handle_errors, lambda: url)
-    result = CliRunner().invoke(group, list(args))
+    get_settings.cache_clear()  # the command reads DATABASE_URL anew
+    result = CliRunner().invoke(db, list(args), env={"DATABASE_URL": url})
+    get_settings.cache_clear()
     return result.exit_code, result.output
 
 

@@ -24,7 +24,7 @@ from sqlalchemy import MetaData, Table, func, inspect, select
 from sqlmodel import Session
 
 from models import AttemptStatus, Job, JobMode, JobStatus
-from producer.errors import ExitCode, safe_url
+from producer.errors import safe_url
 from simulator import ModelBehaviour, RunningSimulator, SimConfig, start_in_thread
 from tests.helpers.cli import invoke
 from tests.helpers.clients import CLIENTS
@@ -38,6 +38,7 @@ from tests.helpers.pipeline import (
 )
 from tests.helpers.services import make_engine, need
 from tests.helpers.workers import Workers, wait_until
+from workers.errors import ExitCode
 
 SECRET = "sk-distillery-test-SECRET-1234567890"
 KEY_VAR = "DISTILLERY_TEST_API_KEY"
@@ -324,7 +325,7 @@ def check_database(url: str) -> None:
 
 def check_files(tmp_path: Path, workers: Workers) -> None:
     logs = workers.log_text()
-    # The worker ran its tasks. (Answers go through `workers.aclient`, which logs no request
+    # The worker ran its tasks. (Answers go through `workers.http_client`, which logs no request
     # lines; OPENAI_LOG=debug still covers the SDK that the LLM router and tools use.)
     assert "ready" in logs and "distillery.answer" in logs
     assert_secret_absent("worker logs", logs, SECRET)

@@ -78,8 +78,8 @@ def test_router_trained_from_a_route_job(
     assert report.path == str(out)
 
     router = make_router("classifier", settings=finished["settings"], classifier_path=out)
-    hard = router.decide("[hard] Compare the trade-offs of two databases for a shop.")
-    easy = router.decide("[easy] What is the capital of Spain?")
+    hard = router.decide_now("[hard] Compare the trade-offs of two databases for a shop.")
+    easy = router.decide_now("[easy] What is the capital of Spain?")
     assert hard.score is not None and easy.score is not None and hard.score > easy.score
     check_mixed_with_a_labelled_file(job_id, engine, tmp_path)
 
@@ -103,7 +103,7 @@ def check_mixed_with_a_labelled_file(job_id: int, engine: Any, tmp_path: Path) -
 
 
 def router_train_takes_from_job() -> bool:
-    from producer.cli import router_train
+    from producer.cli.router import router_train
 
     return any(param.name == "from_job" for param in router_train.params)
 

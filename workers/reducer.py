@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from models import Job, Prompt, PromptStatus, TrainingFile, session_scope
+from workers.errors import NotFound
 from workers.finetune_format import FormatCheck, FormatReport, check_example
 from workers.settings import ReducerConfig, Settings, get_settings
 from workers.tokens import CHARS, TokenCounter, counter_for, example_over
@@ -28,7 +29,7 @@ from workers.tokens import CHARS, TokenCounter, counter_for, example_over
 ROWS_PER_FETCH = 5000
 
 
-class ReduceError(Exception):
+class ReduceError(NotFound):
     """The job cannot be reduced (unknown, or not a teacher job); the message says why."""
 
 

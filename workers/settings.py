@@ -24,6 +24,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from workers.errors import BadConfig
+
 DEFAULT_CONFIG_PATH = "distillery.toml"
 SIMULATOR_URL = "http://127.0.0.1:8900/v1"
 # Defaults that a config and a job's frozen settings share (workers.job_settings).
@@ -34,7 +36,7 @@ CONFIDENCE_THRESHOLD = 0.8
 UNKNOWN_CONFIDENCE = 0.5
 
 
-class ConfigError(Exception):
+class ConfigError(BadConfig):
     """A configuration problem a user can fix; the message says where and how."""
 
 

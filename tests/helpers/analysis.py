@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import click
 from click.testing import CliRunner, Result
 
-from producer.cli_analysis import cost, router_calibrate, router_eval
+from producer.cli import main
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "distillery.example.toml"
 
@@ -21,19 +20,8 @@ CODE = "Write a Python function that merges two sorted lists. [hard]"  # code â†
 ANALYSIS = "Compare the trade-offs of SQLite and PostgreSQL for a small web shop."  # â†’ medium
 
 
-def analysis_cli() -> click.Group:
-    """The commands as the lead attaches them to `distillery` (cli.py registers them)."""
-    group = click.Group("distillery")
-    router = click.Group("router")
-    group.add_command(cost)
-    group.add_command(router)
-    router.add_command(router_eval)
-    router.add_command(router_calibrate)
-    return group
-
-
 def run(*args: str) -> Result:
-    return CliRunner().invoke(analysis_cli(), list(args), catch_exceptions=False)
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 def run_json(*args: str) -> Any:

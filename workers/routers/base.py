@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, TypeGuard
 
 from workers.chat import CallError, Completion
+from workers.errors import BadConfig
 
 Level = Literal["easy", "medium", "hard"]
 LEVELS: tuple[Level, ...] = ("easy", "medium", "hard")
 LEVEL_SCORES: dict[Level, float] = {"easy": 0.0, "medium": 0.5, "hard": 1.0}
 
 
-class RouterError(Exception):
+class RouterError(BadConfig):
     """A router problem a user can fix (unknown router, classifier file, thresholds); the
     message says what and how."""
 

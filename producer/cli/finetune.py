@@ -1,31 +1,17 @@
 """`distillery finetune submit|status`: fine-tune a student on a training file and follow
-the job (the work is in `producer.finetune`; this module only parses and prints).
+the job (the work is in `producer.finetune`; this module only parses and prints)."""
 
-producer.cli registers the `finetune` group, so this module imports producer.cli only
-inside functions: importing it here at module level would be circular.
-"""
-
-import functools
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-F = TypeVar("F", bound=Callable[..., Any])
+from producer.cli.common import console, emit_json, engine, handle_errors, out, settings
+from producer.errors import UserError
+from workers.errors import ExitCode
 
-
-def handled(command: F) -> F:
-    """producer.cli.handle_errors, looked up when the command runs (producer.cli imports
-    this module, so it cannot be imported at load time)."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from producer.cli import handle_errors
-
-        return handle_errors(command)(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
+# Commands import the modules they work with when they run, so that `--help` loads none of
+# them (producer/cli/common.py says which are heavy).
 
 
 @click.group()
@@ -40,7 +26,7 @@ def finetune() -> None:
 @click.option("--suffix", help="up to 64 characters, part of the fine-tuned model's name")
 @click.option("--tier", help="the tier whose endpoint and key are used (default: [teacher] tier)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-@handled
+@handle_errors
 def submit(
     training_file: Path,
     base_model: str,
@@ -53,7 +39,6 @@ def submit(
 
     Both files are checked first; a bad one uploads nothing. The job id is recorded on the
     file's `training_files` row (matched by sha256, then path), when the reducer wrote it."""
-    from producer.cli import emit_json, engine, settings
     from producer.finetune import submit_fine_tune
 
     result = submit_fine_tune(
@@ -97,7 +82,7 @@ def submit(
     help="--add-tier: after the other tiers, or before them (tiers are cheapest first)",
 )
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-@handled
+@handle_errors
 def status(
     job_id: str,
     watch: bool,
@@ -110,9 +95,6 @@ def status(
 ) -> None:
     """Show fine-tuning job JOB_ID and its events; once it succeeded, the tier block that
     adds the fine-tuned model to the config (or add it with --add-tier NAME)."""
-    from producer.cli import emit_json
-    from producer.errors import ExitCode, UserError
-
     if config_file and not add_tier_name:
         raise UserError(
             "--config is the file --add-tier edits; give --add-tier NAME", ExitCode.USAGE
@@ -139,7 +121,6 @@ def _read_status(
     student_tier: str | None,
     as_json: bool,
 ) -> dict[str, Any]:
-    from producer.cli import settings
     from producer.finetune import fine_tune_status, watch_fine_tune
 
     if not watch:
@@ -161,7 +142,6 @@ def _maybe_add_tier(
     result: dict[str, Any], name: str | None, config_file: Path | None, *, first: bool
 ) -> str | None:
     """The config file the tier went into, or None without --add-tier."""
-    from producer.errors import ExitCode, UserError
     from producer.finetune import add_tier
     from workers.settings import config_path
 
@@ -182,8 +162,6 @@ def _maybe_add_tier(
 
 
 def _print_submission(result: dict[str, Any]) -> None:
-    from producer.cli import console
-
     for warning in result["warnings"]:
         console.print(f"warning: {warning}", markup=False, highlight=False, emoji=False)
     for kind in ("training_file", "validation_file"):
@@ -238,6 +216,4 @@ def _print_event(event: dict[str, Any]) -> None:
 def _plain(text: str) -> None:
     """Printed as is: a tier block's [tiers.NAME] is not rich markup, and a model named
     "ft:base:org:loop:id" holds no emoji code."""
-    from producer.cli import out
-
     out.print(text, markup=False, highlight=False, emoji=False)

@@ -1,0 +1,17 @@
+"""The `distillery` command (DESIGN.md → CLI contract; scripts rely on its options, its
+`--json` output and its exit codes): the group, with one module per group of commands and
+their shared helpers in `common`."""
+
+import click
+
+from producer.cli import cost, db, finetune, jobs, ops, router
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="distillery")
+def main() -> None:
+    """Distil a frontier LLM into cheaper models, and route requests to the cheapest tier."""
+
+
+for command in [*jobs.COMMANDS, *ops.COMMANDS, router.router, cost.cost, finetune.finetune, db.db]:
+    main.add_command(command)

@@ -1,0 +1,269 @@
+"""The job commands of `distillery`: submit, status, results, report, reduce, resume, cancel
+and jobs (DESIGN.md → CLI contract; scripts rely on their options, their `--json` output
+and their exit codes). What they do is in producer/jobs.py; here they parse and print."""
+
+import sys
+from pathlib import Path
+
+import click
+
+from producer.cli.common import console, emit_json, engine, handle_errors, out, settings
+from producer.errors import UserError
+from workers.errors import ExitCode
+
+# Commands import the modules they work with when they run, so that `--help` loads none of
+# them (producer/cli/common.py says which are heavy).
+
+
+@click.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--mode", type=click.Choice(["teacher", "route"]), default="teacher", show_default=True
+)
+@click.option("--router", "router_name", help="route jobs: rules | classifier | llm | random")
+@click.option("--classifier", type=click.Path(path_type=Path), help="route jobs: router file")
+@click.option(
+    "--threshold", type=click.FloatRange(0, 1), help="route jobs: confidence below this escalates"
+)
+@click.option("--name", help="a name for the job (default: the file name)")
+@click.option("--tier", help="teacher jobs: the tier to generate with (default: [teacher] tier)")
+@click.option("--system-prompt", help="a system prompt for this job's calls")
+@click.option("--temperature", type=click.FloatRange(0, 2), help="sampling temperature")
+@click.option("--max-tokens", type=click.IntRange(1), help="cap on answer tokens")
+@click.option("--wait", is_flag=True, help="show progress until the job ends, then a summary")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@handle_errors
+def submit(
+    file: Path,
+    mode: str,
+    router_name: str | None,
+    classifier: Path | None,
+    threshold: float | None,
+    name: str | None,
+    tier: str | None,
+    system_prompt: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    wait: bool,
+    as_json: bool,
+) -> None:
+    """Validate FILE (JSONL or CSV), store its prompts and enqueue them."""
+    from models import JobMode
+    from producer import jobs
+
+    job_mode = JobMode(mode)
+    if job_mode == JobMode.TEACHER and (router_name or classifier or threshold is not None):
+        raise UserError("--router, --classifier and --threshold need --mode route", ExitCode.USAGE)
+    if job_mode == JobMode.ROUTE and tier:
+        raise UserError(
+            "--tier is for teacher jobs; route jobs pick tiers per prompt", ExitCode.USAGE
+        )
+    overrides = {
+        "tier": tier,
+        "system_prompt": system_prompt,
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+        "threshold": threshold,
+        "classifier": str(classifier) if classifier else None,
+    }
+    conf = settings()
+    if conf.redis_url is None and not wait:
+        raise UserError(
+            "REDIS_URL is not set, so there is no broker for separate workers.\n"
+            "run embedded with --wait, or set REDIS_URL and start `distillery worker`",
+            ExitCode.USAGE,
+        )
+    summary = jobs.submit_and_maybe_wait(
+        file,
+        mode=job_mode,
+        router=router_name,
+        settings=conf,
+        engine=engine(),
+        name=name,
+        overrides=overrides,
+        wait=wait,
+        console=None if as_json else console,
+    )
+    if as_json:
+        emit_json(summary)
+    elif wait:
+        jobs.print_summary(out, summary)
+    else:
+        out.print(f"submitted job [bold]{summary['id']}[/]: {summary['total']} prompts")
+        out.print(f"follow it with: distillery status {summary['id']} --watch")
+
+
+@click.command()
+@click.argument("job_id", type=int)
+@click.option("--watch", is_flag=True, help="show live progress until the job ends")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def status(job_id: int, watch: bool, as_json: bool) -> None:
+    """Counts, cost and training file of a job."""
+    from producer import jobs
+    from producer.progress import wait_for_job
+
+    db = engine()
+    if watch:
+        wait_for_job(db, job_id, console=None if as_json else console)
+    summary = jobs.summary(db, job_id)
+    if as_json:
+        emit_json(summary)
+    else:
+        jobs.print_summary(out, summary)
+
+
+@click.command()
+@click.argument("job_id", type=int)
+@click.option(
+    "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
+)
+@click.option(
+    "--out", "out_path", type=click.Path(path_type=Path), help="write here instead of stdout"
+)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(["pending", "succeeded", "failed", "cancelled"]),
+    help="only prompts with this status (repeatable)",
+)
+@click.option(
+    "--tier", "tiers", multiple=True, help="only prompts whose final tier is this (repeatable)"
+)
+@click.option(
+    "--fell-back/--no-fell-back",
+    "fell_back",
+    default=None,
+    help="only prompts that escalated / that did not (default: both)",
+)
+@handle_errors
+def results(
+    job_id: int,
+    fmt: str,
+    out_path: Path | None,
+    statuses: tuple[str, ...],
+    tiers: tuple[str, ...],
+    fell_back: bool | None,
+) -> None:
+    """Every prompt of a job with its answer, tiers, tokens, cost and error."""
+    from sqlmodel import Session
+
+    from producer.results import WRITERS, records
+    from producer.status import get_job
+
+    with Session(engine()) as session:
+        get_job(session, job_id)
+        rows = records(session, job_id, statuses=statuses, final_tiers=tiers, fell_back=fell_back)
+        if out_path is None:
+            WRITERS[fmt](rows, sys.stdout)
+            return
+        with out_path.open("w", encoding="utf-8", newline="") as handle:
+            count = WRITERS[fmt](rows, handle)
+    console.print(f"wrote {count} rows to {out_path}")
+
+
+@click.command()
+@click.argument("job_id", type=int)
+@click.option("--out", "out_path", type=click.Path(path_type=Path), help="training file path")
+@click.option(
+    "--min-length", type=click.IntRange(0), help="drop answers shorter than this (characters)"
+)
+@click.option(
+    "--validation-fraction", type=click.FloatRange(0, 1, max_open=True), help="share held out"
+)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def reduce(
+    job_id: int,
+    out_path: Path | None,
+    min_length: int | None,
+    validation_fraction: float | None,
+    as_json: bool,
+) -> None:
+    """Filter a teacher job's answers into an OpenAI chat fine-tuning JSONL file."""
+    from producer import jobs
+
+    summary = jobs.reduce(
+        job_id,
+        settings=settings(),
+        engine=engine(),
+        out=out_path,
+        min_length=min_length,
+        validation_fraction=validation_fraction,
+    )
+    if as_json:
+        emit_json(summary)
+    else:
+        jobs.print_reduction(out, summary)
+
+
+@click.command()
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="the same numbers as JSON")
+@click.option(
+    "--plot", "plot_path", type=click.Path(path_type=Path), help="draw charts to PATH.png"
+)
+@handle_errors
+def report(job_id: int, as_json: bool, plot_path: Path | None) -> None:
+    """Routing report: tiers, fallbacks, latency, cost and savings of a job."""
+    from sqlmodel import Session
+
+    from producer.report import build_report, print_report
+
+    with Session(engine()) as session:
+        data = build_report(session, job_id, tiers=settings().tiers)
+    if plot_path:
+        from producer.report_plot import plot_report
+
+        plot_report(data, plot_path)
+    if as_json:
+        emit_json(data)
+    else:
+        print_report(out, data)
+        if plot_path:
+            out.print(f"plot: {plot_path}")
+
+
+@click.command()
+@click.argument("job_id", type=int)
+@handle_errors
+def resume(job_id: int) -> None:
+    """Re-enqueue every prompt of JOB that has no final answer yet."""
+    from producer import jobs
+
+    count = jobs.resume(job_id, settings=settings(), engine=engine())
+    out.print(
+        f"job {job_id}: re-enqueued {count} prompts"
+        if count
+        else f"job {job_id}: nothing left to do"
+    )
+
+
+@click.command()
+@click.argument("job_id", type=int)
+@handle_errors
+def cancel(job_id: int) -> None:
+    """Stop JOB: its unfinished prompts are cancelled and no further calls are made."""
+    from producer import jobs
+
+    count = jobs.cancel(job_id, engine=engine())
+    out.print(f"job {job_id}: cancelled {count} unfinished prompts")
+
+
+@click.command()
+@click.option("--limit", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def jobs(limit: int, as_json: bool) -> None:
+    """List recent jobs."""
+    from producer import jobs as job_commands
+
+    rows = job_commands.recent(engine(), limit)
+    if as_json:
+        emit_json(rows)
+    else:
+        job_commands.print_jobs(out, rows)
+
+
+COMMANDS = [submit, status, results, report, reduce, resume, cancel, jobs]
