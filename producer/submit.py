@@ -13,8 +13,8 @@ from sqlalchemy.engine import Engine
 
 from models import Job, JobMode, session_scope
 from models.queries import create_job, unfinished_prompts
+from producer.context_window import context_limit, fit_to_context
 from producer.errors import BrokerUnavailable
-from producer.limits import context_limit, fit_to_context
 from producer.readers import PromptInput, read_prompts
 from workers.app import ANSWER_TASK, CONTROL_QUEUE, ROUTE_TASK
 from workers.job_settings import AnyJobSettings, RouteSettings, TeacherSettings, load_job_settings

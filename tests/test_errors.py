@@ -26,9 +26,9 @@ import workers
 from models import Job, JobMode
 from producer.cli import main
 from producer.cli.common import as_distillery_error, handle_errors
+from producer.context_window import PromptTooLong
 from producer.costs import CostInputError
 from producer.errors import BrokerUnavailable, UserError
-from producer.limits import PromptTooLong
 from producer.readers import InputFileError
 from producer.status import JobNotFound
 from tests.helpers.services import make_engine

@@ -30,7 +30,7 @@ import pytest
 from sqlmodel import Session, select
 
 from models import Prompt
-from producer.limits import (
+from producer.context_window import (
     TRUNCATION_METADATA_KEY,
     ContextLimit,
     PromptTooLong,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from models import JobMode
-from producer.limits import PromptTooLong, context_limit, fit_to_context
+from producer.context_window import PromptTooLong, context_limit, fit_to_context
 from producer.readers import PromptInput
 from producer.submit import job_settings
 from simulator.tokens import count_prompt_tokens
