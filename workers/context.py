@@ -90,6 +90,7 @@ def stop_worker_context() -> None:
         context, _current = _current, None
     if context is not None:
         context.close()
+        log.info("worker context closed: ledger flushed, connections and call loop closed")
 
 
 def worker_context() -> WorkerContext:
