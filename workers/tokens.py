@@ -92,12 +92,12 @@ def example_over(messages: Messages, counter: TokenCounter, limit: int) -> bool:
     """Whether a training example (prompt messages, then the answer) takes more than `limit`
     tokens, counted as the call that produced it: `chat_tokens` of the prompt with the
     answer as its completion."""
-    *prompt, answer = messages
-    bound = sum(counter.bound(m.get("content") or "") for m in messages)
-    if bound + TOKENS_PER_MESSAGE * len(prompt) + REPLY_PRIMING_TOKENS <= limit:
+    # Called for every row the reducer reads; a list sums faster than a generator.
+    bound = sum([counter.bound(m["content"]) for m in messages])
+    if bound + TOKENS_PER_MESSAGE * (len(messages) - 1) + REPLY_PRIMING_TOKENS <= limit:
         return False
-    answer_tokens = counter.count(answer.get("content") or "")
-    return chat_tokens(prompt, counter, completion=answer_tokens) > limit
+    *prompt, answer = messages
+    return chat_tokens(prompt, counter, completion=counter.count(answer["content"])) > limit
 
 
 def counter_for(tier: TierConfig) -> TokenCounter:
