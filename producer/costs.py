@@ -21,10 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import func, select
-from sqlmodel import Session, col
+from sqlmodel import Session
 
-from models import Attempt, AttemptPurpose, AttemptStatus, Prompt, PromptStatus
+from models.reports import fallback_tally, final_answers
 from producer.report import TIMES
 from producer.status import get_job
 from workers.errors import BadInput
@@ -309,49 +308,22 @@ def job_traffic(session: Session, job_id: int) -> tuple[list[Request], float | N
     from workers.routing import last_user_text
 
     job = get_job(session, job_id)
-    final_calls = (
-        select(func.max(Attempt.id))
-        .join(Prompt, col(Attempt.prompt_id) == col(Prompt.id))
-        .where(
-            col(Prompt.job_id) == job_id,
-            col(Prompt.status) == PromptStatus.SUCCEEDED,
-            col(Attempt.purpose) == AttemptPurpose.ANSWER,
-            col(Attempt.status) == AttemptStatus.OK,
-            col(Attempt.tier) == col(Prompt.final_tier),
-        )
-        .group_by(col(Attempt.prompt_id))
-    )
-    query = (
-        select(
-            col(Prompt.messages),
-            col(Prompt.meta),
-            col(Attempt.prompt_tokens),
-            col(Attempt.completion_tokens),
-        )
-        .join(Attempt, col(Attempt.prompt_id) == col(Prompt.id))
-        .where(col(Attempt.id).in_(final_calls))
-        .order_by(col(Prompt.idx))
-    )
     requests = [
-        Request(last_user_text(messages), int(pt), int(ct), _category(meta))
-        for messages, meta, pt, ct in session.execute(query)
+        Request(
+            last_user_text(answer.messages),
+            answer.prompt_tokens,
+            answer.completion_tokens,
+            _category(answer.meta),
+        )
+        for answer in final_answers(session=session, job_id=job_id)
     ]
-    return requests, _fallback_rate(session, job_id) if job.router else None
+    rate = fallback_tally(session=session, job_id=job_id).rate if job.router else None
+    return requests, rate
 
 
 def _category(meta: dict[str, Any] | None) -> str | None:
     value = (meta or {}).get("category")
     return str(value) if value else None
-
-
-def _fallback_rate(session: Session, job_id: int) -> float | None:
-    finished = (PromptStatus.SUCCEEDED, PromptStatus.FAILED)
-    query = select(
-        func.count().filter(col(Prompt.fell_back).is_(True)),
-        func.count().filter(col(Prompt.status).in_(finished)),
-    ).where(col(Prompt.job_id) == job_id)
-    fell_back, done = session.execute(query).one()
-    return fell_back / done if done else None
 
 
 def sample(requests: list[Request], size: int | None, seed: int = 0) -> list[Request]:

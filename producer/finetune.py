@@ -24,12 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import openai
-from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from models import TrainingFile, session_scope
+from models.training_data import (
+    set_fine_tune_job_id,
+    training_file_at_path,
+    training_file_with_sha256,
+)
 from producer.errors import UserError
 from workers.errors import ExitCode
 from workers.finetune_format import check_file
@@ -169,18 +173,13 @@ def find_training_record(engine: Engine, local: LocalFile) -> tuple[TrainingFile
     edited since `reduce` wrote it), and which of the two matched; (None, "") when the
     reducer never wrote this file."""
     with Session(engine) as session:
-        by_content = _newest_row(session, col(TrainingFile.sha256) == local.sha256)
+        by_content = training_file_with_sha256(session=session, sha256=local.sha256)
         if by_content is not None:
             return by_content, "sha256"
-        by_path = _newest_row(session, col(TrainingFile.path) == str(local.path))
+        by_path = training_file_at_path(session=session, path=str(local.path))
         if by_path is not None:
             return by_path, "path"
     return None, ""
-
-
-def _newest_row(session: Session, condition: Any) -> TrainingFile | None:
-    query = select(TrainingFile).where(condition).order_by(col(TrainingFile.id).desc())
-    return session.exec(query).first()
 
 
 def upload(endpoint: Endpoint, local: LocalFile, uploaded: list[str]) -> str:
@@ -215,11 +214,7 @@ def record_job_id(engine: Engine, record: TrainingFile, job_id: str) -> str | No
     """Sets the row's fine_tune_job_id; returns the id it replaces (a resubmission)."""
     try:
         with session_scope(engine) as session:
-            session.execute(
-                update(TrainingFile)
-                .where(col(TrainingFile.id) == record.id)
-                .values(fine_tune_job_id=job_id)
-            )
+            set_fine_tune_job_id(session=session, record=record, fine_tune_job_id=job_id)
     except SQLAlchemyError as exc:  # the job exists now: never lose its id in a traceback
         raise UserError(
             f"fine-tune job {job_id} was created, but recording it on training_files row "

@@ -4,7 +4,8 @@ Why from SQL and not from counters inside each worker: every worker writes each 
 `attempts` table, so one scrape of one process sees the whole fleet, however many worker
 containers run, and the numbers survive restarts and scaling (in-process counters would
 need a scrape target per container and reset each time one restarts). Aggregation happens
-in the database (GROUP BY, SUM(CASE ...)); no row is loaded into Python.
+in the database (GROUP BY, SUM(CASE ...), `models.metrics_queries`); no row is loaded into
+Python.
 
 Queue lengths come from the broker (LLEN on each tier's Redis list), since a queued
 message is not in the ledger until a worker takes it.
@@ -24,12 +25,17 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from sqlalchemy import Connection, case, func, select
+from sqlalchemy import Connection
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import col
 
-from models import Attempt, Fallback, Job, Prompt
+from models.metrics_queries import (
+    AttemptGroup,
+    attempt_groups,
+    fallback_groups,
+    job_groups,
+    prompt_groups,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,28 +67,7 @@ def _label(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _attempt_groups(conn: Connection) -> list[Any]:
-    """One scan of `attempts`: counts, tokens, cost and latency buckets per
-    (tier, status, purpose)."""
-    latency = col(Attempt.latency_ms)
-    buckets = [
-        func.sum(case((latency <= bound, 1), else_=0)).label(f"le_{bound}")
-        for bound in LATENCY_BUCKETS_MS
-    ]
-    keys = (col(Attempt.tier), col(Attempt.status), col(Attempt.purpose))
-    query = select(
-        *keys,
-        func.count().label("calls"),
-        func.coalesce(func.sum(Attempt.prompt_tokens), 0).label("prompt_tokens"),
-        func.coalesce(func.sum(Attempt.completion_tokens), 0).label("completion_tokens"),
-        func.coalesce(func.sum(Attempt.cost_usd), 0.0).label("cost_usd"),
-        func.coalesce(func.sum(latency), 0.0).label("latency_ms"),
-        *buckets,
-    ).group_by(*keys)
-    return list(conn.execute(query))
-
-
-def _per_tier(groups: Iterable[Any], tiers: Sequence[str]) -> dict[str, TierCalls]:
+def _per_tier(groups: Iterable[AttemptGroup], tiers: Sequence[str]) -> dict[str, TierCalls]:
     """Fold the (tier, status, purpose) groups into tiers; configured tiers with no calls
     yet appear with zeros, so a dashboard shows them from the start."""
     totals: dict[str, TierCalls] = defaultdict(TierCalls)
@@ -91,16 +76,16 @@ def _per_tier(groups: Iterable[Any], tiers: Sequence[str]) -> dict[str, TierCall
     for row in groups:
         tier = totals[_label(row.tier)]
         tier.calls += row.calls
-        tier.prompt_tokens += int(row.prompt_tokens)
-        tier.completion_tokens += int(row.completion_tokens)
-        tier.cost_usd += float(row.cost_usd)
-        tier.latency_sum_s += float(row.latency_ms) / 1000
-        for i, bound in enumerate(LATENCY_BUCKETS_MS):
-            tier.buckets[i] += int(getattr(row, f"le_{bound}") or 0)
+        tier.prompt_tokens += row.prompt_tokens
+        tier.completion_tokens += row.completion_tokens
+        tier.cost_usd += row.cost_usd
+        tier.latency_sum_s += row.latency_ms / 1000
+        for i, count in enumerate(row.buckets):
+            tier.buckets[i] += count
     return totals
 
 
-def calls_metric(groups: Iterable[Any]) -> Metric:
+def calls_metric(groups: Iterable[AttemptGroup]) -> Metric:
     metric = CounterMetricFamily(
         "distillery_calls",
         "Model calls recorded in the ledger (retries included), by tier, status and purpose.",
@@ -155,51 +140,41 @@ def _seconds(bound_ms: int) -> str:
 
 
 def fallbacks_metric(conn: Connection) -> Metric:
-    keys = (col(Fallback.from_tier), col(Fallback.to_tier), col(Fallback.reason))
-    rows = conn.execute(select(*keys, func.count().label("n")).group_by(*keys))
     metric = CounterMetricFamily(
         "distillery_fallbacks",
         "Escalations from one tier to the next, by reason.",
         labels=["from_tier", "to_tier", "reason"],
     )
-    for row in rows:
-        metric.add_metric([row.from_tier, row.to_tier, _label(row.reason)], row.n)
+    for row in fallback_groups(conn=conn):
+        metric.add_metric([row.from_tier, row.to_tier, _label(row.reason)], row.count)
     return metric
 
 
 def prompts_metric(conn: Connection) -> Metric:
-    keys = (col(Job.status), col(Job.mode), col(Prompt.status))
-    query = (
-        select(*keys, func.count().label("n"))
-        .select_from(Prompt)
-        .join(Job, col(Job.id) == col(Prompt.job_id))
-        .group_by(*keys)
-    )
     metric = GaugeMetricFamily(
         "distillery_prompts",
         "Prompts by their status and their job's status and mode "
         '(status="pending" in a running job is the backlog).',
         labels=["job_status", "mode", "status"],
     )
-    for job_status, mode, status, n in conn.execute(query):
-        metric.add_metric([_label(job_status), _label(mode), _label(status)], n)
+    for row in prompt_groups(conn=conn):
+        metric.add_metric([_label(row.job_status), _label(row.mode), _label(row.status)], row.count)
     return metric
 
 
 def jobs_metric(conn: Connection) -> Metric:
-    keys = (col(Job.mode), col(Job.status))
     metric = GaugeMetricFamily(
         "distillery_jobs", "Jobs by mode and status.", labels=["mode", "status"]
     )
-    for mode, status, n in conn.execute(select(*keys, func.count()).group_by(*keys)):
-        metric.add_metric([_label(mode), _label(status)], n)
+    for row in job_groups(conn=conn):
+        metric.add_metric([_label(row.mode), _label(row.status)], row.count)
     return metric
 
 
 def ledger_metrics(engine: Engine, tiers: Sequence[str] = ()) -> list[Metric]:
     """Every metric computed from SQL, over one connection."""
     with engine.connect() as conn:
-        groups = _attempt_groups(conn)
+        groups = attempt_groups(conn=conn, bounds_ms=LATENCY_BUCKETS_MS)
         per_tier = _per_tier(groups, tiers)
         return [
             calls_metric(groups),

@@ -12,11 +12,12 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col
+from sqlmodel import Session
 
-from models import Job, JobMode, JobStatus, Prompt, TrainingFile
+from models import Job, JobMode, JobStatus
+from models.queries import has_training_file
+from models.reports import final_tier_counts
 from producer.report import SAVINGS_FALLBACK_TARGET
 from producer.status import get_job
 
@@ -41,13 +42,8 @@ def progress_bar(console: Console) -> Progress:
 
 def final_tiers(engine: Engine, job_id: int) -> dict[str, int]:
     """Live distribution of a route job's finished prompts over their final tiers."""
-    query = (
-        select(col(Prompt.final_tier), func.count())
-        .where(col(Prompt.job_id) == job_id, col(Prompt.final_tier).is_not(None))
-        .group_by(col(Prompt.final_tier))
-    )
     with Session(engine) as session:
-        return {str(tier): int(n) for tier, n in session.execute(query)}
+        return final_tier_counts(session=session, job_id=job_id, terminal_only=False)
 
 
 def detail(job: Job, tiers: dict[str, int] | None = None) -> str:
@@ -96,7 +92,7 @@ def wait_for_training_file(engine: Engine, job_id: int, timeout: float = 120.0) 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with Session(engine) as session:
-            if session.query(TrainingFile).filter(col(TrainingFile.job_id) == job_id).first():
+            if has_training_file(session=session, job_id=job_id):
                 return True
         time.sleep(0.3)
     return False

@@ -3,8 +3,8 @@ why they fell back, latency, tokens and cost per tier, and what the same answers
 cost on the frontier tier alone.
 
 `build_report` returns plain, JSON-serialisable data (the CLI prints it as tables or as JSON).
-Everything is computed with SQL aggregates, so a job of 100k prompts is summarised without
-loading its rows; percentiles fetch a single value each (see `_nearest_rank`).
+Everything is computed with SQL aggregates (`models.reports`), so a job of 100k prompts is
+summarised without loading its rows.
 """
 
 from collections.abc import Iterable, Mapping
@@ -12,18 +12,22 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import ColumnElement, FromClause, func, join, select
-from sqlmodel import Session, col
+from sqlmodel import Session
 
-from models import (
-    TERMINAL_PROMPT_STATUSES,
-    Attempt,
-    AttemptPurpose,
-    AttemptStatus,
-    Fallback,
-    Job,
-    Prompt,
-    PromptStatus,
+from models import AttemptPurpose, Job
+from models.reports import (
+    Latency,
+    TierUsage,
+    answer_latency,
+    fallback_path_counts,
+    fallback_reason_counts,
+    fallback_tally,
+    final_answer_tokens,
+    final_tier_counts,
+    prompt_count,
+    routed_tier_counts,
+    router_latency,
+    usage_by_tier,
 )
 from producer.status import get_job
 from workers.settings import TierConfig
@@ -31,12 +35,6 @@ from workers.settings import TierConfig
 SAVINGS_FALLBACK_TARGET = 0.15
 PERCENTILES = (50, 95)
 TIMES = "\u00d7"  # the multiplication sign, spelled out: ruff flags it as confusable with x
-# Prompts that reached an outcome. Cancelled prompts were stopped, not answered, so they say
-# nothing about how often the router's choice had to be escalated.
-FINISHED_PROMPT_STATUSES = (PromptStatus.SUCCEEDED, PromptStatus.FAILED)
-
-# One row per (tier, purpose): tier, purpose, calls, prompt tokens, completion tokens, cost.
-UsageRow = tuple[str, str, int, int, int, float]
 
 
 def build_report(
@@ -45,29 +43,24 @@ def build_report(
     """Everything the report shows, for one job. `tiers` is the configuration in order,
     cheapest first: its last tier is the frontier that routing is compared against."""
     job = get_job(session, job_id)
-    prompts = _prompt_count(session, job_id)
-    usage = _usage_by_tier(session, job_id)
-    order = _tier_order(tiers, (row[0] for row in usage))
+    prompts = prompt_count(session=session, job_id=job_id)
+    usage = usage_by_tier(session=session, job_id=job_id)
+    order = _tier_order(tiers, (row.tier for row in usage))
+    routed = routed_tier_counts(session=session, job_id=job_id)
+    final = final_tier_counts(session=session, job_id=job_id, terminal_only=True)
     return {
         "job": _job_fields(job),
         "prompts": prompts,
-        "routed_distribution": _distribution(
-            session, job_id, col(Prompt.routed_tier), tiers=tiers, total=prompts
-        ),
-        "final_distribution": _distribution(
-            session,
-            job_id,
-            col(Prompt.final_tier),
-            col(Prompt.status).in_(TERMINAL_PROMPT_STATUSES),
-            tiers=tiers,
-            total=prompts,
-        ),
+        "routed_distribution": _distribution(routed, tiers=tiers, total=prompts),
+        "final_distribution": _distribution(final, tiers=tiers, total=prompts),
         "fallbacks": _fallbacks(session, job_id),
         "latency_ms": _answer_latency(session, job_id, order),
         "tokens_and_cost": _tokens_and_cost(usage, order),
         "route_calls": _route_calls(usage),
-        "cost": _cost(session, job_id, tiers, routed_usd=sum(row[5] for row in usage)),
-        "router_latency_ms": _router_latency(session, job_id),
+        "cost": _cost(session, job_id, tiers, routed_usd=sum(row.cost_usd for row in usage)),
+        "router_latency_ms": _latency_fields(
+            router_latency(session=session, job_id=job_id, percentiles=PERCENTILES), "count"
+        ),
     }
 
 
@@ -103,27 +96,11 @@ def _round_usd(value: float) -> float:
 # --- prompts -------------------------------------------------------------------------------
 
 
-def _prompt_count(session: Session, job_id: int, *where: ColumnElement[bool]) -> int:
-    query = select(func.count()).select_from(Prompt).where(col(Prompt.job_id) == job_id, *where)
-    return int(session.execute(query).scalar_one())
-
-
 def _distribution(
-    session: Session,
-    job_id: int,
-    column: Any,
-    *where: ColumnElement[bool],
-    tiers: Mapping[str, TierConfig],
-    total: int,
+    counts: dict[str, int], *, tiers: Mapping[str, TierConfig], total: int
 ) -> dict[str, dict[str, Any]]:
     """{tier: {count, share}}; shares are of all the job's prompts, so routed and final bars
     compare directly and what is missing from the final one is failed or still pending."""
-    query = (
-        select(column, func.count())
-        .where(col(Prompt.job_id) == job_id, column.is_not(None), *where)
-        .group_by(column)
-    )
-    counts = {str(tier): int(n) for tier, n in session.execute(query)}
     return {
         tier: {"count": counts.get(tier, 0), "share": _share(counts.get(tier, 0), total)}
         for tier in _tier_order(tiers, counts)
@@ -134,168 +111,84 @@ def _distribution(
 
 
 def _fallbacks(session: Session, job_id: int) -> dict[str, Any]:
-    fell_back = _prompt_count(session, job_id, col(Prompt.fell_back).is_(True))
-    finished = _prompt_count(session, job_id, col(Prompt.status).in_(FINISHED_PROMPT_STATUSES))
-    rate = fell_back / finished if finished else None
-    by_reason = _fallback_counts(session, job_id, col(Fallback.reason))
-    by_path = _fallback_counts(session, job_id, col(Fallback.from_tier), col(Fallback.to_tier))
+    tally = fallback_tally(session=session, job_id=job_id)
+    rate = tally.rate
+    by_reason = _most_frequent_first(fallback_reason_counts(session=session, job_id=job_id))
+    paths = fallback_path_counts(session=session, job_id=job_id)
     return {
-        "prompts_fell_back": fell_back,
-        "finished_prompts": finished,
+        "prompts_fell_back": tally.fell_back,
+        "finished_prompts": tally.finished,
         "rate": rate,
         "target": SAVINGS_FALLBACK_TARGET,
         "above_target": rate is not None and rate > SAVINGS_FALLBACK_TARGET,
         "events": sum(by_reason.values()),
         "by_reason": by_reason,
-        "by_path": by_path,
+        "by_path": _most_frequent_first({"→".join(path): n for path, n in paths.items()}),
     }
 
 
-def _fallback_counts(session: Session, job_id: int, *columns: Any) -> dict[str, int]:
-    """Fallback rows counted by `columns`, most frequent first, ties by name; several columns
-    are joined with an arrow ("small→frontier")."""
-    query = select(*columns, func.count()).where(col(Fallback.job_id) == job_id).group_by(*columns)
-    counts = {
-        "→".join(str(part) for part in row[:-1]): int(row[-1]) for row in session.execute(query)
-    }
-    # Sorted here, not in SQL: PostgreSQL orders a native enum (the reason) by declaration, not
-    # by name, and a handful of groups costs nothing to sort.
+def _most_frequent_first(counts: dict[str, int]) -> dict[str, int]:
+    """Most frequent first, ties by name ("small→frontier" for a path)."""
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 # --- latency -------------------------------------------------------------------------------
 
 
-def _attempts_of_job() -> FromClause:
-    """Attempts with their prompt, which carries the job id."""
-    return join(Attempt, Prompt, col(Attempt.prompt_id) == col(Prompt.id))
-
-
-def _prompts() -> FromClause:
-    return join(Prompt, Job, col(Prompt.job_id) == col(Job.id))
-
-
 def _answer_latency(
     session: Session, job_id: int, order: list[str]
 ) -> dict[str, dict[str, Any] | None]:
-    """Per tier, over its answer calls of every status (a timeout is latency the user waited
-    through too); None for a tier without calls."""
-    answers = (col(Prompt.job_id) == job_id, col(Attempt.purpose) == AttemptPurpose.ANSWER)
+    """Per tier, over its answer calls of every status; None for a tier without calls."""
     return {
-        tier: _latency_summary(
-            session,
-            col(Attempt.latency_ms),
-            source=_attempts_of_job(),
-            where=(*answers, col(Attempt.tier) == tier),
-            count_key="calls",
+        tier: _latency_fields(
+            answer_latency(session=session, job_id=job_id, tier=tier, percentiles=PERCENTILES),
+            "calls",
         )
         for tier in order
     }
 
 
-def _router_latency(session: Session, job_id: int) -> dict[str, Any] | None:
-    return _latency_summary(
-        session,
-        col(Prompt.router_latency_ms),
-        source=_prompts(),
-        where=(col(Prompt.job_id) == job_id,),
-        count_key="count",
-    )
-
-
-def _latency_summary(
-    session: Session,
-    column: Any,
-    *,
-    source: FromClause,
-    where: tuple[ColumnElement[bool], ...],
-    count_key: str,
-) -> dict[str, Any] | None:
-    """{count_key, p50, p95, max} of the non-null values of `column`; None when there are none."""
-    where = (*where, column.is_not(None))
-    query = select(func.count(column), func.max(column)).select_from(source).where(*where)
-    count, maximum = session.execute(query).one()
-    if not count:
+def _latency_fields(latency: Latency | None, count_key: str) -> dict[str, Any] | None:
+    """{count_key, p50, p95, max}; None when nothing was measured."""
+    if latency is None:
         return None
-    summary: dict[str, Any] = {count_key: int(count)}
-    for pct in PERCENTILES:
-        summary[f"p{pct}"] = _nearest_rank(session, column, source, where, int(count), pct)
-    summary["max"] = float(maximum)
-    return summary
-
-
-def _nearest_rank(
-    session: Session,
-    column: Any,
-    source: FromClause,
-    where: tuple[ColumnElement[bool], ...],
-    count: int,
-    pct: int,
-) -> float:
-    """The nearest-rank percentile: the smallest value with at least `pct` % of the values at
-    or below it, i.e. the ceil(pct/100 * n)-th smallest (1-based). No interpolation, so it is
-    always a latency that was actually measured.
-
-    The database sorts and returns that one value (ORDER BY … OFFSET rank-1 LIMIT 1): the same
-    on SQLite and PostgreSQL, and no column of 100k floats crosses the wire."""
-    rank = max(1, -(-pct * count // 100))  # integer ceil: no float rounding at exact ranks
-    query = select(column).select_from(source).where(*where).order_by(column)
-    return float(session.execute(query.offset(rank - 1).limit(1)).scalar_one())
+    percentiles = {f"p{pct}": value for pct, value in latency.percentiles.items()}
+    return {count_key: latency.count, **percentiles, "max": latency.maximum}
 
 
 # --- tokens and cost -----------------------------------------------------------------------
 
 
-def _usage_by_tier(session: Session, job_id: int) -> list[UsageRow]:
-    """(tier, purpose, calls, prompt tokens, completion tokens, cost) over all attempts."""
-    tier, purpose = col(Attempt.tier), col(Attempt.purpose)
-    query = (
-        select(
-            tier,
-            purpose,
-            func.count(),
-            func.coalesce(func.sum(Attempt.prompt_tokens), 0),
-            func.coalesce(func.sum(Attempt.completion_tokens), 0),
-            func.coalesce(func.sum(Attempt.cost_usd), 0.0),
-        )
-        .select_from(_attempts_of_job())
-        .where(col(Prompt.job_id) == job_id)
-        .group_by(tier, purpose)
-    )
-    return [
-        (str(t), str(p), int(n), int(pt), int(ct), float(cost))
-        for t, p, n, pt, ct, cost in session.execute(query)
-    ]
-
-
-def _usage_totals(rows: Iterable[UsageRow]) -> dict[str, Any]:
+def _usage_totals(rows: Iterable[TierUsage]) -> dict[str, Any]:
     rows = list(rows)
     return {
-        "calls": sum(row[2] for row in rows),
-        "prompt_tokens": sum(row[3] for row in rows),
-        "completion_tokens": sum(row[4] for row in rows),
-        "cost_usd": _round_usd(sum(row[5] for row in rows)),
+        "calls": sum(row.calls for row in rows),
+        "prompt_tokens": sum(row.prompt_tokens for row in rows),
+        "completion_tokens": sum(row.completion_tokens for row in rows),
+        "cost_usd": _round_usd(sum(row.cost_usd for row in rows)),
     }
 
 
-def _tokens_and_cost(usage: list[UsageRow], order: list[str]) -> dict[str, dict[str, Any]]:
+def _tokens_and_cost(usage: list[TierUsage], order: list[str]) -> dict[str, dict[str, Any]]:
     """Per tier, over calls of both purposes: routing with an LLM costs money too."""
-    return {tier: _usage_totals(row for row in usage if row[0] == tier) for tier in order}
+    return {tier: _usage_totals(row for row in usage if row.tier == tier) for tier in order}
 
 
-def _route_calls(usage: list[UsageRow]) -> dict[str, Any] | None:
+def _route_calls(usage: list[TierUsage]) -> dict[str, Any] | None:
     """The router's own model calls (LLM router), already included in the tier totals; None
     when the router made none (rules, classifier)."""
-    rows = [row for row in usage if row[1] == AttemptPurpose.ROUTE]
+    rows = [row for row in usage if row.purpose == AttemptPurpose.ROUTE]
     return _usage_totals(rows) if rows else None
 
 
 def _cost(
     session: Session, job_id: int, tiers: Mapping[str, TierConfig], *, routed_usd: float
 ) -> dict[str, Any]:
+    """What the job cost against its final answers priced on the frontier tier: an
+    all-frontier run would have made one call per prompt, not the whole chain."""
     frontier_tier = _frontier_tier(tiers)
-    prompt_tokens, completion_tokens = _final_answer_tokens(session, job_id)
-    all_frontier = tiers[frontier_tier].cost_usd(prompt_tokens, completion_tokens)
+    tokens = final_answer_tokens(session=session, job_id=job_id)
+    all_frontier = tiers[frontier_tier].cost_usd(tokens.prompt_tokens, tokens.completion_tokens)
     return {
         "routed_usd": _round_usd(routed_usd),
         "all_frontier_usd": _round_usd(all_frontier),
@@ -310,30 +203,6 @@ def _frontier_tier(tiers: Mapping[str, TierConfig]) -> str:
     if not tiers:
         raise ValueError("no tiers configured: the report compares against the last tier")
     return list(tiers)[-1]
-
-
-def _final_answer_tokens(session: Session, job_id: int) -> tuple[int, int]:
-    """Tokens of each succeeded prompt's final answer: its last successful answer call on its
-    final tier. Earlier successful calls (answers escalated for low confidence) are excluded:
-    an all-frontier run would have made one call per prompt, not the whole chain."""
-    final_attempt_ids = (
-        select(func.max(Attempt.id))
-        .select_from(_attempts_of_job())
-        .where(
-            col(Prompt.job_id) == job_id,
-            col(Prompt.status) == PromptStatus.SUCCEEDED,
-            col(Attempt.purpose) == AttemptPurpose.ANSWER,
-            col(Attempt.status) == AttemptStatus.OK,
-            col(Attempt.tier) == col(Prompt.final_tier),
-        )
-        .group_by(col(Attempt.prompt_id))
-    )
-    query = select(
-        func.coalesce(func.sum(Attempt.prompt_tokens), 0),
-        func.coalesce(func.sum(Attempt.completion_tokens), 0),
-    ).where(col(Attempt.id).in_(final_attempt_ids))
-    prompt_tokens, completion_tokens = session.execute(query).one()
-    return int(prompt_tokens), int(completion_tokens)
 
 
 # --- printing ------------------------------------------------------------------------------

@@ -4,10 +4,11 @@ CLI can print it as a table or as JSON."""
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlmodel import Session, col
+from sqlmodel import Session
 
-from models import Attempt, Job, Prompt, TrainingFile
+from models import Job
+from models.reports import attempt_count, prompt_usage, recent_jobs
+from models.training_data import latest_training_file
 from models.types import utcnow
 from workers.errors import NotFound
 
@@ -37,7 +38,7 @@ def job_summary(session: Session, job_id: int) -> dict[str, Any]:
         "pending": job.total - job.done,
         "fell_back": job.fell_back,
         **_usage(session, job_id),
-        "attempts": _attempt_count(session, job_id),
+        "attempts": attempt_count(session=session, job_id=job_id),
         "created_at": _iso(job.created_at),
         "finished_at": _iso(job.finished_at),
         "elapsed_s": _elapsed(job),
@@ -46,36 +47,16 @@ def job_summary(session: Session, job_id: int) -> dict[str, Any]:
 
 
 def _usage(session: Session, job_id: int) -> dict[str, Any]:
-    query = select(
-        func.coalesce(func.sum(Prompt.prompt_tokens), 0),
-        func.coalesce(func.sum(Prompt.completion_tokens), 0),
-        func.coalesce(func.sum(Prompt.cost_usd), 0.0),
-    ).where(col(Prompt.job_id) == job_id)
-    prompt_tokens, completion_tokens, cost = session.execute(query).one()
+    usage = prompt_usage(session=session, job_id=job_id)
     return {
-        "prompt_tokens": int(prompt_tokens),
-        "completion_tokens": int(completion_tokens),
-        "cost_usd": round(float(cost), 6),
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "cost_usd": round(usage.cost_usd, 6),
     }
 
 
-def _attempt_count(session: Session, job_id: int) -> int:
-    query = (
-        select(func.count())
-        .select_from(Attempt)
-        .join(Prompt, col(Prompt.id) == col(Attempt.prompt_id))
-        .where(col(Prompt.job_id) == job_id)
-    )
-    return int(session.execute(query).scalar_one())
-
-
 def _training_file(session: Session, job_id: int) -> dict[str, Any] | None:
-    query = (
-        select(TrainingFile)
-        .where(col(TrainingFile.job_id) == job_id)
-        .order_by(col(TrainingFile.id).desc())
-    )
-    record = session.execute(query.limit(1)).scalar_one_or_none()
+    record = latest_training_file(session=session, job_id=job_id)
     if record is None:
         return None
     return {
@@ -98,4 +79,4 @@ def _elapsed(job: Job) -> float:
 
 
 def list_jobs(session: Session, limit: int = 20) -> list[Job]:
-    return list(session.execute(select(Job).order_by(col(Job.id).desc()).limit(limit)).scalars())
+    return recent_jobs(session=session, limit=limit)

@@ -1,5 +1,6 @@
-"""The SQL of docs/querying.md, and the filters of `distillery results`, on SQLite and
-PostgreSQL with known rows and exact expected results."""
+"""The SQL of docs/querying.md, the filters of `distillery results`, and the query functions
+of `models/` that no caller's test pins down, on SQLite and PostgreSQL with known rows and
+exact expected results."""
 
 import re
 from datetime import UTC, datetime
@@ -24,6 +25,8 @@ from models import (
     JobStatus,
     Prompt,
     PromptStatus,
+    TrainingFile,
+    session_scope,
 )
 from models.example_queries import (
     COST_PER_TIER_PER_DAY,
@@ -32,6 +35,28 @@ from models.example_queries import (
     FALLBACK_RATE_PER_JOB,
     SLOWEST_PROMPTS,
     ExampleQuery,
+)
+from models.queries import stream_prompts
+from models.reports import (
+    FallbackTally,
+    attempt_count,
+    fallback_path_counts,
+    fallback_reason_counts,
+    fallback_tally,
+    final_answers,
+    final_tier_counts,
+    prompt_usage,
+    recent_jobs,
+    routed_tier_counts,
+)
+from models.training_data import (
+    AnswerRow,
+    answer_rows,
+    latest_training_file,
+    low_confidence_prompt_ids,
+    set_fine_tune_job_id,
+    training_file_at_path,
+    training_file_with_sha256,
 )
 from producer.results import records
 from tests.helpers.services import make_engine
@@ -281,3 +306,146 @@ def test_enums_are_stored_as_their_values(seeded: tuple[Engine, dict[str, int]])
         assert [s for (s,) in statuses] == ["succeeded", "succeeded", "failed", "pending"]
         reasons = connection.execute(text("SELECT reason FROM fallbacks ORDER BY id"))
         assert [r for (r,) in reasons] == ["low_confidence", "error"]
+
+
+# --- the query functions of models/ ---------------------------------------------------------
+
+
+def prompt_ids(session: Session, job_id: int) -> dict[int, int | None]:
+    """{idx: prompt id} of a job."""
+    return {p.idx: p.id for p in stream_prompts(session=session, job_id=job_id)}
+
+
+def test_tier_counts_routed_and_final(seeded: tuple[Engine, dict[str, int]]) -> None:
+    engine, jobs = seeded
+    with session_scope(engine) as session:
+        # Being answered again after a resume: a final tier, but not finished.
+        retried = prompt(4, PromptStatus.PENDING, routed_tier="medium", final_tier="medium")
+        add_prompt(session, session.get_one(Job, jobs["routed"]), retried, [])
+    with Session(engine) as session:
+        job = jobs["routed"]
+        assert routed_tier_counts(session=session, job_id=job) == {"small": 3, "medium": 2}
+        assert final_tier_counts(session=session, job_id=job, terminal_only=True) == {
+            "small": 1,
+            "frontier": 2,
+        }
+        assert final_tier_counts(session=session, job_id=job, terminal_only=False) == {
+            "small": 1,
+            "frontier": 2,
+            "medium": 1,
+        }
+        assert routed_tier_counts(session=session, job_id=jobs["teach"]) == {}
+
+
+def test_fallbacks_of_a_job(seeded: tuple[Engine, dict[str, int]]) -> None:
+    engine, jobs = seeded
+    with Session(engine) as session:
+        routed, other = jobs["routed"], jobs["other"]
+        # p1 and p2 fell back; p0-p2 finished, p3 is pending.
+        tally = fallback_tally(session=session, job_id=routed)
+        assert tally == FallbackTally(fell_back=2, finished=3)
+        assert tally.rate == pytest.approx(2 / 3)
+        assert fallback_tally(session=session, job_id=other) == FallbackTally(0, 2)
+        assert fallback_reason_counts(session=session, job_id=routed) == {
+            "low_confidence": 1,
+            "error": 1,
+        }
+        assert fallback_path_counts(session=session, job_id=routed) == {
+            ("small", "frontier"): 1,
+            ("medium", "frontier"): 1,
+        }
+        assert fallback_path_counts(session=session, job_id=other) == {}
+        ids = prompt_ids(session, routed)
+        assert low_confidence_prompt_ids(session=session, job_id=routed) == {ids[1]}
+        assert low_confidence_prompt_ids(session=session, job_id=other) == set()
+    assert FallbackTally(0, 0).rate is None
+
+
+def test_usage_and_attempts_of_a_job(seeded: tuple[Engine, dict[str, int]]) -> None:
+    engine, jobs = seeded
+    with session_scope(engine) as session:
+        job = session.get_one(Job, jobs["other"])
+        used = prompt(
+            2, PromptStatus.SUCCEEDED, prompt_tokens=7, completion_tokens=5, cost_usd=0.25
+        )
+        add_prompt(session, job, used, [])
+    with Session(engine) as session:
+        usage = prompt_usage(session=session, job_id=jobs["other"])
+        assert (usage.prompt_tokens, usage.completion_tokens, usage.cost_usd) == (7, 5, 0.25)
+        nothing = prompt_usage(session=session, job_id=jobs["teach"])
+        assert (nothing.prompt_tokens, nothing.completion_tokens, nothing.cost_usd) == (0, 0, 0)
+        # other: a failed call, a router call and an answer; routed: 1 + 2 + 2 + 0.
+        assert attempt_count(session=session, job_id=jobs["other"]) == 3
+        assert attempt_count(session=session, job_id=jobs["routed"]) == 5
+
+
+def test_final_answers_in_input_order(seeded: tuple[Engine, dict[str, int]]) -> None:
+    engine, jobs = seeded
+    with session_scope(engine) as session:
+        job = session.get_one(Job, jobs["routed"])
+        late = prompt(5, PromptStatus.SUCCEEDED, final_tier="small", meta={"category": "qa"})
+        calls = [call("small", at(2, 5), prompt_tokens=3, completion_tokens=4)]
+        add_prompt(session, job, late, calls)
+    with Session(engine) as session:
+        answers = final_answers(session=session, job_id=jobs["routed"])
+    # p0 on small, p1 on frontier (its small answer escalated); p2 failed, p3 is pending.
+    assert [a.messages[0]["content"] for a in answers] == ["question 0", "question 1", "question 5"]
+    assert [(a.prompt_tokens, a.completion_tokens, a.meta) for a in answers] == [
+        (10, 20, None),
+        (10, 20, None),
+        (3, 4, {"category": "qa"}),
+    ]
+
+
+def test_recent_jobs_newest_first(seeded: tuple[Engine, dict[str, int]]) -> None:
+    engine, jobs = seeded
+    with Session(engine) as session:
+        assert [j.id for j in recent_jobs(session=session, limit=2)] == [
+            jobs["other"],
+            jobs["routed"],
+        ]
+        assert len(recent_jobs(session=session, limit=20)) == 3
+
+
+def id_of(record: TrainingFile | None) -> int | None:
+    assert record is not None
+    return record.id
+
+
+def test_training_files_found_by_job_content_and_path(
+    seeded: tuple[Engine, dict[str, int]],
+) -> None:
+    engine, jobs = seeded
+    teach = jobs["teach"]
+    with session_scope(engine) as session:
+        first = TrainingFile(job_id=teach, path="/out/t.jsonl", examples=2, sha256="aa")
+        session.add(first)
+        session.flush()
+        again = TrainingFile(job_id=teach, path="/out/t.jsonl", examples=1, sha256="bb")
+        session.add(again)
+    with Session(engine) as session:
+        assert id_of(latest_training_file(session=session, job_id=teach)) == again.id
+        assert latest_training_file(session=session, job_id=jobs["routed"]) is None
+        assert id_of(training_file_with_sha256(session=session, sha256="aa")) == first.id
+        assert training_file_with_sha256(session=session, sha256="cc") is None
+        assert id_of(training_file_at_path(session=session, path="/out/t.jsonl")) == again.id
+        assert training_file_at_path(session=session, path="/out/other.jsonl") is None
+    with session_scope(engine) as session:
+        set_fine_tune_job_id(session=session, record=first, fine_tune_job_id="ftjob-1")
+    with Session(engine) as session:
+        assert session.get_one(TrainingFile, first.id).fine_tune_job_id == "ftjob-1"
+        assert session.get_one(TrainingFile, again.id).fine_tune_job_id is None
+
+
+def test_answer_rows_stream_in_input_order_across_fetches(
+    seeded: tuple[Engine, dict[str, int]],
+) -> None:
+    engine, jobs = seeded
+    with Session(engine) as session:
+        rows = list(answer_rows(session=session, job_id=jobs["routed"], batch=1))
+    assert rows == [
+        AnswerRow(idx, status, [{"role": "user", "content": f"question {idx}"}], None)
+        for idx, status in enumerate(["succeeded", "succeeded", "failed", "pending"])
+    ]
+    # The stored string, not an enum built per row (the reducer reads 100k of them).
+    assert {type(row.status) for row in rows} == {str}

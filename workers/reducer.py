@@ -12,33 +12,22 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any
 
-from sqlalchemy import String, Text, cast, select, type_coerce
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from models import Job, Prompt, PromptStatus, TrainingFile, session_scope
+from models import Job, PromptStatus, TrainingFile, session_scope
+from models.training_data import AnswerRow as Row
+from models.training_data import answer_rows
 from workers.errors import NotFound
 from workers.finetune_format import FormatCheck, FormatReport, check_example
 from workers.settings import ReducerConfig, Settings, get_settings
 from workers.tokens import CHARS, TokenCounter, counter_for, example_over
 
-# Rows per fetch from the database (a server-side cursor on PostgreSQL): fewer round trips
-# than 2,000, and still a few MiB of rows in memory at a time.
-ROWS_PER_FETCH = 5000
-
 
 class ReduceError(NotFound):
     """The job cannot be reduced (unknown, or not a teacher job); the message says why."""
-
-
-class Row(NamedTuple):
-    # A NamedTuple, not a frozen dataclass: built once per row, and ~2.5x cheaper to build.
-    idx: int
-    status: str
-    messages: list[dict[str, Any]]
-    response: str | None
 
 
 @dataclass
@@ -117,27 +106,6 @@ def jsonl_line(example: dict[str, Any]) -> bytes:
     return (_ENCODER.encode(example) + "\n").encode()
 
 
-def stream_rows(session: Session, job_id: int) -> Iterator[Row]:
-    # Per row, the cheapest way measured: Core on the table, not the ORM entity (no ORM row
-    # loading); the status as the plain string it is stored as (a str enum compares equal to
-    # it), not an enum built per row; and messages as text parsed here, which on PostgreSQL
-    # costs half of what psycopg's jsonb loader does (the same text, so the same values).
-    prompts = Prompt.__table__  # type: ignore[attr-defined]
-    query = (
-        select(
-            prompts.c.idx,
-            type_coerce(prompts.c.status, String),
-            cast(prompts.c.messages, Text),
-            prompts.c.response,
-        )
-        .where(prompts.c.job_id == job_id)
-        .order_by(prompts.c.idx)
-        .execution_options(yield_per=ROWS_PER_FETCH)
-    )
-    for idx, status, messages, response in session.connection().execute(query):
-        yield Row(idx, status, json.loads(messages), response)
-
-
 def validation_path_for(out: Path) -> Path:
     return out.with_name(out.stem + ".validation" + out.suffix)
 
@@ -187,7 +155,7 @@ def reduce_job(
         validation = validation_path_for(out)
         check = FormatCheck(out)  # the training file's only, as check_file read back only it
         train, valid = _HashingWriter(out, check), _HashingWriter(validation)
-        rows = stream_rows(session, job_id)
+        rows = answer_rows(session=session, job_id=job_id)
         filters = Filters(config, counter)
         rejected = _write_examples(rows, system_prompt, job_id, filters, train, valid)
         train.close()

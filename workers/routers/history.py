@@ -31,11 +31,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col
+from sqlmodel import Session
 
-from models import Fallback, FallbackReason, Job, JobMode, JobStatus, Prompt, PromptStatus
+from models import Job, JobMode, JobStatus, Prompt, PromptStatus
+from models.queries import stream_prompts
+from models.training_data import low_confidence_prompt_ids
 from workers.routers.base import RouterError
 from workers.routers.classifier import HARDEST_STEP, save_classifier
 from workers.routers.labeled import load_labeled
@@ -123,8 +124,8 @@ def label_job(engine: Engine, job_id: int, *, default_tiers: Sequence[str]) -> J
     with Session(engine) as session:
         job = _route_job(session, job_id)
         tiers = list(job.params.get("tiers") or default_tiers)
-        escalated = _low_confidence_prompt_ids(session, job_id)
-        for prompt in _prompts(session, job_id):
+        escalated = low_confidence_prompt_ids(session=session, job_id=job_id)
+        for prompt in stream_prompts(session=session, job_id=job_id):
             outcome = prompt_label(prompt, tiers, escalated=prompt.id in escalated)
             if isinstance(outcome, Skip):
                 labels.skipped[outcome] += 1
@@ -164,18 +165,6 @@ def _route_job(session: Session, job_id: int) -> Job:
             f"wait for it: distillery status {job_id} --watch"
         )
     return job
-
-
-def _low_confidence_prompt_ids(session: Session, job_id: int) -> set[int]:
-    query = select(col(Fallback.prompt_id)).where(
-        col(Fallback.job_id) == job_id, col(Fallback.reason) == FallbackReason.LOW_CONFIDENCE
-    )
-    return set(session.execute(query).scalars())
-
-
-def _prompts(session: Session, job_id: int) -> Sequence[Prompt]:
-    query = select(Prompt).where(col(Prompt.job_id) == job_id).order_by(col(Prompt.idx))
-    return session.execute(query).scalars().all()
 
 
 def _require_two_levels(labels: JobLabels, steps: list[int], labeled: Path | None) -> None:
