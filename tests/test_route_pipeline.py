@@ -136,3 +136,41 @@ def test_last_tier_failure_fails_the_prompt(
     assert (job.completed, job.failed) == (0, 1)
     (prompt,) = prompts_of(engine, job_id)
     assert prompt.final_tier == "frontier" and "HTTP 500" in (prompt.error or "")
+
+
+def test_llm_routed_job_records_the_routers_calls(
+    tmp_path: Path, tiered_sim: RunningSimulator, sqlite_url: str, workers: Any
+) -> None:
+    """The llm router asks the cheapest tier through the workers' one call path: each
+    decision is an attempt with purpose `route` on that tier (priced, and in the prompt's
+    totals), and a router call that fails is retried like any call, each try on record."""
+    from models import AttemptPurpose, AttemptStatus
+
+    easy = [{"prompt": f"[easy] What is {n} plus {n}?"} for n in range(6)]
+    hard = [{"prompt": f"[hard] Prove theorem number {n}."} for n in range(6)]
+    config = route_config(tmp_path, tiered_sim, sqlite_url)
+    start_tier_workers(workers, config)
+    tiered_sim.fail_next(1, status=503)  # the first router call fails once, then answers
+    job_id, engine, _ = submit_file(
+        write_jsonl(tmp_path / "q.jsonl", easy + hard), config, mode=JobMode.ROUTE, router="llm"
+    )
+    job = wait_for_job(engine, job_id, workers)
+    assert job.status == JobStatus.FINISHED and job.completed == 12
+
+    prompts = prompts_of(engine, job_id)
+    assert [p.routed_tier for p in prompts] == ["small"] * 6 + ["frontier"] * 6
+    attempts = attempts_of(engine, job_id)
+    routing = [a for a in attempts if a.purpose == AttemptPurpose.ROUTE]
+    assert all(a.tier == "small" and a.model == "sim-small" for a in routing)
+    answered = [a for a in routing if a.status == AttemptStatus.OK]
+    assert sorted(a.prompt_id for a in answered) == sorted(p.id for p in prompts)  # one each
+    failed = [a for a in routing if a.status != AttemptStatus.OK]
+    assert [a.http_status for a in failed] == [503]
+    for a in answered:
+        assert a.cost_usd == pytest.approx(
+            (a.prompt_tokens + a.completion_tokens) * PRICES["small"] / 1000
+        )
+    for prompt in prompts:
+        mine = [a for a in attempts if a.prompt_id == prompt.id]
+        assert prompt.cost_usd == pytest.approx(sum(a.cost_usd for a in mine))
+        assert prompt.router_latency_ms is not None and prompt.router_latency_ms > 0
