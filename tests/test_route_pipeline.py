@@ -174,3 +174,22 @@ def test_llm_routed_job_records_the_routers_calls(
         mine = [a for a in attempts if a.prompt_id == prompt.id]
         assert prompt.cost_usd == pytest.approx(sum(a.cost_usd for a in mine))
         assert prompt.router_latency_ms is not None and prompt.router_latency_ms > 0
+
+
+def test_a_worker_without_tiers_consumes_every_tier_and_control(
+    tmp_path: Path, tiered_sim: RunningSimulator, sqlite_url: str, workers: Any
+) -> None:
+    """`distillery worker` with no --tiers answers on every configured tier, routes
+    (control) and escalates, as `celery worker` consumes every declared queue."""
+    rows = [{"prompt": f"{text} (case {n})"} for n, (text, _, _) in enumerate(CASES)]
+    config = route_config(tmp_path, tiered_sim, sqlite_url)
+    workers.start(config, tiers=None)
+    job_id, engine, _ = submit_file(
+        write_jsonl(tmp_path / "q.jsonl", rows), config, mode=JobMode.ROUTE, router="rules"
+    )
+    job = wait_for_job(engine, job_id, workers)
+    assert job.status == JobStatus.FINISHED and job.completed == len(rows)
+    prompts = prompts_of(engine, job_id)
+    assert [(p.routed_tier, p.final_tier) for p in prompts] == [(r, f) for _, r, f in CASES]
+    banner = workers.log_text()
+    assert all(f".> {queue} " in banner for queue in ("small", "medium", "frontier", "control"))

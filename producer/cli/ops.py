@@ -18,7 +18,9 @@ DEFAULT_METRICS_PORT = 9464
 
 @click.command()
 @click.option(
-    "--tiers", required=True, help="comma-separated tier queues to consume, e.g. small,frontier"
+    "--tiers",
+    default=None,
+    help="comma-separated tier queues to consume, e.g. small,frontier [default: every tier]",
 )
 @click.option(
     "--concurrency",
@@ -31,8 +33,8 @@ DEFAULT_METRICS_PORT = 9464
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--no-control", is_flag=True, help="do not consume the control queue (reducer jobs)")
 @handle_errors
-def worker(tiers: str, concurrency: int, loglevel: str, no_control: bool) -> None:
-    """Run a worker process for the given tiers (needs REDIS_URL)."""
+def worker(tiers: str | None, concurrency: int, loglevel: str, no_control: bool) -> None:
+    """Run a worker process for the given tiers, or every configured tier (needs REDIS_URL)."""
     from producer.worker import run_worker
 
     run_worker(

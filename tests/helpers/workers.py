@@ -23,7 +23,7 @@ class Workers:
     def start(
         self,
         config: Path,
-        tiers: str = "frontier",
+        tiers: str | None = "frontier",  # None: no --tiers, so every configured tier
         concurrency: int = 8,
         *,
         control: bool = True,
@@ -42,8 +42,7 @@ class Workers:
             "-m",
             "producer.cli",
             "worker",
-            "--tiers",
-            tiers,
+            *(["--tiers", tiers] if tiers is not None else []),
             "--concurrency",
             str(concurrency),
             "--loglevel",
