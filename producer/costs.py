@@ -464,9 +464,9 @@ def _routed_run(
 
 
 def _router_call_cost(decision: "Decision", settings: Settings) -> float:
-    if decision.call is None or decision.call_tier is None:
+    if decision.call is None or decision.asked_tier is None:
         return 0.0
-    tier = settings.tiers[decision.call_tier]
+    tier = settings.tiers[decision.asked_tier]
     return tier.cost_usd(decision.call.prompt_tokens, decision.call.completion_tokens)
 
 

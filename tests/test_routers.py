@@ -222,7 +222,7 @@ def test_rules_on_fixed_prompts() -> None:
     assert (easy.tier, easy.score) == ("small", 0.0)
     assert (hard.tier, hard.score) == ("frontier", 1.0)
     assert (medium.tier, medium.score) == ("medium", 0.5)
-    assert easy.call is None and easy.error is None and easy.call_tier is None
+    assert easy.call is None and easy.error is None and easy.asked_tier is None
     assert 0 <= easy.latency_ms < 50
 
 
@@ -504,7 +504,7 @@ def test_llm_router_asks_the_cheapest_tier(tmp_path: Path, sim: Any) -> None:
     assert (easy.tier, easy.score, hard.tier, hard.score) == ("small", 0.0, "frontier", 1.0)
     for decision in (easy, hard):
         assert decision.call is not None and decision.error is None
-        assert decision.call_tier == "small"
+        assert decision.asked_tier == "small"
         assert decision.call.prompt_tokens > 0 and decision.call.completion_tokens > 0
         assert decision.latency_ms >= decision.call.latency_ms
     assert isinstance(caller, RecordingCaller)
@@ -519,7 +519,7 @@ def test_llm_router_asks_the_cheapest_tier(tmp_path: Path, sim: Any) -> None:
 def test_llm_router_calls_go_over_http(tmp_path: Path, sim: Any) -> None:
     settings = sim_settings(tmp_path, sim, extra='[router]\nllm_router_tier = "medium"\n')
     (decision,), _ = llm_decisions(settings, ["Implement quicksort [hard]"])
-    assert (decision.tier, decision.call_tier) == ("frontier", "medium")
+    assert (decision.tier, decision.asked_tier) == ("frontier", "medium")
     assert decision.call is not None and decision.call.text == "HARD"
     assert sim.stats()["by_model"] == {"sim-medium": {"requests": 1, "200": 1}}
 
@@ -530,7 +530,7 @@ def test_llm_router_falls_back_to_the_middle_tier_on_failure(tmp_path: Path, sim
     (decision,), _ = llm_decisions(settings, ["What is two plus two? [easy]"])
     assert (decision.tier, decision.score, decision.call) == ("medium", None, None)
     assert decision.error is not None and decision.error.http_status == 500
-    assert len(decision.failures) == 1 and decision.call_tier == "small"
+    assert len(decision.failures) == 1 and decision.asked_tier == "small"
 
 
 def test_llm_router_retries_like_every_call(sim: Any) -> None:

@@ -24,9 +24,9 @@ def last_user_text(messages: list[dict[str, Any]]) -> str:
 
 def router_attempts(prompt_id: int, decision: Decision, ctx: WorkerContext) -> list[dict[str, Any]]:
     """The llm router's own model calls, as attempts with purpose `route` (cost included)."""
-    if decision.call_tier is None:
+    if decision.asked_tier is None:
         return []
-    tier = ctx.settings.require_tier(decision.call_tier)
+    tier = ctx.settings.require_tier(decision.asked_tier)
     rows = [
         attempt_from_error(prompt_id, tier, error, purpose=AttemptPurpose.ROUTE)
         for error in decision.failures

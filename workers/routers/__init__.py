@@ -126,7 +126,7 @@ def _llm_router(settings: Settings, tiers: Sequence[str], caller: "Caller | None
         raise RouterError(f"llm_router_tier {tier!r} is not a configured tier")
     return LlmRouter(
         tiers=tiers,
-        call_tier=settings.tiers[tier],
+        tier=settings.tiers[tier],
         prompt_template=settings.router.llm_router_prompt,
         caller=caller,
     )

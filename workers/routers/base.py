@@ -34,7 +34,7 @@ class Decision:
     latency_ms: float  # the router's own decision time
     call: Completion | None = None  # the llm router's own model call, when it succeeded
     failures: tuple[CallError, ...] = ()  # ... and its tries that failed, in order
-    call_tier: str | None = None  # the tier that call went to
+    asked_tier: str | None = None  # the tier that call went to
 
     @property
     def error(self) -> CallError | None:

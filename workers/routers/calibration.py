@@ -60,8 +60,8 @@ def route_sample(router: Router, texts: Sequence[str], *, workers: int = 1) -> l
 
 def decision_workers(router: Router, settings: Settings) -> int:
     """Decisions in flight: as many as the router's model tier allows (llm router), else 1."""
-    call_tier = getattr(router, "call_tier", None)
-    return settings.tiers[call_tier].concurrency if call_tier in settings.tiers else 1
+    asked_tier = getattr(router, "asked_tier", None)
+    return settings.tiers[asked_tier].concurrency if asked_tier in settings.tiers else 1
 
 
 def usable_router(
@@ -74,13 +74,13 @@ def usable_router(
         router = build_router(name, settings=settings, classifier_path=classifier_path)
     except RouterError as exc:
         return str(exc)
-    if not hasattr(router, "call_tier"):
+    if not hasattr(router, "asked_tier"):
         return router
     trial = call_loop().run(router.decide(probe))
     if trial.error is None:
         return router
-    tier = settings.tiers[trial.call_tier or ""]
-    return f"its tier {trial.call_tier} at {tier.base_url} did not answer ({trial.error})"
+    tier = settings.tiers[trial.asked_tier or ""]
+    return f"its tier {trial.asked_tier} at {tier.base_url} did not answer ({trial.error})"
 
 
 # --- calibrating -------------------------------------------------------------------------

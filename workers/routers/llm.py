@@ -46,13 +46,13 @@ class LlmRouter:
         self,
         *,
         tiers: Sequence[str],
-        call_tier: TierConfig,
+        tier: TierConfig,  # the (cheap) tier it asks
         prompt_template: str,
         caller: "Caller | None",
     ) -> None:
         self.tiers = tuple(tiers)
-        self.tier = call_tier
-        self.call_tier = call_tier.name
+        self.tier = tier
+        self.asked_tier = tier.name
         self.prompt_template = prompt_template
         self.caller = caller
 
@@ -82,7 +82,7 @@ class LlmRouter:
             latency_ms=elapsed_ms(started),
             call=completion,
             failures=tuple(failures),
-            call_tier=self.call_tier,
+            asked_tier=self.asked_tier,
         )
 
     def _fallback(
@@ -95,5 +95,5 @@ class LlmRouter:
             latency_ms=elapsed_ms(started),
             call=call,
             failures=failures,
-            call_tier=self.call_tier,
+            asked_tier=self.asked_tier,
         )
