@@ -12,6 +12,7 @@ import tomllib
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -174,6 +175,8 @@ class Settings(BaseSettings):
 
     # repr=False: URLs may hold passwords, and a logged settings object must not show them.
     redis_url: str | None = Field(None, repr=False)
+    # rediss:// without certificate verification is refused unless this says yes on purpose.
+    redis_tls_insecure: bool = False
     database_url: str = Field("sqlite:///distillery.db", repr=False)
     output_dir: Path = Path("distillery-output")
     # Prompt ids per Celery message: a worker answers a message's prompts concurrently, and
@@ -206,6 +209,14 @@ class Settings(BaseSettings):
         return {name: _with_name(name, tier) for name, tier in tiers.items()}
 
     @model_validator(mode="after")
+    def _redis_tls_verified(self) -> "Settings":
+        if self.redis_url and not self.redis_tls_insecure:
+            refused = unverified_tls(self.redis_url)
+            if refused:
+                raise ValueError(refused)
+        return self
+
+    @model_validator(mode="after")
     def _tiers_exist(self) -> "Settings":
         if not self.tiers:
             raise ValueError("no tiers configured: add a [tiers.NAME] table")
@@ -229,6 +240,29 @@ class Settings(BaseSettings):
     @property
     def broker_url(self) -> str:
         return self.redis_url or "memory://"
+
+
+# kombu connects to rediss:// without checking the server's certificate unless the URL asks
+# for it (docs/security.md → Using TLS for Redis); these values ask for no check either.
+UNVERIFIED_CERT_REQS = frozenset({"none", "cert_none", "optional", "cert_optional"})
+
+
+def unverified_tls(url: str) -> str | None:
+    """Why a rediss:// URL would connect without verifying the server, or None. The message
+    never repeats the URL (it may hold a password)."""
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return None
+    query = {k.lower(): v for k, v in parse_qsl(parts.query)}
+    cert_reqs = query.get("ssl_cert_reqs", "").lower()
+    if cert_reqs and cert_reqs not in UNVERIFIED_CERT_REQS:
+        return None
+    why = f"ssl_cert_reqs={cert_reqs}" if cert_reqs else "no ssl_cert_reqs"
+    return (
+        f"the Redis URL uses rediss:// with {why}, so the broker would not verify the "
+        "server's certificate; add ?ssl_cert_reqs=required&ssl_ca_certs=/path/to/ca.pem, or "
+        "set REDIS_TLS_INSECURE=true (redis_tls_insecure = true) to accept it unverified"
+    )
 
 
 def _with_name(name: str, tier: Any) -> Any:
