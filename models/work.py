@@ -14,6 +14,7 @@ from models.tables import (
     JOBS,
     PROMPTS,
     TERMINAL_PROMPT_STATUSES,
+    TRAINING_FILES,
     JobMode,
     JobStatus,
 )
@@ -71,6 +72,37 @@ def _escalated(conn: Connection, prompt_ids: Sequence[int], tier: str) -> set[in
         )
     )
     return set(found.scalars())
+
+
+@dataclass(frozen=True, slots=True)
+class OpenWork:
+    """What the ledger says is left to do: the prompts of running jobs without a final
+    answer, by job, and the finished teacher jobs without a training file."""
+
+    prompts: dict[int, set[int]]
+    unreduced: set[int]
+
+
+def open_work(*, conn: Connection) -> OpenWork:
+    """Two indexed queries (prompts by job and status; jobs by status): the sweeper's look
+    at the ledger (workers.sweeper)."""
+    running = select(JOBS.c.id).where(JOBS.c.status == JobStatus.RUNNING)
+    rows = conn.execute(
+        select(PROMPTS.c.job_id, PROMPTS.c.id).where(
+            PROMPTS.c.job_id.in_(running), PROMPTS.c.status.not_in(TERMINAL_PROMPT_STATUSES)
+        )
+    )
+    prompts: dict[int, set[int]] = {}
+    for job_id, prompt_id in rows:
+        prompts.setdefault(job_id, set()).add(prompt_id)
+    unreduced = conn.execute(
+        select(JOBS.c.id).where(
+            JOBS.c.mode == JobMode.TEACHER,
+            JOBS.c.status == JobStatus.FINISHED,
+            JOBS.c.id.not_in(select(TRAINING_FILES.c.job_id)),
+        )
+    )
+    return OpenWork(prompts, set(unreduced.scalars()))
 
 
 def job_is_running(*, conn: Connection, job_id: int) -> bool:

@@ -2,7 +2,6 @@
 enqueue messages that carry prompt ids only."""
 
 import sys
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -12,17 +11,17 @@ from celery import Celery
 from sqlalchemy.engine import Engine
 
 from models import Job, JobMode, session_scope
-from models.queries import create_job, unfinished_prompts
+from models.queries import create_job
 from producer.context_window import context_limit, fit_to_context
 from producer.errors import BrokerUnavailable
 from producer.readers import PromptInput, read_prompts
-from workers.app import ANSWER_TASK, CONTROL_QUEUE, ROUTE_TASK
-from workers.job_settings import AnyJobSettings, RouteSettings, TeacherSettings, load_job_settings
+from workers.app import ANSWER_TASK, ROUTE_TASK
+from workers.dispatch import Progress, enqueue, send_unfinished
+from workers.job_settings import AnyJobSettings, RouteSettings, TeacherSettings
 from workers.routers import validate_router
 from workers.settings import Settings
 
 __all__ = ["ANSWER_TASK", "ROUTE_TASK", "enqueue", "resume_job", "submit_job"]
-Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,25 +49,6 @@ def check_broker(app: Celery) -> None:
     except Exception as exc:
         reason = f"cannot reach the broker ({type(exc).__name__}: {exc})"
         raise BrokerUnavailable.at(app.conf.broker_url, reason) from None
-
-
-def enqueue(
-    app: Celery,
-    task_name: str,
-    prompt_ids: Sequence[int],
-    *,
-    queue: str,
-    batch: int,
-    extra_args: tuple[Any, ...] = (),
-    progress: Progress | None = None,
-) -> None:
-    """Publish one message per `batch` prompt ids over a single connection."""
-    with app.producer_or_acquire() as producer:
-        for start in range(0, len(prompt_ids), batch):
-            chunk = list(prompt_ids[start : start + batch])
-            app.send_task(task_name, (chunk, *extra_args), queue=queue, producer=producer)
-            if progress:
-                progress(len(chunk))
 
 
 def job_settings(
@@ -131,32 +111,11 @@ def enqueue_unfinished(
     settings: Settings,
     progress: Progress | None = None,
 ) -> Submitted:
-    """Send every prompt without a final answer where it is due: teacher prompts to the
-    teacher tier; route prompts to the router, or to the tier they last reached."""
-    with session_scope(engine) as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        settings_of_job = load_job_settings(job.mode, job.params)
-        targets = unfinished_prompts(session=session, job_id=job_id)
-    teacher = settings_of_job.tier if isinstance(settings_of_job, TeacherSettings) else None
-    by_queue: dict[str | None, list[int]] = defaultdict(list)
-    for prompt_id, tier in targets:
-        by_queue[teacher or tier].append(prompt_id)
-    batch = settings.enqueue_batch
-    for tier, ids in by_queue.items():
-        if tier is None:
-            enqueue(app, ROUTE_TASK, ids, queue=CONTROL_QUEUE, batch=batch, progress=progress)
-        else:
-            enqueue(
-                app,
-                ANSWER_TASK,
-                ids,
-                queue=tier,
-                batch=batch,
-                extra_args=(tier,),
-                progress=progress,
-            )
-    return Submitted(job_id, len(targets), teacher or CONTROL_QUEUE)
+    """Send every prompt without a final answer where it is due (workers.dispatch)."""
+    total, queue = send_unfinished(
+        app, engine, job_id, batch=settings.enqueue_batch, progress=progress
+    )
+    return Submitted(job_id, total, queue)
 
 
 def resume_job(*, job: Job, settings: Settings, engine: Engine, app: Celery) -> Submitted:

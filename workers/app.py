@@ -48,3 +48,16 @@ def make_app(settings: Settings) -> Celery:
 
 
 app = make_app(get_settings())
+
+
+def _record_publishes() -> None:
+    """Every message any process publishes gets a queued lease ticket (workers.leases), so
+    the sweeper can tell a message waiting in the broker from one that was lost."""
+    from celery.signals import after_task_publish
+
+    from workers.leases import record_publish
+
+    after_task_publish.connect(record_publish, weak=False, dispatch_uid="distillery-leases")
+
+
+_record_publishes()

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -155,6 +156,28 @@ class RouterConfig(_Strict):
         return prompt
 
 
+class RecoveryConfig(_Strict):
+    """How workers find and re-send work that no live worker holds (a SIGKILLed worker's
+    messages, messages Redis lost, a lost follow-up): docs/reliability.md → Recovery."""
+
+    enabled: bool = True
+    # A worker rewrites its leases this often; one silent for `lease_s` is taken as dead.
+    heartbeat_s: float = Field(3.0, gt=0)
+    lease_s: float = Field(10.0, gt=0)
+    # How often some worker (one at a time, under a Redis lock) looks for unheld work. An
+    # item is re-sent only if it was unheld at two looks `lease_s` apart.
+    sweep_s: float = Field(10.0, gt=0)
+    # A prompt re-sent this many times is left for a human (`distillery resume`): a bug
+    # that kills every task must not buy calls forever.
+    max_requeues: int = Field(5, ge=1)
+
+    @model_validator(mode="after")
+    def _beats_within_lease(self) -> "RecoveryConfig":
+        if self.heartbeat_s * 2 > self.lease_s:
+            raise ValueError("heartbeat_s must be at most half of lease_s")
+        return self
+
+
 def _default_tiers() -> dict[str, TierConfig]:
     """Without a config file, three tiers on the local simulator at the seed's prices."""
     prices = {"small": 0.10, "medium": 0.30, "frontier": 5.00}
@@ -177,6 +200,11 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, repr=False)
     # rediss:// without certificate verification is refused unless this says yes on purpose.
     redis_tls_insecure: bool = False
+    # The Celery broker when it is not Redis (e.g. amqp://guest:guest@127.0.0.1:5672//);
+    # Redis (redis_url) still keeps the rate limits and the leases.
+    broker: str | None = Field(
+        None, repr=False, validation_alias=AliasChoices("broker_url", "broker")
+    )
     database_url: str = Field("sqlite:///distillery.db", repr=False)
     output_dir: Path = Path("distillery-output")
     # Prompt ids per Celery message: a worker answers a message's prompts concurrently, and
@@ -187,6 +215,7 @@ class Settings(BaseSettings):
     teacher: TeacherConfig = TeacherConfig()
     reducer: ReducerConfig = ReducerConfig()
     router: RouterConfig = RouterConfig()
+    recovery: RecoveryConfig = RecoveryConfig()
 
     @classmethod
     def settings_customise_sources(
@@ -217,6 +246,12 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _broker_beside_redis(self) -> "Settings":
+        if self.broker and not self.redis_url:
+            raise ValueError("broker_url needs redis_url too: Redis keeps the limits and leases")
+        return self
+
+    @model_validator(mode="after")
     def _tiers_exist(self) -> "Settings":
         if not self.tiers:
             raise ValueError("no tiers configured: add a [tiers.NAME] table")
@@ -239,7 +274,7 @@ class Settings(BaseSettings):
 
     @property
     def broker_url(self) -> str:
-        return self.redis_url or "memory://"
+        return self.broker or self.redis_url or "memory://"
 
 
 # kombu connects to rediss:// without checking the server's certificate unless the URL asks

@@ -23,6 +23,7 @@ from workers import reducer
 from workers.answer import answer_message, load_work
 from workers.app import ANSWER_TASK, CONTROL_QUEUE, REDUCE_TASK, ROUTE_TASK, app
 from workers.context import start_worker_context, stop_worker_context, worker_context
+from workers.recovery import recovering, start_recovery, stop_recovery
 from workers.routing import route_message
 from workers.settings import get_settings
 
@@ -41,12 +42,15 @@ RELIABLE = {
 
 @worker_init.connect
 def open_context(**_: Any) -> None:
-    """`distillery worker` starting: build what its tasks share, once."""
-    start_worker_context(get_settings())
+    """`distillery worker` starting: build what its tasks share, once, and start its part
+    in recovery (its leases' heartbeat and its sweeper)."""
+    settings = get_settings()
+    start_recovery(settings, start_worker_context(settings).engine)
 
 
 @worker_shutdown.connect
 def close_context(**_: Any) -> None:
+    stop_recovery()
     stop_worker_context()
 
 
@@ -56,8 +60,8 @@ def send_answer(prompt_ids: list[int], tier: str) -> None:
 
 def send_follow_ups(records: Iterable[Record]) -> None:
     """Escalations (one message per next tier) and the reducer of each finished job. The
-    records are committed; if a send fails, only the next message is missing, and
-    `distillery resume JOB` re-sends it."""
+    records are committed; if a send fails, only the next message is missing, and the
+    sweeper (or `distillery resume JOB`) re-sends it."""
     escalations: dict[str, list[int]] = defaultdict(list)
     finished: list[int] = []
     for record in records:
@@ -71,7 +75,7 @@ def send_follow_ups(records: Iterable[Record]) -> None:
         for job_id in finished:
             reduce.apply_async((job_id,), queue=CONTROL_QUEUE)
     except Exception:
-        log.exception("could not send the next step; `distillery resume JOB` re-sends it")
+        log.exception("could not send the next step; the sweeper re-sends it")
 
 
 @app.task(name=ANSWER_TASK, **RELIABLE)
@@ -123,6 +127,8 @@ def reduce_what_was_missed(sender: Any = None, **_: Any) -> None:
     consumed = getattr(getattr(sender, "app", app).amqp.queues, "consume_from", None) or {}
     if consumed and CONTROL_QUEUE not in consumed:
         return  # only workers that run reducers look
+    if recovering():
+        return  # the sweeper sends them, once, unless a reduce message is already out
     try:
         with session_scope(worker_context().engine) as session:
             missed = unreduced_teacher_jobs(session=session)
