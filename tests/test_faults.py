@@ -58,6 +58,9 @@ from tests.helpers.routing import CASES, route_config, start_tier_workers
 from tests.helpers.services import TEST_PG_ADMIN_URL, make_engine
 from tests.helpers.workers import Workers, wait_until
 
+# These tests prove the manual path (`distillery resume`), so the workers' own recovery
+# (tests/test_recovery.py) is off: it would re-send the stranded prompts first.
+MANUAL_RECOVERY = "[recovery]\nenabled = false\n"
 RECEIVED = re.compile(r"Task distillery\.answer\[[0-9a-f-]+\] received")
 RETRIED = re.compile(r"Task distillery\.answer\[[0-9a-f-]+\] retry: .*OperationalError")
 
@@ -132,7 +135,7 @@ def test_sigkill_worker_mid_job_then_resume(
     (kombu restores only messages older than the 6 h visibility timeout), and the job stalls
     with exactly those prompts pending. `distillery resume` finishes it, each prompt with
     one answer; the stranded messages, restored 6 h later, change nothing."""
-    config = fault_config(tmp_path, slow_sim, database_url)
+    config = fault_config(tmp_path, slow_sim, database_url, extra=MANUAL_RECOVERY)
     start_workers(workers, config, 2)
     job_id, engine = submit_prompts(tmp_path, config)
     victim = workers.processes[0]
@@ -209,7 +212,7 @@ def test_redis_flushed_mid_job_then_resume(
     dedicated Redis; other databases on the shared server are left alone. The SQL ledger
     still says what is left, so `resume` finishes the job, and prompts answered before the
     flush are not called again."""
-    config = fault_config(tmp_path, slow_sim, database_url)
+    config = fault_config(tmp_path, slow_sim, database_url, extra=MANUAL_RECOVERY)
     start_workers(workers, config, 2)
     job_id, engine = submit_prompts(tmp_path, config)
     wait_for_done(engine, job_id, 100, workers)

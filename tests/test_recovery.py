@@ -23,7 +23,6 @@ from tests.helpers.faults import (
     check_one_answer_each,
     done,
     fault_config,
-    job_of,
     log_of,
     sim_count,
     start_workers,
@@ -34,7 +33,6 @@ from tests.helpers.faults import (
 from tests.helpers.pipeline import submit_file, wait_for_job, wait_for_training_file, write_jsonl
 from tests.helpers.recovery import (
     FAST_RECOVERY,
-    REDUCER_SENT,
     RESENT,
     cli_submit,
     private_postgres,
@@ -186,7 +184,7 @@ def test_postgres_restart_mid_job_heals_itself(
     assert sim_count(slow_sim) >= PROMPTS
 
 
-# --- lost follow-ups: the route step, the reducer ------------------------------------------
+# --- a lost follow-up (the reducer's: tests/test_teacher_pipeline.py) --------------------
 
 
 def lose_queued_messages(redis: Any, queue: str) -> int:
@@ -223,31 +221,6 @@ def test_a_lost_route_step_is_sent_again(
     job = check_counters(engine, job_id)
     assert (job.completed, job.failed) == (len(rows), 0)
     assert RESENT in workers.log_text()
-
-
-def test_a_lost_reducer_message_is_sent_again(
-    tmp_path: Path, sim: RunningSimulator, sqlite_url: str, workers: Workers
-) -> None:
-    """A teacher job finishes but its reduce message is lost: a worker that consumes
-    `control` gets one from the sweeper, and the job gets one training file."""
-    config = fault_config(tmp_path, sim, sqlite_url, extra=FAST_RECOVERY)
-    workers.start(config, tiers="frontier", concurrency=4, control=False)
-    job_id, engine = submit_prompts(tmp_path, config, count=40)
-    assert wait_for_job(engine, job_id, workers).status == JobStatus.FINISHED
-    wait_until(
-        lambda: workers_redis().llen("control") > 0,
-        timeout=30,
-        what="the reduce message",
-        logs=workers.log_text,
-    )
-    assert lose_queued_messages(workers_redis(), "control") == 1
-
-    workers.start(config, tiers="frontier", concurrency=4)
-    wait_for_training_file(engine, job_id, workers)
-    time.sleep(SWEEPS_AFTER)
-    assert training_files(engine, job_id) == 1
-    assert REDUCER_SENT in workers.log_text()
-    assert job_of(engine, job_id).status == JobStatus.FINISHED
 
 
 def workers_redis() -> Any:

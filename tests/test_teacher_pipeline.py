@@ -204,22 +204,27 @@ def test_one_worker_keeps_hundreds_of_calls_in_flight(
     assert "Traceback" not in logs and "retry:" not in logs.lower()  # not one message retried
 
 
-def test_a_lost_reduce_message_is_made_good_at_the_next_worker_start(
+def test_a_lost_reduce_message_is_sent_again(
     tmp_path: Path, sim: Any, sqlite_url: str, workers: Any, clean_redis: Any
 ) -> None:
     """The reduce message goes out after the commit that finishes the job, so a worker that
     dies in between loses it. Here the job finishes on a worker without the control queue
-    and its reduce message is then deleted from Redis: the next worker that runs reducers
-    finds the finished job without a training file and reduces it, once — a second reduce
-    message for the same job changes nothing."""
+    and its reduce message (and its lease ticket) is then deleted from Redis: the sweeper
+    finds the finished job without a training file and nobody holding its reducer, and
+    sends one; the job is reduced once, and a second reduce message changes nothing."""
     from sqlmodel import Session, select
 
     from models import TrainingFile
+    from tests.helpers.recovery import FAST_RECOVERY, REDUCER_SENT
     from workers.app import CONTROL_QUEUE
+    from workers.leases import QUEUED
     from workers.tasks import reduce
 
     config = write_config(
-        tmp_path / "distillery.toml", base_url=sim.base_url, database_url=sqlite_url
+        tmp_path / "distillery.toml",
+        base_url=sim.base_url,
+        database_url=sqlite_url,
+        extra=FAST_RECOVERY,
     )
     rows = [{"prompt": f"Explain {topic} to a student."} for topic in TOPICS]
     workers.start(config, control=False)
@@ -227,12 +232,12 @@ def test_a_lost_reduce_message_is_made_good_at_the_next_worker_start(
     assert wait_for_job(engine, job_id, workers).completed == len(TOPICS)
     # The reduce message, sent once the commit that finished the job is durable, waiting:
     wait_until(lambda: clean_redis.llen(CONTROL_QUEUE) == 1, timeout=30, what="reduce message")
-    clean_redis.delete(CONTROL_QUEUE)  # ... and lost
+    clean_redis.delete(CONTROL_QUEUE, QUEUED)  # ... and lost, with every trace of it
 
     workers.start(config, tiers="frontier")  # with the control queue
     record = wait_for_training_file(engine, job_id, workers)
     assert record.examples == len(TOPICS)
-    assert "finished without a training file: reducing it now" in workers.log_text()
+    assert REDUCER_SENT in workers.log_text()
 
     reduce.apply_async((job_id,), queue=CONTROL_QUEUE)
     wait_until(

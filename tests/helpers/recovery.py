@@ -3,6 +3,7 @@ recovery periods short enough for a test, private servers a test may break (a Re
 FLUSHALL, a PostgreSQL cluster to restart, a RabbitMQ vhost), and a submit through the CLI
 (so it publishes to the broker the test names, not to this process's)."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -105,10 +106,8 @@ class PrivatePostgres:
                           "stop")  # fmt: skip
 
     def remove(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
             self.stop()
-        except subprocess.CalledProcessError:
-            pass  # already stopped
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
