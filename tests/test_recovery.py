@@ -77,7 +77,6 @@ def kill_one_of_two_mid_job(engine: Any, job_id: int, workers: Workers) -> float
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_sigkill_of_a_worker_mid_job_heals_itself(
     tmp_path: Path, slow_sim: RunningSimulator, database_url: str, workers: Workers
 ) -> None:

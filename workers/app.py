@@ -2,16 +2,15 @@
 (reducing a finished job). Messages carry ids only; results live in SQL, not in Celery."""
 
 from celery import Celery
+from celery.signals import after_task_publish
 from kombu import Queue
 
+from workers.leases import record_publish
 from workers.settings import Settings, get_settings
+from workers.task_names import ANSWER_TASK, REDUCE_TASK, ROUTE_TASK
 
+__all__ = ["ANSWER_TASK", "CONTROL_QUEUE", "REDUCE_TASK", "ROUTE_TASK", "app", "make_app"]
 CONTROL_QUEUE = "control"
-# Task names, shared by the producer (which sends by name, without importing the tasks)
-# and the tasks themselves.
-ANSWER_TASK = "distillery.answer"
-ROUTE_TASK = "distillery.route"
-REDUCE_TASK = "distillery.reduce"
 
 # A call may wait out a long Retry-After and several backoffs; an unacknowledged message is
 # redelivered only after this long (kombu #337), so it must exceed the longest task.
@@ -49,15 +48,6 @@ def make_app(settings: Settings) -> Celery:
 
 app = make_app(get_settings())
 
-
-def _record_publishes() -> None:
-    """Every message any process publishes gets a queued lease ticket (workers.leases), so
-    the sweeper can tell a message waiting in the broker from one that was lost."""
-    from celery.signals import after_task_publish
-
-    from workers.leases import record_publish
-
-    after_task_publish.connect(record_publish, weak=False, dispatch_uid="distillery-leases")
-
-
-_record_publishes()
+# Every message any process publishes gets a queued lease ticket (workers.leases), so the
+# sweeper can tell a message waiting in the broker from one that was lost.
+after_task_publish.connect(record_publish, weak=False, dispatch_uid="distillery-leases")

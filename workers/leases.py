@@ -29,8 +29,8 @@ from typing import Any
 import redis
 from redis.exceptions import RedisError
 
-from workers.app import ANSWER_TASK, REDUCE_TASK, ROUTE_TASK
 from workers.settings import RecoveryConfig, get_settings
+from workers.task_names import ANSWER_TASK, REDUCE_TASK, ROUTE_TASK
 
 log = logging.getLogger(__name__)
 
