@@ -2,7 +2,8 @@
 10 s): how long after a fault a job ends, against how long its remaining work takes.
 
 Two workers answer a teacher job (simulator at 50 ms). A baseline run without a fault
-gives one worker's rate. Then the same job with a fault when about a third of it is done,
+gives one worker's rate. Then the same job with a fault when a share of it is done (a
+third by default; near the end, the fault's delay is not hidden behind remaining work),
 and no `distillery resume`:
 
 * `sigkill`: one of the two workers is killed with SIGKILL; the survivor finishes alone.
@@ -12,7 +13,7 @@ and no `distillery resume`:
 Figure: the delay the fault added, (fault → job finished) - (the work left at the fault
 at the rate the remaining workers do it, from the baseline). Target ≤ 60 s.
 
-    python -m bench.recovery [--prompts 3000] [--only sigkill,flush]
+    python -m bench.recovery [--prompts 3000] [--only sigkill,flush] [--fault-at 0.9]
 """
 
 import argparse
@@ -47,7 +48,6 @@ WORKERS = 2
 CALLS_IN_FLIGHT = 8
 MESSAGES = 4  # `distillery worker --concurrency`: messages each worker holds at once
 TARGET_DELAY_S = 60.0
-FAULT_AT = 1 / 3
 
 
 def done(engine: Any, job_id: int) -> int:
@@ -75,7 +75,7 @@ def first_resend(workdir: Path, fault_wall: float) -> tuple[float | None, int]:
     return first.timestamp() - fault_wall, sum(int(m.group(2)) for m in found)
 
 
-def run(prompts: int, fault: str | None) -> tuple[float, float, int, str]:
+def run(prompts: int, fault: str | None, fault_at_share: float) -> tuple[float, float, int, str]:
     """(seconds from submit to finish, seconds from the fault to finish, prompts left at
     the fault, what the sweeper did) of one job; the fault is None for the baseline."""
     workdir = scratch_dir(f"recovery-{fault or 'baseline'}")
@@ -99,7 +99,7 @@ def run(prompts: int, fault: str | None) -> tuple[float, float, int, str]:
             job_id = submit(path, config, engine)
             fault_at, left = started, prompts
             if fault:
-                while done(engine, job_id) < prompts * FAULT_AT:
+                while done(engine, job_id) < prompts * fault_at_share:
                     time.sleep(0.05)
                 fault_at, left = time.monotonic(), prompts - done(engine, job_id)
                 fault_wall = time.time()
@@ -156,22 +156,23 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prompts", type=int, default=3000)
     parser.add_argument("--only", default="sigkill,flush")
+    parser.add_argument("--fault-at", type=float, default=1 / 3, help="share done at the fault")
     parser.add_argument("--quick", action="store_true", help="1,500 prompts")
     args = parser.parse_args(argv)
     prompts = 1500 if args.quick else args.prompts
     print(f"== recovery with the default periods ({machine_summary()})", flush=True)
-    total, _, _, _ = run(prompts, None)
+    total, _, _, _ = run(prompts, None, 0)
     per_worker = prompts / total / WORKERS
     say(f"baseline: {prompts} prompts in {total:.1f} s ({per_worker:.0f}/s per worker)")
     for fault in args.only.split(","):
-        _, after, left, swept = run(prompts, fault)
+        _, after, left, swept = run(prompts, fault, args.fault_at)
         survivors = WORKERS - 1 if fault == "sigkill" else WORKERS
         remaining_s = left / (per_worker * survivors)
         delay = after - remaining_s
         report(
             Figure(
                 BENCH,
-                f"{fault}: delay the fault added",
+                f"{fault} at {args.fault_at:.0%} done: delay the fault added",
                 delay,
                 "s",
                 baseline=remaining_s,
