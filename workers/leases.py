@@ -38,6 +38,7 @@ PREFIX = "distillery:leases"
 QUEUED = f"{PREFIX}:queued"  # hash: ticket -> cover (JSON)
 WORKERS = f"{PREFIX}:workers"  # set: worker ids that have held something
 REQUEUES = f"{PREFIX}:requeues"  # hash: prompt id -> times the sweeper re-sent it
+REQUEUES_TTL_S = 7 * 24 * 3600  # the counts go a week after the last re-send
 SWEEP_LOCK = f"{PREFIX}:sweep-lock"
 # Set when a worker takes a ticket, so a publisher's ticket written after the message had
 # already arrived (the publisher was slow) is not left queued forever.
@@ -187,7 +188,8 @@ class LeaseStore:
         pipe = self.client.pipeline()
         for pid in prompt_ids:
             pipe.hincrby(REQUEUES, str(pid), 1)
-        return [int(n) for n in pipe.execute()]
+        pipe.expire(REQUEUES, REQUEUES_TTL_S)
+        return [int(n) for n in pipe.execute()[:-1]]
 
     def lock(self, owner: str, ttl_s: float) -> bool:
         return bool(self.client.set(SWEEP_LOCK, owner, nx=True, px=int(ttl_s * 1000)))
