@@ -89,6 +89,7 @@ def test_orphans_need_two_looks_and_rabbitmq_redelivers() -> None:
     coverage = Coverage(prompts={10}, dead={"gone": {"t:0": cover(11)}})
     first = orphans(work, coverage, redelivered=False)
     assert first.prompts == {1: {11, 12}} and first.reduces == {5}
+    assert first.held_by_dead().prompts == {1: {11}}
     later = Orphans({1: {12, 13}}, set(), {})  # 11 ended meanwhile; 13 is new
     both = first & later
     assert both.prompts == {1: {12}} and both.reduces == set()
@@ -96,6 +97,7 @@ def test_orphans_need_two_looks_and_rabbitmq_redelivers() -> None:
     coverage = Coverage(prompts={10}, dead={"gone": {"t:0": cover(11)}})
     redelivered = orphans(work, coverage, redelivered=True)
     assert redelivered.prompts == {1: {12}}  # the dead worker's message is queued again
+    assert redelivered.held_by_dead().prompts == {}
 
     assert broker_redelivers("amqp://guest:guest@127.0.0.1:5672//")
     assert not broker_redelivers("redis://127.0.0.1:6379/0")
@@ -155,3 +157,31 @@ def test_route_prompts_resend_to_the_router(
     found = Sweeper(store=store, engine=engine, app=app, settings=settings).sweep()
     assert len(found.prompts[job_id]) == len(rows)
     assert len(queued_ids(clean_redis, "control")) == len(rows)
+
+
+def test_what_a_dead_worker_held_is_resent_at_the_first_look(
+    tmp_path: Path, sim: RunningSimulator, sqlite_url: str, store: LeaseStore, clean_redis: Any
+) -> None:
+    """A dead worker's alive key expired after a whole lease of silence, so what it held
+    needs no second look; prompts nobody ever held (their messages lost) still do."""
+    from workers.app import app
+    from workers.settings import load_settings
+
+    config = fault_config(tmp_path, sim, sqlite_url, batch=5)
+    job_id, engine = submit_prompts(tmp_path, config, count=10)
+    ids = sorted(queued_ids(clean_redis))
+    clean_redis.delete("frontier", QUEUED)
+    store.take("dead", "t1:0", cover(*ids[:6]), lease_ms=1)  # it took 6, then died
+    time.sleep(0.05)
+    settings = load_settings(config).model_copy(update={"recovery": FAST})
+    sweeper = Sweeper(store=store, engine=engine, app=app, settings=settings)
+
+    first = sweeper.look()
+    assert first.prompts == {job_id: set(ids)}
+    now = first.held_by_dead()
+    assert now.prompts == {job_id: set(ids[:6])} and set(now.dead) == {"dead"}
+    assert (first - now).prompts == {job_id: set(ids[6:])}
+    found = sweeper.sweep()
+    assert found.prompts == {job_id: set(ids)}
+    assert sorted(queued_ids(clean_redis)) == ids
+    assert not clean_redis.sismember("distillery:leases:workers", "dead")

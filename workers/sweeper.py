@@ -7,8 +7,10 @@ messages Redis lost (FLUSHALL, a restart without persistence), a follow-up never
 (a route step's answer message, an escalation, a finished job's reducer) because a worker
 died between its commit and the send.
 
-An item is re-sent only if it was unheld at two looks a lease period apart: long enough
-for the live workers to rewrite leases Redis lost, and for a message between its publish
+What a dead worker held (its alive key expired: silent for a whole lease) is re-sent at
+once. Anything else is re-sent only if it was unheld at two looks a lease period apart:
+long enough for the live workers to rewrite leases Redis lost (after a flush no worker is
+known to be dead: the list of workers went too), and for a message between its publish
 and its ticket. A prompt re-sent `max_requeues` times is left for a human.
 
 On RabbitMQ (amqp://) the broker itself redelivers a dead consumer's messages at once, so
@@ -19,7 +21,7 @@ import logging
 import random
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from celery import Celery
 from sqlalchemy.engine import Engine
@@ -40,19 +42,38 @@ class Orphans:
     prompts: dict[int, set[int]]  # by job
     reduces: set[int]
     dead: dict[str, dict[str, str]]  # dead workers' tickets
+    # What of the above only dead workers' tickets named (never on RabbitMQ, which
+    # redelivers those messages itself).
+    dead_held: Coverage = field(default_factory=Coverage)
 
     def __and__(self, later: "Orphans") -> "Orphans":
-        prompts = {
-            job: ids & later.prompts[job]
-            for job, ids in self.prompts.items()
-            if job in later.prompts and ids & later.prompts[job]
-        }
         dead = {w: t for w, t in later.dead.items() if w in self.dead}
-        return Orphans(prompts, self.reduces & later.reduces, dead)
+        return Orphans(_meet(self.prompts, later.prompts), self.reduces & later.reduces, dead)
+
+    def held_by_dead(self) -> "Orphans":
+        """The part a dead worker held: its silence already lasted a whole lease."""
+        prompts = _meet(self.prompts, {job: self.dead_held.prompts for job in self.prompts})
+        return Orphans(prompts, self.reduces & self.dead_held.reduces, self.dead)
+
+    def __sub__(self, done: "Orphans") -> "Orphans":
+        prompts = {job: ids - done.prompts.get(job, set()) for job, ids in self.prompts.items()}
+        left = {job: ids for job, ids in prompts.items() if ids}
+        return Orphans(left, self.reduces - done.reduces, {})
+
+    def __or__(self, other: "Orphans") -> "Orphans":
+        prompts = {job: set(ids) for job, ids in self.prompts.items()}
+        for job, ids in other.prompts.items():
+            prompts.setdefault(job, set()).update(ids)
+        return Orphans(prompts, self.reduces | other.reduces, {**self.dead, **other.dead})
 
     @property
     def empty(self) -> bool:
         return not (self.prompts or self.reduces or self.dead)
+
+
+def _meet(a: dict[int, set[int]], b: dict[int, set[int]]) -> dict[int, set[int]]:
+    both = {job: ids & b[job] for job, ids in a.items() if job in b}
+    return {job: ids for job, ids in both.items() if ids}
 
 
 def broker_redelivers(broker_url: str) -> bool:
@@ -61,14 +82,15 @@ def broker_redelivers(broker_url: str) -> bool:
 
 
 def orphans(work: OpenWork, coverage: Coverage, *, redelivered: bool) -> Orphans:
-    if redelivered:  # the broker gave the dead workers' messages back: they are queued
-        for tickets in coverage.dead.values():
-            for cover in tickets.values():
-                coverage.add(cover)
+    dead_held = Coverage()
+    for tickets in coverage.dead.values():
+        for cover in tickets.values():
+            # On RabbitMQ the broker gave the dead workers' messages back: they are queued.
+            (coverage if redelivered else dead_held).add(cover)
     prompts = {
         job: ids - coverage.prompts for job, ids in work.prompts.items() if ids - coverage.prompts
     }
-    return Orphans(prompts, work.unreduced - coverage.reduces, coverage.dead)
+    return Orphans(prompts, work.unreduced - coverage.reduces, coverage.dead, dead_held)
 
 
 class Sweeper:
@@ -116,21 +138,28 @@ class Sweeper:
         return orphans(work, self.store.look(), redelivered=self.redelivered)
 
     def sweep(self) -> Orphans:
-        """Look twice, a lease apart; re-send what was unheld both times."""
+        """Re-send what a dead worker held at once (it has been silent for a lease), and
+        what was unheld at two looks a lease apart; return what was re-sent."""
         first = self.look()
         if first.empty:
             self._collect_stale_tickets()
             return first
-        if self._stop.wait(self.config.lease_s):
-            return Orphans({}, set(), {})
-        found = first & self.look()
+        now = first.held_by_dead()
+        self._resend_all(now)
+        rest = first - now
+        if rest.empty or self._stop.wait(self.config.lease_s):
+            return now
+        later = rest & self.look()
+        self._resend_all(later)
+        return now | later
+
+    def _resend_all(self, found: Orphans) -> None:
         self._bury(found.dead)
         for job_id, prompt_ids in found.prompts.items():
             self._resend(job_id, prompt_ids)
         for job_id in sorted(found.reduces):
             log.warning("job %s finished and nobody holds its reducer: sending it", job_id)
             self.app.send_task(REDUCE_TASK, (job_id,), queue=CONTROL_QUEUE)
-        return found
 
     def _bury(self, dead: dict[str, dict[str, str]]) -> None:
         for worker, tickets in dead.items():
