@@ -84,6 +84,11 @@ def has_training_file(*, session: Session, job_id: int) -> bool:
     return session.execute(query).first() is not None
 
 
+def first_training_file(*, session: Session, job_id: int) -> TrainingFile | None:
+    query = select(TrainingFile).where(col(TrainingFile.job_id) == job_id)
+    return session.scalars(query.order_by(col(TrainingFile.id)).limit(1)).first()
+
+
 def unreduced_teacher_jobs(*, session: Session) -> list[int]:
     """Finished teacher jobs without a training file: their reduce message was lost (a
     worker died between the commit that finished the job and sending it)."""

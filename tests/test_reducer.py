@@ -6,6 +6,7 @@ Then its pure pieces on their own: the filters, the system prompt, the split's f
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,30 @@ def test_kept_rejected_and_the_exact_bytes(database_url: str, tmp_path: Path) ->
     warning = f"{out}: 4 examples; OpenAI fine-tuning needs at least 10"
     assert result.warnings == [warning] == check_file(out).warnings
     assert check_file(out).errors == []
+
+
+def test_the_automatic_reduce_records_one_file_however_many_run(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A re-sent reduce message can run beside the first: every copy writes the same bytes
+    under its own temporary name, and one row is kept."""
+    engine = make_engine(database_url)
+    job_id = store_job(engine, MIXED_ROWS)
+    out = tmp_path / "train.jsonl"
+
+    def once() -> Reduction:
+        return reduce_job(engine=engine, job_id=job_id, out=out, config=CONFIG, once=True)
+
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda _: once(), range(4)))
+    after = once()
+
+    with Session(engine) as session:
+        rows = session.exec(select(TrainingFile).where(TrainingFile.job_id == job_id)).all()
+    assert len(rows) == 1
+    assert {r.record.id for r in [*together, after]} == {rows[0].id}
+    assert out.read_bytes() == MIXED_TRAIN.encode()
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_without_the_system_prompt(database_url: str, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ records a `training_files` row with the counts and the file's sha256.
 import hashlib
 import json
 import os
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,9 +16,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from models import Job, PromptStatus, TrainingFile, session_scope
+from models.db import get_write_engine
+from models.queries import first_training_file
 from models.training_data import AnswerRow as Row
 from models.training_data import answer_rows
 from workers.errors import NotFound
@@ -116,7 +119,8 @@ class _HashingWriter:
 
     def __init__(self, path: Path, check: FormatCheck | None = None) -> None:
         self.path = path
-        self.tmp = path.with_name(path.name + ".tmp")
+        # Its own name: two reducers of one job (a re-sent reduce message) never share it.
+        self.tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         self.file: IO[bytes] = self.tmp.open("wb")
         self.sha = hashlib.sha256()
         self.lines = 0
@@ -131,9 +135,13 @@ class _HashingWriter:
         if self.check is not None:
             self.check.add(check_example(example))
 
-    def close(self) -> None:
+    def close(self, *, keep_empty: bool = True) -> None:
         self.file.close()
-        os.replace(self.tmp, self.path)
+        if self.lines or keep_empty:
+            os.replace(self.tmp, self.path)
+        else:  # nothing to keep: nor an earlier run's file under that name
+            self.tmp.unlink()
+            self.path.unlink(missing_ok=True)
 
 
 def reduce_job(
@@ -143,8 +151,12 @@ def reduce_job(
     out: Path,
     config: ReducerConfig,
     counter: TokenCounter | None = None,
+    once: bool = False,
 ) -> Reduction:
-    """`counter` counts the examples; None: the teacher tier's, in the process's settings."""
+    """`counter` counts the examples; None: the teacher tier's, in the process's settings.
+    `once`: the automatic reduce of a finished job, which records its file only if the job
+    has none yet (two copies of its message may run at the same moment; both write the same
+    bytes, and one row is kept). `distillery reduce` writes a new file on purpose."""
     with Session(engine) as session:
         job = session.get(Job, job_id)
         if job is None:
@@ -159,10 +171,8 @@ def reduce_job(
         filters = Filters(config, counter)
         rejected = _write_examples(rows, system_prompt, job_id, filters, train, valid)
         train.close()
-        valid.close()
-    if not valid.lines:
-        validation.unlink()
-    return _record(engine, job_id, train, valid, rejected, check.finish())
+        valid.close(keep_empty=False)
+    return _record(engine, job_id, train, valid, rejected, check.finish(), once=once)
 
 
 def teacher_counter(params: dict[str, Any], settings: Settings) -> TokenCounter:
@@ -202,6 +212,8 @@ def _record(
     valid: _HashingWriter,
     rejected: Counter[str],
     report: FormatReport,
+    *,
+    once: bool,
 ) -> Reduction:
     if report.errors:  # our own output breaking the format is a bug, never silently shipped
         raise ReduceError(
@@ -216,6 +228,17 @@ def _record(
         rejected=dict(rejected),
         sha256=train.sha.hexdigest(),
     )
-    with session_scope(engine) as session:
+    if not once:
+        with session_scope(engine) as session:
+            session.add(record)
+        return Reduction(record, report.warnings)
+    # Checked and written in one write transaction, the job's row locked (PostgreSQL) or the
+    # database's write lock taken first (SQLite), so two reducers cannot both find no file.
+    writes = get_write_engine(engine.url.render_as_string(hide_password=False))
+    with session_scope(writes) as session:
+        session.execute(select(col(Job.id)).where(col(Job.id) == job_id).with_for_update())
+        existing = first_training_file(session=session, job_id=job_id)
+        if existing is not None:
+            return Reduction(existing, report.warnings)
         session.add(record)
     return Reduction(record, report.warnings)

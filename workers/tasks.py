@@ -104,7 +104,8 @@ def route(prompt_ids: list[int]) -> None:
 @app.task(name=REDUCE_TASK, **RELIABLE)
 def reduce(job_id: int) -> None:
     """Write a finished teacher job's training file, once: a second message for the same
-    job (the start-up sweep below) finds the file and stops. Route jobs have nothing to
+    job (a re-sent one) finds the file and stops, or, run at the same moment, keeps the
+    first one's row. Route jobs have nothing to
     reduce; `distillery reduce JOB` writes a new file on purpose, without this task."""
     ctx = worker_context()
     with session_scope(ctx.engine) as session:
@@ -116,7 +117,7 @@ def reduce(job_id: int) -> None:
             return
     out = ctx.settings.training_path(job_id)
     config = ctx.settings.reducer
-    result = reducer.reduce_job(engine=ctx.engine, job_id=job_id, out=out, config=config)
+    result = reducer.reduce_job(engine=ctx.engine, job_id=job_id, out=out, config=config, once=True)
     log.info("job %s: %d training examples in %s", job_id, result.record.examples, out)
 
 
