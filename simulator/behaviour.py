@@ -25,6 +25,9 @@ class ModelBehaviour:
     latency_jitter_ms: float = 0
     rpm: int | None = None
     tpm: int | None = None
+    # None: rpm and tpm hold over a sliding 60 s window; a number: they are enforced as a
+    # steady rate that a request may run up to this many seconds ahead of (simulator.limits).
+    burst_s: float | None = None
     error_rate: float = 0
     timeout_rate: float = 0
     hang_s: float = 30
@@ -35,6 +38,8 @@ class ModelBehaviour:
         _check_non_negative("latency_ms", self.latency_ms)
         _check_non_negative("latency_jitter_ms", self.latency_jitter_ms)
         _check_non_negative("hang_s", self.hang_s)
+        if self.burst_s is not None:
+            _check_non_negative("burst_s", self.burst_s)
         for name in ("error_rate", "timeout_rate", "skill"):
             _check_fraction(name, getattr(self, name))
         for name in ("rpm", "tpm", "context_tokens"):

@@ -1,4 +1,10 @@
-"""Requests-per-minute and tokens-per-minute limits over a sliding 60-second window.
+"""Requests-per-minute and tokens-per-minute limits, enforced one of two ways:
+
+* a sliding 60-second window (the default): no more than the limit in any 60 s;
+* smoothed (`burst_s` set), as providers enforce them: 1,200 RPM is one request every 50 ms,
+  and a request may come up to `burst_s` seconds ahead of that steady schedule (GCRA, the
+  generic cell rate algorithm; a token bucket holding `burst_s` worth of the limit). A
+  minute's budget sent as a burst is refused, however few requests the minute held.
 
 Not thread-safe on its own: `SimState` calls it under its lock.
 """
@@ -41,6 +47,24 @@ class SlidingWindow:
         self.total += amount
 
 
+@dataclass(slots=True)
+class SmoothedRate:
+    """A limit as a steady rate: `tat` (theoretical arrival time) is when the schedule
+    expects the next request; one that comes more than `burst_s` before it is refused."""
+
+    tat: float = 0.0
+
+    def seconds_until_room(self, now: float, burst_s: float) -> float:
+        return max(0.0, self.tat - burst_s - now)
+
+    def debt(self, now: float, limit: int) -> int:
+        """How far ahead of the schedule the limit is used, in its units (for the message)."""
+        return round(max(0.0, self.tat - now) * limit / WINDOW_S)
+
+    def add(self, now: float, amount: int, limit: int) -> None:
+        self.tat = max(self.tat, now) + amount * WINDOW_S / limit
+
+
 @dataclass(frozen=True, slots=True)
 class LimitRefusal:
     kind: str  # "requests" or "tokens"
@@ -66,14 +90,23 @@ class LimitRefusal:
 
 @dataclass(slots=True)
 class ModelLimits:
-    """One model name's windows; admission is all-or-nothing across both."""
+    """One model name's windows or rates; admission is all-or-nothing across both."""
 
     requests: SlidingWindow = field(default_factory=SlidingWindow)
     tokens: SlidingWindow = field(default_factory=SlidingWindow)
+    request_rate: SmoothedRate = field(default_factory=SmoothedRate)
+    token_rate: SmoothedRate = field(default_factory=SmoothedRate)
 
     def admit(
-        self, now: float, tokens: int, rpm: int | None, tpm: int | None
+        self,
+        now: float,
+        tokens: int,
+        rpm: int | None,
+        tpm: int | None,
+        burst_s: float | None = None,
     ) -> LimitRefusal | None:
+        if burst_s is not None:
+            return self._admit_smoothed(now, tokens, rpm, tpm, burst_s)
         refusal = _check(self.requests, "requests", now, 1, rpm) or _check(
             self.tokens, "tokens", now, tokens, tpm
         )
@@ -81,6 +114,30 @@ class ModelLimits:
             self.requests.add(now, 1)
             self.tokens.add(now, tokens)
         return refusal
+
+    def _admit_smoothed(
+        self, now: float, tokens: int, rpm: int | None, tpm: int | None, burst_s: float
+    ) -> LimitRefusal | None:
+        refusal = _check_rate(self.request_rate, "requests", now, 1, rpm, burst_s) or _check_rate(
+            self.token_rate, "tokens", now, tokens, tpm, burst_s
+        )
+        if refusal is None:
+            if rpm is not None:
+                self.request_rate.add(now, 1, rpm)
+            if tpm is not None:
+                self.token_rate.add(now, tokens, tpm)
+        return refusal
+
+
+def _check_rate(
+    rate: SmoothedRate, kind: str, now: float, amount: int, limit: int | None, burst_s: float
+) -> LimitRefusal | None:
+    if limit is None:
+        return None
+    wait = rate.seconds_until_room(now, burst_s)
+    if wait <= 0:
+        return None
+    return LimitRefusal(kind, limit, rate.debt(now, limit), amount, wait)
 
 
 def _check(

@@ -90,7 +90,9 @@ class SimState:
     def admit(self, model: str, behaviour: ModelBehaviour, tokens: int) -> LimitRefusal | None:
         with self._lock:
             limits = self._limits.setdefault(model, ModelLimits())
-            return limits.admit(time.monotonic(), tokens, behaviour.rpm, behaviour.tpm)
+            return limits.admit(
+                time.monotonic(), tokens, behaviour.rpm, behaviour.tpm, behaviour.burst_s
+            )
 
     def happens(self, probability: float) -> bool:
         if probability <= 0:

@@ -240,6 +240,47 @@ def test_tpm_limit_counts_prompt_and_completion_tokens(sim: RunningSimulator) ->
     assert sim.stats()["tokens"]["tokens"] == first.json()["usage"]["total_tokens"]
 
 
+def test_smoothed_rpm_refuses_a_burst_the_sliding_window_would_accept(
+    sim: RunningSimulator,
+) -> None:
+    """At 60 RPM smoothed with no burst allowance, a second request right after the first is
+    ahead of the schedule (one a second) and refused; a sliding window takes 60 at once."""
+    sim.configure("smooth", rpm=60, burst_s=0)
+    sim.configure("window", rpm=60)
+    body = {"messages": BREAD}
+    smooth = [post_chat(sim, {**body, "model": "smooth"}).status_code for _ in range(2)]
+    window = [post_chat(sim, {**body, "model": "window"}).status_code for _ in range(2)]
+    assert smooth == [200, 429] and window == [200, 200]
+
+
+def test_smoothed_limit_admits_the_steady_rate_plus_the_burst() -> None:
+    """The rule on its own clock: calls every 60/rpm s are all admitted, each may come up to
+    burst_s early, and one more is refused until the schedule catches up."""
+    from simulator.limits import ModelLimits
+
+    limits, now, rpm, burst = ModelLimits(), 100.0, 1200, 0.2  # one per 50 ms
+    steady = [limits.admit(now + i * 0.05, 1, rpm, None, burst) for i in range(100)]
+    assert steady == [None] * 100
+    now += 100 * 0.05  # the schedule's next slot; 4 more fit in the 0.2 s allowance
+    ahead = [limits.admit(now, 1, rpm, None, burst) for _ in range(6)]
+    assert [refusal is None for refusal in ahead] == [True] * 5 + [False]
+    refusal = ahead[-1]
+    assert refusal is not None and refusal.kind == "requests"
+    assert math.isclose(refusal.wait_s, 0.05, abs_tol=1e-9)
+    assert limits.admit(now + refusal.wait_s, 1, rpm, None, burst) is None
+
+
+def test_smoothed_tpm_paces_tokens() -> None:
+    from simulator.limits import ModelLimits
+
+    limits = ModelLimits()  # 600 tokens a minute: 10 a second
+    assert limits.admit(0.0, 100, None, 600, 0.0) is None  # books 10 s of the schedule
+    refusal = limits.admit(5.0, 10, None, 600, 0.0)
+    assert refusal is not None and refusal.kind == "tokens"
+    assert math.isclose(refusal.wait_s, 5.0)
+    assert limits.admit(10.0, 10, None, 600, 0.0) is None
+
+
 def test_error_rate_one_fails_every_request(sim: RunningSimulator) -> None:
     sim.configure("flaky", error_rate=1.0)
     for _ in range(5):
