@@ -32,8 +32,11 @@ PYTHON = sys.executable
 BENCH_REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/8")
 PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 RESULTS_ENV = "BENCH_RESULTS"  # a JSON Lines file that run_all collects figures in
-TIER = "frontier"  # the one tier the benchmarks use; it is also the default teacher tier
+TIER = "frontier"  # the tier the benchmarks use; it is also the default teacher tier
 MODEL = "sim-frontier"
+# A second tier, for the benchmarks that run two (bench.rate_limit): the simulator limits
+# each model name on its own, as a provider limits each model.
+TIER_MODELS = {TIER: MODEL, "medium": "sim-medium"}
 SIM_START_TIMEOUT_S = 30.0
 WORKER_READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
@@ -57,7 +60,10 @@ def _point_at_bench_services() -> None:
     tier on an unused port is enough (workers get their own config with the real server)."""
     producer_config = _SCRATCH / "producer.toml"
     producer_config.write_text(
-        f'[tiers.{TIER}]\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "{MODEL}"\n',
+        "".join(
+            f'[tiers.{tier}]\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "{model}"\n'
+            for tier, model in TIER_MODELS.items()
+        ),
         encoding="utf-8",
     )
     os.environ["REDIS_URL"] = BENCH_REDIS_URL
@@ -190,16 +196,23 @@ def write_worker_config(
     database_url: str,
     rpm: int | None = None,
     calls_in_flight: int | None = None,
+    tiers: tuple[str, ...] = (TIER,),
+    teacher: str = TIER,
 ) -> Path:
-    """A worker's config: the one tier on the simulator, and the run's database.
-    `calls_in_flight` is the tier's `concurrency`: each worker process answers that many
+    """A worker's config: the tiers on the simulator (each with the same limits), the run's
+    database, and the teacher tier that jobs submitted with it go to.
+    `calls_in_flight` is each tier's `concurrency`: each worker process answers that many
     of the tier's prompts at once (its call loop); None keeps the project's default."""
     tier_extra = f"rpm = {rpm}\n" if rpm else ""
     tier_extra += f"concurrency = {calls_in_flight}\n" if calls_in_flight else ""
+    tier_tables = "".join(
+        f'\n[tiers.{tier}]\nbase_url = "{base_url}"\nmodel = "{TIER_MODELS[tier]}"\n'
+        f"input_per_1k = 5.0\noutput_per_1k = 5.0\n{tier_extra}"
+        for tier in tiers
+    )
     path.write_text(
-        f'database_url = "{database_url}"\noutput_dir = "{path.parent / "output"}"\n\n'
-        f'[tiers.{TIER}]\nbase_url = "{base_url}"\nmodel = "{MODEL}"\n'
-        f"input_per_1k = 5.0\noutput_per_1k = 5.0\n{tier_extra}",
+        f'database_url = "{database_url}"\noutput_dir = "{path.parent / "output"}"\n'
+        f'{tier_tables}\n[teacher]\ntier = "{teacher}"\n',
         encoding="utf-8",
     )
     return path
@@ -267,9 +280,9 @@ class SimulatorProcess:
         stats: dict[str, Any] = http_json(f"{self.url}/admin/stats")
         return stats
 
-    def events(self) -> list[tuple[float, int, int]]:
-        """(arrival time, HTTP status, tokens) of every answered request to the bench model."""
-        return [(float(t), int(s), int(n)) for t, s, n in self.stats()["events"].get(MODEL, [])]
+    def events(self, model: str = MODEL) -> list[tuple[float, int, int]]:
+        """(arrival time, HTTP status, tokens) of every answered request to `model`."""
+        return [(float(t), int(s), int(n)) for t, s, n in self.stats()["events"].get(model, [])]
 
     def reset_stats(self) -> None:
         http_json(f"{self.url}/admin/reset", {})
@@ -310,17 +323,26 @@ class WorkerPool:
     def log_path(self, index: int) -> Path:
         return self.workdir / f"worker-{index}.log"
 
-    def start(self, config: Path, *, count: int = 1, messages: int | None = None) -> None:
+    def start(
+        self,
+        config: Path,
+        *,
+        count: int = 1,
+        messages: int | None = None,
+        tiers: str | None = TIER,
+    ) -> None:
         """`count` workers; `messages` is `--concurrency` (messages handled at once), left
-        at the CLI's default unless given. Calls in flight come from the config."""
+        at the CLI's default unless given. Calls in flight come from the config. `tiers`
+        is `--tiers`; None consumes every tier of the config."""
         for _ in range(count):
-            self._start_one(config, messages)
+            self._start_one(config, messages, tiers)
         for index in range(len(self.processes)):
             self._wait_ready(index)
 
-    def _start_one(self, config: Path, messages: int | None) -> None:
+    def _start_one(self, config: Path, messages: int | None, tiers: str | None) -> None:
         environ = {**os.environ, "DISTILLERY_CONFIG": str(config), "REDIS_URL": BENCH_REDIS_URL}
-        command = [PYTHON, "-m", "producer.cli", "worker", "--tiers", TIER, "--loglevel", "INFO"]
+        command = [PYTHON, "-m", "producer.cli", "worker", "--loglevel", "INFO"]
+        command += ["--tiers", tiers] if tiers else []
         command += ["--concurrency", str(messages)] if messages else []
         log = self.log_path(len(self.processes)).open("wb")
         self.processes.append(

@@ -1,8 +1,10 @@
 """Global per-tier rate limits: each scenario once, run against both backends (the Redis
-script on real Redis, and the in-process limiter), the rule itself on a fake clock, and three
+script on real Redis, and the in-process limiter), judged by the slots the limiter booked on
+its own clock (Redis's TIME, or the process's); the rule itself on a fake clock; and three
 real worker processes against a simulator enforcing the same limit."""
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from itertools import pairwise
@@ -17,10 +19,13 @@ from tests.helpers.config import write_config
 from tests.helpers.pipeline import attempts_of, submit_file, wait_for_job, write_jsonl
 from tests.helpers.services import TEST_REDIS_URL
 from workers.ratelimit import (
+    AHEAD_S,
     COOLDOWN_REFRESH_S,
+    Booking,
     Limits,
     LocalRateLimiter,
     RedisRateLimiter,
+    book_slot,
 )
 
 T = TypeVar("T")
@@ -49,51 +54,146 @@ def run(scenario: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(scenario())  # type: ignore[arg-type]
 
 
-def test_grants_are_paced_across_concurrent_callers(make_limiter: Callable[[], Limiter]) -> None:
-    limits = Limits(rpm=600, tpm=None)  # one call per 0.1 s
+def run_slots(limiter: Limiter, limits: Limits, count: int) -> list[Booking]:
+    """`count` bookings, as fast as the limiter grants them (asleep while refused)."""
 
-    async def scenario() -> list[float]:
-        limiters = [make_limiter() for _ in range(4)]  # four callers (processes)
-        grants: list[float] = []
+    async def scenario() -> list[Booking]:
+        return [await book_slot(lambda: limiter.book("t", limits, 1)) for _ in range(count)]
+
+    return run(scenario)
+
+
+def most_in_any_span(slots: list[float], span: float) -> int:
+    """The most slots within any closed `span`-second interval."""
+    slots, most, first = sorted(slots), 0, 0
+    for last, at in enumerate(slots):
+        while slots[first] < at - span - 1e-6:  # the script writes slots to 1 µs
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+def test_concurrent_callers_book_consecutive_slots(make_limiter: Callable[[], Limiter]) -> None:
+    """Four callers (processes, with Redis) booking at once get distinct slots of the one
+    schedule, never two closer than the interval, each one its own booking."""
+    limits = Limits(rpm=1200, tpm=None)  # one slot per 50 ms
+
+    async def scenario() -> list[Booking]:
+        limiters = [make_limiter() for _ in range(4)]
+        bookings: list[Booking] = []
 
         async def caller(limiter: Limiter) -> None:
-            for _ in range(4):
-                await limiter.acquire("small", limits, 1)
-                grants.append(time.monotonic())
+            for _ in range(6):
+                bookings.append(await book_slot(lambda: limiter.book("t", limits, 1)))
 
         await asyncio.gather(*(caller(limiter) for limiter in limiters))
-        return sorted(grants)
+        return bookings
 
-    grants = run(scenario)
-    assert len(grants) == 16
-    assert min(b - a for a, b in pairwise(grants)) >= 0.09  # never two at once (lower bound)
+    bookings = run(scenario)
+    slots = sorted(b.slot for b in bookings)
+    assert len(slots) == 24 and all(b.booked and 0 <= b.delay_s <= AHEAD_S for b in bookings)
+    assert min(b - a for a, b in pairwise(slots)) >= limits.request_s - 1e-6
+    assert most_in_any_span(slots, 1.0) <= 1.0 / limits.request_s + 1
 
 
-def test_token_window_fills_and_reconcile_frees_it(make_limiter: Callable[[], Limiter]) -> None:
-    limits = Limits(rpm=None, tpm=1000)
+def test_a_slot_further_ahead_than_ahead_s_is_not_booked(
+    make_limiter: Callable[[], Limiter],
+) -> None:
+    limits = Limits(rpm=60, tpm=None)  # one slot a second (and a hair)
+
+    async def scenario() -> list[Booking]:
+        limiter = make_limiter()
+        return [await limiter.book("t", limits, 1) for _ in range(3)]
+
+    first, refused, again = run(scenario)
+    assert first.booked and first.delay_s == 0  # an idle tier: now
+    assert not refused.booked and not again.booked  # refusing books nothing
+    assert math.isclose(refused.slot, first.slot + limits.request_s, abs_tol=1e-5)
+    assert math.isclose(again.slot, refused.slot, abs_tol=1e-5)
+    # ask again when the slot is AHEAD_S away (the limiter's clock moved a little meanwhile)
+    assert limits.request_s - AHEAD_S - 0.1 < refused.delay_s <= limits.request_s - AHEAD_S
+
+
+def test_a_burst_allowance_lets_an_idle_tier_go_at_once(
+    make_limiter: Callable[[], Limiter],
+) -> None:
+    """GCRA's bound: at most (span + burst) / interval + 1 slots within any span."""
+    limits = Limits(rpm=600, tpm=None, burst_s=0.5)
+    slots = [b.slot for b in run_slots(make_limiter(), limits, 12)]
+    # the call on schedule and five more of 0.1002 s in the 0.5 s allowance (the fifth
+    # 1 ms late): an idle tier's first six calls go at once, the rest 0.1002 s apart
+    at_once = [slot for slot in slots if slot - slots[0] < 0.01]
+    assert len(at_once) == 6
+    assert min(b - a for a, b in pairwise(slots[6:])) >= limits.request_s - 1e-6
+    for span in (0.0, 0.3, 1.0):
+        assert most_in_any_span(slots, span) <= (span + limits.burst_s) / limits.request_s + 1
+
+
+def test_tokens_move_the_schedule_and_reconcile_moves_it_back(
+    make_limiter: Callable[[], Limiter],
+) -> None:
+    limits = Limits(rpm=None, tpm=1000)  # 600 tokens take 36 s of the schedule
 
     async def scenario() -> None:
         limiter, other = make_limiter(), make_limiter()
-        waited, ticket = await limiter.try_acquire("t", limits, 600, "a")
-        assert waited == 0 and ticket
-        wait, refused = await other.try_acquire("t", limits, 600, "b")
-        assert refused is None and 61 < wait <= 62.01  # full until the first call ages out
+        first = await limiter.book("t", limits, 600)
+        ticket = limits.ticket(600)
+        refused = await other.book("t", limits, 600)
+        assert first.booked and not refused.booked
+        assert math.isclose(refused.slot, first.slot + 600 * limits.token_s, abs_tol=1e-5)
         await limiter.reconcile("t", ticket, 300)  # it used fewer tokens than estimated
-        assert (await other.try_acquire("t", limits, 600, "c"))[1]
+        closer = await other.book("t", limits, 600)
+        assert math.isclose(closer.slot, first.slot + 300 * limits.token_s, abs_tol=1e-5)
+        await limiter.reconcile("t", ticket, 0)  # an error: no tokens used after all
+        assert (await other.book("t", limits, 600)).booked
 
     run(scenario)
 
 
-def test_a_cooldown_pauses_the_tier_even_without_limits(
-    make_limiter: Callable[[], Limiter],
-) -> None:
+def test_a_cooldown_pauses_a_limited_tier(make_limiter: Callable[[], Limiter]) -> None:
     async def scenario() -> None:
         limiter, other = make_limiter(), make_limiter()
         await limiter.cooldown("t", 3)
-        wait, refused = await other.try_acquire("t", NO_LIMITS, 1, "d")
-        assert refused is None and 2.5 < wait <= 3.0
+        refused = await other.book("t", Limits(rpm=6000, tpm=None), 1)
+        assert not refused.booked and 2.5 - AHEAD_S < refused.delay_s <= 3.0 - AHEAD_S
 
     run(scenario)
+
+
+class CountingLimiter(RedisRateLimiter):
+    """The Redis limiter, counting its bookings and how many were asked at once."""
+
+    def __init__(self) -> None:
+        import redis.asyncio
+
+        super().__init__(redis.asyncio.Redis.from_url(TEST_REDIS_URL))
+        self.asks = self.asking = self.most_at_once = 0
+
+    async def book(self, tier: str, limits: Limits, tokens: int) -> Booking:
+        self.asks, self.asking = self.asks + 1, self.asking + 1
+        self.most_at_once = max(self.most_at_once, self.asking)
+        try:
+            return await super().book(tier, limits, tokens)
+        finally:
+            self.asking -= 1
+
+
+@pytest.mark.usefixtures("clean_redis")
+def test_one_coroutine_per_tier_asks_redis_at_a_time() -> None:
+    """Fifty calls waiting at once on one process: one booking each (plus an ask while the
+    schedule is more than AHEAD_S ahead), never two asks of one tier in flight together."""
+    limits = Limits(rpm=6000, tpm=None)  # 10 ms slots: 50 calls take half a second
+
+    async def scenario() -> CountingLimiter:
+        limiter = CountingLimiter()
+        await asyncio.gather(*(limiter.acquire("t", limits, 1) for _ in range(50)))
+        await limiter.close()
+        return limiter
+
+    limiter = run(scenario)
+    assert limiter.most_at_once == 1
+    refused_asks = limiter.asks - 50
+    assert 0 <= refused_asks <= 50  # at most one wait per booking, never a retry storm
 
 
 def test_a_limitless_tier_waits_out_any_callers_cooldown(
@@ -128,30 +228,35 @@ class FakeClock:
         return self.now
 
 
-def test_the_rule_paces_evenly_on_its_own_clock() -> None:
+def test_the_rule_keeps_the_schedule_when_callers_come_late() -> None:
+    """A caller that asks late does not push the slots after it: the schedule stays one
+    slot per interval from the first (the drift that "wait, then ask again" had)."""
     clock = FakeClock()
     limiter = LocalRateLimiter(clock=clock)
     limits = Limits(rpm=60, tpm=None)
-    grants = []
-    while len(grants) < 10:
-        wait, ticket = limiter.check("small", limits, 10, f"call-{len(grants)}")
-        if ticket:
-            grants.append(clock.now)
-        clock.now += max(wait, 0.001)
-    gaps = [b - a for a, b in pairwise(grants)]
-    assert len(gaps) == 9 and all(gap >= 1.0 for gap in gaps)  # 60 rpm: one a second
+    slots = []
+    for n in range(20):
+        booking = limiter.book_now("small", limits, 10)
+        while not booking.booked:
+            clock.now += booking.delay_s + 0.01 * (n % 3)  # wakes up 0-20 ms late
+            booking = limiter.book_now("small", limits, 10)
+        slots.append(booking.slot)
+    gaps = [b - a for a, b in pairwise(slots)]
+    assert all(math.isclose(gap, limits.request_s) for gap in gaps)
 
 
-def test_the_rpm_window_holds_at_most_rpm_calls() -> None:
+def test_the_rule_never_books_more_than_rpm_in_a_minute() -> None:
     clock = FakeClock()
     limiter = LocalRateLimiter(clock=clock)
-    limits = Limits(rpm=3, tpm=None)
-    granted = 0
-    for n in range(200):  # 200 asks over 100 s
-        granted += limiter.check("t", limits, 1, f"c{n}")[1] is not None
-        clock.now += 0.5
-    # pacing 20 s apart allows 5 in 100 s, and never more than 3 in any 62 s window
-    assert 4 <= granted <= 6
+    limits = Limits(rpm=60, tpm=None)
+    slots = []
+    for _ in range(20000):  # an ask every 10 ms for 200 s
+        booking = limiter.book_now("t", limits, 1)
+        if booking.booked:
+            slots.append(booking.slot)
+        clock.now += 0.01
+    assert 199 <= len(slots) <= 201
+    assert most_in_any_span(slots, 60.0) <= 60  # the 0.2 % margin: not 61 slots
 
 
 def max_in_any_window(events: list[tuple[float, float]], window: float = 60.0) -> float:

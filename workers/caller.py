@@ -73,7 +73,7 @@ class Caller:
         """One try within the tier's limits; `before_call` runs after the wait for capacity,
         right before the request goes out (e.g. a cancellation check)."""
         estimate = call_estimate(tier, request.messages, request.max_tokens)
-        limits = Limits(tier.rpm, tier.tpm)
+        limits = Limits(tier.rpm, tier.tpm, tier.burst_s)
         ticket = await self.limiter.acquire(tier.name, limits, estimate)
         if before_call is not None:
             await before_call()

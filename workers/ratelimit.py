@@ -1,26 +1,30 @@
 """Global per-tier rate limits: a tier's `rpm` and `tpm` hold across every worker process
-and machine together, because the count lives in Redis and is checked atomically before
+and machine together, because the schedule lives in Redis and is booked atomically before
 each call (Celery's own `rate_limit` is per worker: celery #5732, #4727).
 
-Two rules, both in one Lua script:
-* pacing: calls are spaced at least 60/rpm seconds apart (slightly more), so a minute's
-  budget never goes out as a burst that the provider answers with 429s;
-* a sliding 60-second window: no more than `rpm` calls and `tpm` tokens in any window.
-A 429 puts the whole tier on a shared cooldown for its Retry-After.
+The rule is GCRA (the generic cell rate algorithm, as in redis-cell and Stripe's limiter):
+the tier's calls go out on a steady schedule of one per 60/rpm seconds, and its tokens at
+tpm/60 a second, which is how providers enforce their per-minute limits (a steady rate
+with a small burst allowance, not a minute's budget at once). Each acquire *books* the
+next free slot of the schedule in one Lua script and gets back how long until that slot;
+the caller sleeps until then in its own event loop. A slot is booked at most `AHEAD_S`
+ahead; further out, the script says when to ask again. So the schedule does not drift:
+a caller that wakes a little late does not push the slots after it, as "wait, then ask
+again" does (that cost issue 14 ~10 % of the limit at 1,200 RPM). A 429 puts the whole
+tier on a shared cooldown for its Retry-After: nothing is booked before it ends.
 
 Tokens are estimated before the call (`workers.tokens`) and reconciled with the usage
-the provider returned. Waiting is `asyncio.sleep` in the caller's event loop: no thread,
-no database connection is held and no CPU burned. `LocalRateLimiter` is the same algorithm
-in-process, for the embedded mode without Redis, and the reference the Redis script is
-tested against.
+the provider returned: the difference moves the token schedule. Waiting is
+`asyncio.sleep` in the caller's event loop: no thread, no database connection is held and
+no CPU burned. In one process, one coroutine per tier asks Redis at a time (the others
+queue behind it locally), so hundreds of calls in flight cost one booking round trip per
+call, never a retry storm. `LocalRateLimiter` is the same rule in-process, for the
+embedded mode without Redis, and the reference the Redis script is tested against.
 """
 
 import asyncio
-import random
 import threading
 import time
-import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -28,29 +32,54 @@ from typing import Any, Protocol
 from workers.ttlcache import TtlCache
 
 WINDOW_S = 60.0
-# The limiter counts its window a second longer than the provider's minute: a call granted
-# here reaches the provider a little later (network, a busy CPU), and this guard keeps any
-# provider-side minute at or under the limit. It costs about 3 % of the budget.
-GUARD_S = 2.0
-# Spacing a hair wider than 60/rpm keeps any 60-second window at or under rpm calls even
-# when a call lands exactly on the window's edge.
+# The schedule runs a hair slower than the limit: 0.2 % leaves 0.12 s a minute, so calls
+# that reach the provider a little later or earlier than their slot (network, a busy CPU)
+# still fit a provider that counts a strict sliding 60 s window instead of a smoothed rate.
 PACING_MARGIN = 1.002
+# How far ahead of now a caller may book a slot. Far enough that the booking round trip
+# and a late wake-up never leave a slot unused; near enough that a 429's cooldown, a
+# cancelled job or a dead worker wastes at most this much of the schedule.
+AHEAD_S = 0.25
 # How stale a worker's view of a limitless tier's 429 cooldown may be (see below).
 COOLDOWN_REFRESH_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """A tier's limits; `burst_s` is how far ahead of the steady schedule a call may go
+    (the provider's burst allowance, or part of it; 0 spaces calls evenly)."""
+
     rpm: int | None
     tpm: int | None
+    burst_s: float = 0.0
 
     @property
     def active(self) -> bool:
         return bool(self.rpm or self.tpm)
 
     @property
-    def spacing_s(self) -> float:
+    def request_s(self) -> float:
+        """Seconds of the schedule one call takes (0: no rpm)."""
         return WINDOW_S / self.rpm * PACING_MARGIN if self.rpm else 0.0
+
+    @property
+    def token_s(self) -> float:
+        """Seconds of the schedule one token takes (0: no tpm)."""
+        return WINDOW_S / self.tpm * PACING_MARGIN if self.tpm else 0.0
+
+    def ticket(self, tokens: int) -> str | None:
+        """What `reconcile` needs to move the token schedule: the estimate and its rate."""
+        return f"{tokens}:{self.token_s!r}" if self.tpm else None
+
+
+@dataclass(frozen=True, slots=True)
+class Booking:
+    """A booked slot `delay_s` from now (the limiter's clock: Redis's, or the process's),
+    at `slot` on that clock; or, not `booked`, how long to wait before asking again."""
+
+    delay_s: float
+    booked: bool
+    slot: float
 
 
 class RateLimiter(Protocol):
@@ -71,70 +100,64 @@ class RateLimiter(Protocol):
     async def close(self) -> None: ...
 
 
-def _jittered(wait: float) -> float:
-    # A little jitter, so the waiters of a tier do not all ask again in the same instant.
-    return wait + random.uniform(0, min(0.05, wait / 10))
-
-
-async def wait_loop(
-    try_acquire: Callable[[], Awaitable[tuple[float, str | None]]],
+async def book_slot(
+    book: Callable[[], Awaitable[Booking]],
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-) -> str | None:
-    """Ask until allowed, sleeping the time the limiter says: a waiting call costs a timer,
-    not a thread."""
-    while True:
-        wait, ticket = await try_acquire()
-        if wait <= 0:
-            return ticket
-        await sleep(_jittered(wait))
+) -> Booking:
+    """Book a slot, asleep while the next free one is more than `AHEAD_S` ahead."""
+    while not (booking := await book()).booked:
+        await sleep(booking.delay_s)
+    return booking
 
 
-# KEYS: state hash, window zset (score = time, member = "ticket:tokens").
-# ARGV: spacing_s, rpm (0 = none), tpm (0 = none), tokens, ticket, window_s.
-# Returns {wait_seconds_as_string, ticket}. Time comes from Redis, so every machine agrees.
-ACQUIRE_LUA = """
+async def sleep_until(booking: Booking) -> None:
+    """Wait for the booked slot: a waiting call costs a timer, not a thread."""
+    if booking.delay_s > 0:
+        await asyncio.sleep(booking.delay_s)
+
+
+def _ticket_delta(ticket: str, tokens: int) -> float:
+    """Seconds the token schedule moves when `tokens` replace the ticket's estimate."""
+    estimate, token_s = ticket.split(":")
+    return (tokens - int(estimate)) * float(token_s)
+
+
+# KEYS: state hash (fields r, t: the next slot of the request and token schedules; cool:
+# the end of a 429 cooldown). ARGV: request_s, token_s, tokens, burst_s, ahead_s.
+# Returns {seconds (until the slot, or until asking again), booked 1|0, slot}. Time comes
+# from Redis, so every machine agrees; numbers are written with 6 decimals, not Lua's 14
+# significant digits (which would round a Unix time to 0.1 ms).
+BOOK_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local spacing, rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local tokens = tonumber(ARGV[4])
-local window = tonumber(ARGV[6])
-local state = redis.call('HMGET', KEYS[1], 'next', 'cool', 'tokens')
-local next_at = tonumber(state[1]) or 0
-local cool = tonumber(state[2]) or 0
-local used = tonumber(state[3]) or 0
-local wait = math.max(next_at - now, cool - now)
-if wait > 0 then return {tostring(wait), ''} end
-if rpm == 0 and tpm == 0 then return {'0', ''} end
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - window)
-for _, member in ipairs(expired) do
-  used = used - tonumber(string.match(member, ':(%-?%d+)$'))
+local request_s, token_s = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tokens, burst, ahead = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local state = redis.call('HMGET', KEYS[1], 'r', 't', 'cool')
+local next_r = tonumber(state[1]) or 0
+local next_t = tonumber(state[2]) or 0
+local cool = tonumber(state[3]) or 0
+local slot = math.max(now, cool)
+if request_s > 0 then slot = math.max(slot, next_r - burst) end
+if token_s > 0 then slot = math.max(slot, next_t - burst) end
+if slot - now > ahead then
+  return {string.format('%.6f', slot - now - ahead), 0, string.format('%.6f', slot)}
 end
-if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window) end
-if used < 0 then used = 0 end
-local count = redis.call('ZCARD', KEYS[2])
-local full = (rpm > 0 and count >= rpm) or (tpm > 0 and count > 0 and used + tokens > tpm)
-if full then
-  local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-  redis.call('HSET', KEYS[1], 'tokens', used)
-  return {tostring(tonumber(oldest[2]) + window - now + 0.001), ''}
+if request_s > 0 then
+  redis.call('HSET', KEYS[1], 'r', string.format('%.6f', math.max(next_r, slot) + request_s))
 end
-local member = ARGV[5] .. ':' .. tokens
-redis.call('ZADD', KEYS[2], now, member)
-redis.call('HSET', KEYS[1], 'next', now + spacing, 'tokens', used + tokens)
+if token_s > 0 then
+  local after = math.max(next_t, slot) + tokens * token_s
+  redis.call('HSET', KEYS[1], 't', string.format('%.6f', after))
+end
 redis.call('EXPIRE', KEYS[1], 3600)
-redis.call('EXPIRE', KEYS[2], 3600)
-return {'0', member}
+return {string.format('%.6f', slot - now), 1, string.format('%.6f', slot)}
 """
 
-# KEYS: state hash, window zset. ARGV: ticket ("id:estimate", the window member), actual tokens.
+# KEYS: state hash. ARGV: seconds the token schedule moves (the usage less the estimate).
 RECONCILE_LUA = """
-local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not score then return 0 end
-local old = tonumber(string.match(ARGV[1], ':(%-?%d+)$'))
-local id = string.match(ARGV[1], '^(.*):')
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZADD', KEYS[2], score, id .. ':' .. ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'tokens', tonumber(ARGV[2]) - old)
+if redis.call('HEXISTS', KEYS[1], 't') == 0 then return 0 end
+local after = tonumber(redis.call('HGET', KEYS[1], 't')) + tonumber(ARGV[1])
+redis.call('HSET', KEYS[1], 't', string.format('%.6f', after))
 return 1
 """
 
@@ -156,21 +179,18 @@ return 1
 """
 
 
-def redis_keys(prefix: str, tier: str) -> list[str]:
+def redis_key(prefix: str, tier: str) -> list[str]:
     # One hash slot per tier ({tier}) so the scripts also run on Redis Cluster.
-    return [f"{prefix}:{{{tier}}}:state", f"{prefix}:{{{tier}}}:window"]
+    return [f"{prefix}:{{{tier}}}:schedule"]
 
 
-def acquire_args(limits: Limits, tokens: int, ticket: str) -> list[Any]:
-    return [limits.spacing_s, limits.rpm or 0, limits.tpm or 0, tokens, ticket, WINDOW_S + GUARD_S]
+def book_args(limits: Limits, tokens: int) -> list[Any]:
+    return [limits.request_s, limits.token_s, tokens, limits.burst_s, AHEAD_S]
 
 
-def granted(reply: Any) -> tuple[float, str | None]:
-    """(0, window ticket) when granted, else (seconds to wait, None)."""
-    wait, ticket = reply
-    if isinstance(ticket, bytes):
-        ticket = ticket.decode()
-    return float(wait), ticket or None
+def booking(reply: Any) -> Booking:
+    seconds, booked, slot = reply
+    return Booking(float(seconds), bool(int(booked)), float(slot))
 
 
 PREFIX = "distillery:ratelimit"
@@ -178,124 +198,108 @@ PREFIX = "distillery:ratelimit"
 
 class RedisRateLimiter:
     """The limits shared through Redis (`redis.asyncio`), across processes and machines.
+    Open one per event loop (its asker locks belong to the loop).
 
-    A tier with limits runs the acquire script before every call: it must be counted. A
-    tier without limits only has to respect a 429 cooldown; asking Redis about it before
-    every call cost a fifth of a worker's CPU, so this process re-reads a tier's cooldown at
-    most every `COOLDOWN_REFRESH_S` (and knows its own 429s at once). Another worker's 429
-    pauses this one within that time."""
+    A tier with limits books a slot before every call; one coroutine per tier asks at a
+    time. A tier without limits only has to respect a 429 cooldown; asking Redis about it
+    before every call cost a fifth of a worker's CPU, so this process re-reads a tier's
+    cooldown at most every `COOLDOWN_REFRESH_S` (and knows its own 429s at once). Another
+    worker's 429 pauses this one within that time."""
 
     def __init__(self, client: Any, *, prefix: str = PREFIX) -> None:
         self.client = client
         self.prefix = prefix
-        self._acquire = client.register_script(ACQUIRE_LUA)
+        self._book = client.register_script(BOOK_LUA)
         self._reconcile = client.register_script(RECONCILE_LUA)
         self._cooldown = client.register_script(COOLDOWN_LUA)
         self._cool_left = client.register_script(COOL_LEFT_LUA)
         self.cool_until: TtlCache[str, float] = TtlCache(COOLDOWN_REFRESH_S)  # monotonic
+        self.askers: dict[str, asyncio.Lock] = {}
 
     async def acquire(self, tier: str, limits: Limits, tokens: int) -> str | None:
         if not limits.active:
             await self._wait_for_cooldown(tier)
             return None
-        ticket = uuid.uuid4().hex
-        return await wait_loop(lambda: self.try_acquire(tier, limits, tokens, ticket))
+        async with self.askers.setdefault(tier, asyncio.Lock()):
+            booked = await book_slot(lambda: self.book(tier, limits, tokens))
+        await sleep_until(booked)  # outside the lock: the next caller books meanwhile
+        return limits.ticket(tokens)
 
-    async def try_acquire(
-        self, tier: str, limits: Limits, tokens: int, ticket: str
-    ) -> tuple[float, str | None]:
-        """One atomic check: (0, window ticket) when granted, else (seconds to wait, None)."""
-        keys, args = redis_keys(self.prefix, tier), acquire_args(limits, tokens, ticket)
-        return granted(await self._acquire(keys=keys, args=args))
+    async def book(self, tier: str, limits: Limits, tokens: int) -> Booking:
+        """One atomic booking (or, too far ahead, how long until asking again)."""
+        reply = await self._book(keys=redis_key(self.prefix, tier), args=book_args(limits, tokens))
+        return booking(reply)
 
     async def _wait_for_cooldown(self, tier: str) -> None:
         async def read() -> float:
-            left = await self._cool_left(keys=redis_keys(self.prefix, tier)[:1])
+            left = await self._cool_left(keys=redis_key(self.prefix, tier))
             return time.monotonic() + float(left)
 
         while (wait := await self.cool_until.get(tier, read) - time.monotonic()) > 0:
-            await asyncio.sleep(_jittered(wait))
+            await asyncio.sleep(wait)
 
     async def reconcile(self, tier: str, ticket: str | None, tokens: int) -> None:
         if ticket:
-            await self._reconcile(keys=redis_keys(self.prefix, tier), args=[ticket, tokens])
+            delta = _ticket_delta(ticket, tokens)
+            await self._reconcile(keys=redis_key(self.prefix, tier), args=[repr(delta)])
 
     async def cooldown(self, tier: str, seconds: float) -> None:
         self.cool_until.put(tier, time.monotonic() + seconds)
-        await self._cooldown(keys=redis_keys(self.prefix, tier)[:1], args=[seconds])
+        await self._cooldown(keys=redis_key(self.prefix, tier), args=[seconds])
 
     async def close(self) -> None:
         await self.client.aclose()
 
 
 @dataclass
-class _TierState:
-    next_at: float = 0.0
+class _Schedule:
+    next_r: float = 0.0
+    next_t: float = 0.0
     cool: float = 0.0
-    window: deque[tuple[float, str, int]] | None = None
-
-    def __post_init__(self) -> None:
-        self.window = deque()
 
 
 class LocalRateLimiter:
-    """The same rules within one process (the embedded mode without Redis), and the
-    reference the Redis script is tested against. `try_acquire` is the rule itself, on an
+    """The same rule within one process (the embedded mode without Redis), and the
+    reference the Redis script is tested against. `book_now` is the rule itself, on an
     injectable clock; the lock lets several event loops (threads) share one instance."""
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.lock = threading.Lock()
-        self.tiers: dict[str, _TierState] = {}
+        self.tiers: dict[str, _Schedule] = {}
 
-    def _state(self, tier: str) -> _TierState:
-        return self.tiers.setdefault(tier, _TierState())
-
-    async def try_acquire(
-        self, tier: str, limits: Limits, tokens: int, ticket: str
-    ) -> tuple[float, str | None]:
-        return self.check(tier, limits, tokens, ticket)
-
-    def check(
-        self, tier: str, limits: Limits, tokens: int, ticket: str
-    ) -> tuple[float, str | None]:
-        """The rule itself, on this limiter's clock: (0, ticket) when granted, else (seconds
-        to wait, None)."""
+    def book_now(self, tier: str, limits: Limits, tokens: int) -> Booking:
+        """BOOK_LUA, line for line, on this limiter's clock."""
         with self.lock:
-            state, now = self._state(tier), self.clock()
-            window = state.window
-            assert window is not None
-            wait = max(state.next_at - now, state.cool - now)
-            if wait > 0:
-                return wait, None
-            if not limits.active:
-                return 0.0, None
-            while window and window[0][0] <= now - WINDOW_S - GUARD_S:
-                window.popleft()
-            used = sum(n for _, _, n in window)
-            if (limits.rpm and len(window) >= limits.rpm) or (
-                limits.tpm and window and used + tokens > limits.tpm
-            ):
-                return window[0][0] + WINDOW_S + GUARD_S - now + 0.001, None
-            window.append((now, ticket, tokens))
-            state.next_at = now + limits.spacing_s
-            return 0.0, ticket
+            state, now = self.tiers.setdefault(tier, _Schedule()), self.clock()
+            slot = max(now, state.cool)
+            if limits.request_s:
+                slot = max(slot, state.next_r - limits.burst_s)
+            if limits.token_s:
+                slot = max(slot, state.next_t - limits.burst_s)
+            if slot - now > AHEAD_S:
+                return Booking(slot - now - AHEAD_S, False, slot)
+            if limits.request_s:
+                state.next_r = max(state.next_r, slot) + limits.request_s
+            if limits.token_s:
+                state.next_t = max(state.next_t, slot) + tokens * limits.token_s
+            return Booking(slot - now, True, slot)
+
+    async def book(self, tier: str, limits: Limits, tokens: int) -> Booking:
+        return self.book_now(tier, limits, tokens)
 
     async def acquire(self, tier: str, limits: Limits, tokens: int) -> str | None:
-        ticket = uuid.uuid4().hex
-        return await wait_loop(lambda: self.try_acquire(tier, limits, tokens, ticket))
+        await sleep_until(await book_slot(lambda: self.book(tier, limits, tokens)))
+        return limits.ticket(tokens)
 
     async def reconcile(self, tier: str, ticket: str | None, tokens: int) -> None:
-        with self.lock:
-            window = self._state(tier).window
-            assert window is not None
-            for i, (at, held, _) in enumerate(window):
-                if held == ticket:
-                    window[i] = (at, held, tokens)
+        if ticket:
+            with self.lock:
+                self.tiers.setdefault(tier, _Schedule()).next_t += _ticket_delta(ticket, tokens)
 
     async def cooldown(self, tier: str, seconds: float) -> None:
         with self.lock:
-            state = self._state(tier)
+            state = self.tiers.setdefault(tier, _Schedule())
             state.cool = max(state.cool, self.clock() + seconds)
 
     async def close(self) -> None:
