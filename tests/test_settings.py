@@ -44,3 +44,22 @@ def test_a_tier_knows_its_own_name() -> None:
     assert [t.name for t in settings.tiers.values()] == ["cheap", "best"]
     with pytest.raises(ValidationError, match="name is the table's key"):
         Settings(tiers={"cheap": {"base_url": "http://x/v1", "model": "a", "name": "other"}})
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({}, 256),  # no rpm: the most one worker's loop serves best
+        ({"rpm": 1200}, 256),  # 20 a second x 60 s would be 1,200: capped
+        ({"rpm": 120, "timeout_s": 30}, 60),  # 2 a second, each open at most 30 s
+        ({"rpm": 10}, 16),  # never fewer than 16
+        ({"rpm": 10, "concurrency": 4}, 4),  # the config's own figure wins
+    ],
+)
+def test_calls_in_flight_default_follows_rpm_and_timeout(
+    settings: dict[str, object], expected: int
+) -> None:
+    from workers.settings import TierConfig
+
+    tier = TierConfig(base_url="http://x/v1", model="m", **settings)  # type: ignore[arg-type]
+    assert tier.calls_in_flight == expected

@@ -65,7 +65,7 @@ async def answer_message(
 ) -> Answered:
     """Answer a message's prompts on `tier`, at most the tier's `concurrency` calls in flight
     per worker, and return once everything they recorded is committed."""
-    in_flight = ctx.loop.in_flight(tier.name, tier.concurrency)
+    in_flight = ctx.loop.in_flight(tier.name, tier.calls_in_flight)
 
     async def one(item: WorkItem) -> list[Record]:
         # The slot is held until the prompt's records are committed: a worker never has

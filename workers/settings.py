@@ -7,6 +7,7 @@ environment variable that holds each one.
 """
 
 import itertools
+import math
 import os
 import tomllib
 from functools import lru_cache
@@ -34,6 +35,9 @@ SIMULATOR_URL = "http://127.0.0.1:8900/v1"
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 CONFIDENCE_THRESHOLD = 0.8
+# The default calls in flight per worker (TierConfig.calls_in_flight) stay within these.
+MIN_DEFAULT_CALLS_IN_FLIGHT = 16
+MAX_DEFAULT_CALLS_IN_FLIGHT = 256
 # The confidence of an answer that came without logprobs: below the threshold, so it escalates.
 UNKNOWN_CONFIDENCE = 0.5
 
@@ -56,11 +60,16 @@ class TierConfig(_Strict):
     output_per_1k: float = Field(0.0, ge=0)
     rpm: int | None = Field(None, gt=0)
     tpm: int | None = Field(None, gt=0)
+    # How far ahead of the steady rpm/tpm schedule a call may go (workers/ratelimit.py):
+    # at most the provider's burst allowance, less the jitter of the calls' arrival; 0,
+    # the default, spaces calls evenly, which every provider accepts.
+    burst_s: float = Field(0.0, ge=0, le=60)
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(4, ge=0)
     backoff_base_s: float = Field(0.5, ge=0)
     backoff_max_s: float = Field(30.0, ge=0)
-    concurrency: int = Field(16, gt=0)
+    # Calls in flight to this tier per worker process; None: `calls_in_flight` picks it.
+    concurrency: int | None = Field(None, gt=0)
     context_tokens: int | None = Field(None, gt=0)
     # What `submit` does with a prompt estimated over context_tokens: refuse the whole file
     # (nothing stored), or keep the head of the prompt's last user message and say so.
@@ -69,6 +78,20 @@ class TierConfig(_Strict):
     # reducer (workers/tokens.py): the model's tiktoken encoding, ~4 characters a token, or
     # "auto": tiktoken where the model's encoding is installed, characters otherwise.
     tokenizer: Literal["auto", "tiktoken", "chars"] = "auto"
+
+    @property
+    def calls_in_flight(self) -> int:
+        """`concurrency`, or by default as many calls as the tier can have open at once: at
+        `rpm` calls a minute, each lasting at most `timeout_s`, never more than rpm/60 x
+        timeout_s are open across all its workers (Little's law), so more would only wait on
+        the limiter. Within 16..256; 256 without an rpm (what one worker's event loop serves
+        best against a 200 ms model: docs/performance.md)."""
+        if self.concurrency is not None:
+            return self.concurrency
+        if self.rpm is None:
+            return MAX_DEFAULT_CALLS_IN_FLIGHT
+        open_at_once = math.ceil(self.rpm / 60 * self.timeout_s)
+        return max(MIN_DEFAULT_CALLS_IN_FLIGHT, min(MAX_DEFAULT_CALLS_IN_FLIGHT, open_at_once))
 
     def api_key(self) -> str:
         """The key from the environment variable the config names (never from the file)."""

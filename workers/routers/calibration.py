@@ -61,7 +61,7 @@ def route_sample(router: Router, texts: Sequence[str], *, workers: int = 1) -> l
 def decision_workers(router: Router, settings: Settings) -> int:
     """Decisions in flight: as many as the router's model tier allows (llm router), else 1."""
     asked_tier = getattr(router, "asked_tier", None)
-    return settings.tiers[asked_tier].concurrency if asked_tier in settings.tiers else 1
+    return settings.tiers[asked_tier].calls_in_flight if asked_tier in settings.tiers else 1
 
 
 def usable_router(
