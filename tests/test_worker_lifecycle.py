@@ -2,6 +2,7 @@
 it starts, and closes it when it stops: a warm shutdown flushes the ledger and closes every
 connection, so nothing is left unclosed and nothing answered is left unrecorded."""
 
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ def test_the_context_is_built_at_start_and_closed_at_shutdown(
     log = workers.log_text()
     assert log.count(CLOSED) == 1 and log.index(CLOSED) > log.index(READY)
     assert "Unclosed" not in log and "Traceback" not in log
+    frozen = re.search(r"garbage collector set for serving: (\d+) start-up objects frozen", log)
+    assert frozen and int(frozen[1]) > 10_000  # workers/heap.py: modules, app, context
     with Session(engine) as session:
         answered = session.exec(select(Prompt).where(Prompt.job_id == job_id)).all()
         calls: list[Any] = list(session.exec(select(Attempt)).all())

@@ -23,6 +23,7 @@ from workers import reducer
 from workers.answer import answer_message, load_work
 from workers.app import ANSWER_TASK, CONTROL_QUEUE, REDUCE_TASK, ROUTE_TASK, app
 from workers.context import start_worker_context, stop_worker_context, worker_context
+from workers.heap import settle_for_serving
 from workers.recovery import recovering, start_recovery, stop_recovery
 from workers.routing import route_message
 from workers.settings import get_settings
@@ -119,6 +120,12 @@ def reduce(job_id: int) -> None:
     config = ctx.settings.reducer
     result = reducer.reduce_job(engine=ctx.engine, job_id=job_id, out=out, config=config, once=True)
     log.info("job %s: %d training examples in %s", job_id, result.record.examples, out)
+
+
+@worker_ready.connect
+def settle_heap(**_: Any) -> None:
+    """Start-up is over: tune the garbage collector for serving (workers/heap.py)."""
+    log.info("garbage collector set for serving: %d start-up objects frozen", settle_for_serving())
 
 
 @worker_ready.connect
