@@ -3,6 +3,7 @@ a group of records writes what each record says, a prompt becomes terminal and i
 once however many records in however many groups finish it, the prompt's totals add up
 to its attempts, and the job is reported finished to exactly one record."""
 
+import asyncio
 import threading
 from typing import Any
 
@@ -202,3 +203,27 @@ def test_one_bad_record_fails_alone(database_url: str) -> None:
     assert all(f.result(timeout=60).finished for f in good)
     assert bad.exception(timeout=60) is not None
     assert job_row(engine, job_id).completed == 2
+
+
+def test_a_call_loops_records_are_handed_back_to_it(database_url: str) -> None:
+    """`record` from coroutines: each awaits its own committed record in its own loop, a
+    bad one fails alone, and the job is counted once."""
+    engine = make_engine(database_url)
+    job_id, ids = new_job(engine, 40)
+    writer = LedgerWriter(get_write_engine(database_url))
+
+    async def scenario() -> tuple[list[Record], BaseException | None]:
+        good = [writer.record(answered(job_id, pid, "ok")) for pid in ids]
+        bad = writer.record(answered(job_id, 10**9, "no such prompt"))
+        results = list(await asyncio.gather(*good))
+        try:
+            await bad
+        except Exception as exc:
+            return results, exc
+        return results, None
+
+    results, error = asyncio.run(scenario())
+    writer.close()
+    assert [r.prompt_id for r in results] == ids and all(r.finished for r in results)
+    assert sum(r.job_finished for r in results) == 1 and error is not None
+    assert job_row(engine, job_id).completed == 40

@@ -90,7 +90,7 @@ async def answer_prompt(work: WorkItem, tier: TierConfig, ctx: WorkerContext) ->
     pending: list[asyncio.Future[Record]] = []
 
     def record(step: Record) -> None:
-        pending.append(asyncio.wrap_future(ctx.ledger.submit(step)))
+        pending.append(ctx.ledger.record(step))
 
     def record_failure(error: CallError) -> None:  # each failed call, as it happens
         record(

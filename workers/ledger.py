@@ -7,12 +7,19 @@ record's future once it is committed. Under load a group holds dozens of records
 ledger costs a few statements per group instead of several per prompt, and SQLite sees
 one writer per process instead of one per call in flight. A task waits for its records'
 futures before it returns, so a message is acknowledged only after its work is durable.
+
+The call loop's coroutines use `record` instead: an asyncio future, and the whole group's
+futures of one loop resolved in one hand-over to that loop (one `call_soon_threadsafe`
+per group, not a thread-safe future, a wrapper and a wake-up of the loop per record).
 """
 
+import asyncio
 import logging
 import queue
 import threading
+from collections import defaultdict
 from concurrent.futures import Future
+from typing import Union
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
@@ -24,7 +31,10 @@ log = logging.getLogger(__name__)
 # Bounds a transaction (and its IN lists); groups are this large only after a stall.
 MAX_GROUP = 500
 
-Pending = tuple[Record, "Future[Record]"]
+# Where a record's outcome goes: a thread's future, or a future of the event loop given.
+LoopTarget = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Record]"]
+Target = Union["Future[Record]", LoopTarget]
+Pending = tuple[Record, Target]
 _STOP = None  # queued by `close`: write what came before, then end the thread
 
 
@@ -40,6 +50,13 @@ class LedgerWriter:
         changed, once it is committed."""
         future: Future[Record] = Future()
         self.queue.put((record, future))
+        return future
+
+    def record(self, record: Record) -> "asyncio.Future[Record]":
+        """`submit` for a coroutine of the running event loop (call it from that loop)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Record] = loop.create_future()
+        self.queue.put((record, (loop, future)))
         return future
 
     def close(self, timeout_s: float = 30.0) -> None:
@@ -66,15 +83,45 @@ class LedgerWriter:
             with self.engine.begin() as conn:
                 write_records(conn, [record for record, _ in group])
         except OperationalError as exc:  # the database is down or locked: all fail alike,
-            for _, future in group:  # and each task retries its message (Celery autoretry)
-                future.set_exception(exc)
+            _settle([(target, exc) for _, target in group])  # each task retries its message
         except Exception as exc:
             if len(group) == 1:
                 log.error("could not record prompt %s: %s", group[0][0].prompt_id, exc)
-                group[0][1].set_exception(exc)
+                _settle([(group[0][1], exc)])
                 return
             for pending in group:  # one bad record must not fail the others with it
                 self._write([pending])
         else:
-            for record, future in group:
-                future.set_result(record)
+            _settle([(target, record) for record, target in group])
+
+
+Outcome = Record | BaseException
+
+
+def _settle(outcomes: list[tuple[Target, Outcome]]) -> None:
+    """Resolve each target with its record or error: thread futures at once, each event
+    loop's futures in one call on that loop."""
+    by_loop: defaultdict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Record], Outcome]]]
+    by_loop = defaultdict(list)
+    for target, outcome in outcomes:
+        if isinstance(target, tuple):
+            by_loop[target[0]].append((target[1], outcome))
+        elif isinstance(outcome, BaseException):
+            target.set_exception(outcome)
+        else:
+            target.set_result(outcome)
+    for loop, settled in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve_in_loop, settled)
+        except RuntimeError:  # the loop is closed: nobody waits for these any more
+            log.warning("%d records committed after their call loop closed", len(settled))
+
+
+def _resolve_in_loop(settled: list[tuple["asyncio.Future[Record]", Outcome]]) -> None:
+    for future, outcome in settled:
+        if future.done():  # its waiter was cancelled
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
