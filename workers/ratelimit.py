@@ -2,7 +2,7 @@
 and machine together, because the schedule lives in Redis and is booked atomically before
 each call (Celery's own `rate_limit` is per worker: celery #5732, #4727).
 
-The rule is GCRA (the generic cell rate algorithm, as in redis-cell and Stripe's limiter):
+The rule is GCRA (the generic cell rate algorithm, as redis-cell implements it):
 the tier's calls go out on a steady schedule of one per 60/rpm seconds, and its tokens at
 tpm/60 a second, which is how providers enforce their per-minute limits (a steady rate
 with a small burst allowance, not a minute's budget at once). Each acquire *books* the
@@ -10,8 +10,8 @@ next free slot of the schedule in one Lua script and gets back how long until th
 the caller sleeps until then in its own event loop. A slot is booked at most `AHEAD_S`
 ahead; further out, the script says when to ask again. So the schedule does not drift:
 a caller that wakes a little late does not push the slots after it, as "wait, then ask
-again" does (that cost issue 14 ~10 % of the limit at 1,200 RPM). A 429 puts the whole
-tier on a shared cooldown for its Retry-After: nothing is booked before it ends.
+again" did (8 % of the limit at 1,200 RPM: docs/performance.md, issue 14). A 429 puts the
+whole tier on a shared cooldown for its Retry-After: nothing is booked before it ends.
 
 Tokens are estimated before the call (`workers.tokens`) and reconciled with the usage
 the provider returned: the difference moves the token schedule. Waiting is
