@@ -173,7 +173,7 @@ COOLDOWN_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local cool = tonumber(redis.call('HGET', KEYS[1], 'cool')) or 0
-redis.call('HSET', KEYS[1], 'cool', math.max(cool, now + tonumber(ARGV[1])))
+redis.call('HSET', KEYS[1], 'cool', string.format('%.6f', math.max(cool, now + tonumber(ARGV[1]))))
 redis.call('EXPIRE', KEYS[1], 3600)
 return 1
 """
