@@ -13,6 +13,9 @@ from models.types import JSONType, StrEnumType, UTCDateTime, utcnow
 class JobMode(StrEnum):
     TEACHER = "teacher"
     ROUTE = "route"
+    # The gateway's requests (`distillery serve`): a job that grows one prompt per request
+    # and never finishes by itself (one per UTC day by default).
+    LIVE = "live"
 
 
 class JobStatus(StrEnum):

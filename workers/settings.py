@@ -178,6 +178,20 @@ class RecoveryConfig(_Strict):
         return self
 
 
+class GatewayConfig(_Strict):
+    """`distillery serve` (producer.gateway): docs/gateway.md."""
+
+    # The variable holding the comma-separated keys a request must present (Bearer); when
+    # it is unset or empty, the gateway asks for none. The keys never appear in a file.
+    api_keys_env: str = "DISTILLERY_GATEWAY_KEYS"
+    # A request body over this gets 413 before anything is parsed.
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+
+    def api_keys(self) -> tuple[str, ...]:
+        raw = os.environ.get(self.api_keys_env, "")
+        return tuple(key.strip() for key in raw.split(",") if key.strip())
+
+
 def _default_tiers() -> dict[str, TierConfig]:
     """Without a config file, three tiers on the local simulator at the seed's prices."""
     prices = {"small": 0.10, "medium": 0.30, "frontier": 5.00}
@@ -216,6 +230,7 @@ class Settings(BaseSettings):
     reducer: ReducerConfig = ReducerConfig()
     router: RouterConfig = RouterConfig()
     recovery: RecoveryConfig = RecoveryConfig()
+    gateway: GatewayConfig = GatewayConfig()
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,246 @@
+"""The live gateway (`distillery serve`) as a client sees it: a real gateway process, the
+simulator over HTTP, real Redis, SQLite and PostgreSQL, and the real `openai` SDK (sync and
+async, `with_raw_response`) as the client. The ledger is read back from the database."""
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openai import OpenAI
+from sqlmodel import Session, select
+
+from models import Attempt, Fallback, Job, JobMode, JobStatus, Prompt, PromptStatus
+from simulator import RunningSimulator
+from tests.helpers.config import TIERS
+from tests.helpers.gateway import GatewayProcess
+from tests.helpers.routing import CASES, route_config
+from tests.helpers.services import make_engine
+
+MODELS = ["route", "route:rules", "route:classifier", "route:llm", "route:random", *TIERS]
+
+
+@pytest.fixture
+def gateway_config(tmp_path: Path, tiered_sim: RunningSimulator, database_url: str) -> Path:
+    make_engine(database_url)  # PostgreSQL's tables (`db upgrade` in a deployment)
+    return route_config(tmp_path, tiered_sim, database_url)
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, gateway_config: Path, clean_redis: Any) -> Iterator[GatewayProcess]:
+    process = GatewayProcess(gateway_config, tmp_path / "gateway.log")
+    yield process
+    process.stop()
+
+
+def ask(client: OpenAI, model: str, text: str, **options: Any) -> Any:
+    return client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": text}], **options
+    )
+
+
+def prompt_row(engine: Any, prompt_id: int) -> Prompt:
+    with Session(engine) as session:
+        prompt = session.get(Prompt, prompt_id)
+        assert prompt is not None
+        return prompt
+
+
+def rows_of(engine: Any, table: Any, prompt_id: int) -> list[Any]:
+    with Session(engine) as session:
+        return list(session.exec(select(table).where(table.prompt_id == prompt_id)).all())
+
+
+def test_models_and_health(gateway: GatewayProcess) -> None:
+    assert [m.id for m in gateway.client().models.list()] == MODELS
+    import httpx
+
+    health = httpx.get(gateway.url + "/healthz")
+    assert health.status_code == 200
+    assert health.json() == {"ok": True, "database": "ok", "redis": "ok"}
+
+
+def test_cascade_trace_and_ledger(gateway: GatewayProcess, database_url: str) -> None:
+    """The rules router's decisions and the cascade of route jobs (tests/helpers/routing's
+    known cases), told in the headers and recorded as prompts of today's live job."""
+    engine = make_engine(database_url)
+    client = gateway.client()
+    seen = []
+    for text, routed, final in CASES:
+        raw = ask(client, "route", text)
+        completion = raw.parse()
+        headers = raw.headers
+        assert (headers["x-distillery-routed-tier"], headers["x-distillery-tier"]) == (
+            routed,
+            final,
+        )
+        assert completion.model == final
+        assert completion.choices[0].logprobs is None  # not asked for, not returned
+        prompt = prompt_row(engine, int(headers["x-distillery-prompt-id"]))
+        assert prompt.status == PromptStatus.SUCCEEDED
+        assert (prompt.routed_tier, prompt.final_tier) == (routed, final)
+        assert prompt.response == completion.choices[0].message.content
+        assert prompt.messages == [{"role": "user", "content": text}]
+        assert prompt.confidence == pytest.approx(float(headers["x-distillery-confidence"]))
+        assert prompt.cost_usd == pytest.approx(float(headers["x-distillery-cost-usd"]), abs=1e-8)
+        assert prompt.prompt_tokens + prompt.completion_tokens > 0
+        attempts = rows_of(engine, Attempt, prompt.id)
+        fallbacks = rows_of(engine, Fallback, prompt.id)
+        escalations = int(headers["x-distillery-escalations"])
+        assert len(fallbacks) == escalations == (routed != final)
+        assert [a.tier for a in attempts] == ([routed, final] if escalations else [routed])
+        assert completion.usage.completion_tokens == attempts[-1].completion_tokens
+        seen.append(prompt)
+    with Session(engine) as session:
+        job = session.get(Job, seen[0].job_id)
+    assert job is not None
+    assert job.mode == JobMode.LIVE and job.status == JobStatus.RUNNING  # never "finished"
+    assert job.name == f"live-{datetime.now(UTC):%Y-%m-%d}"
+    assert {p.job_id for p in seen} == {job.id}
+    assert [p.idx for p in seen] == list(range(len(CASES)))
+    assert (job.total, job.completed, job.fell_back) == (
+        len(CASES),
+        len(CASES),
+        sum(r != f for _, r, f in CASES),
+    )
+    check_reports(engine, job.id, seen)
+
+
+def check_reports(engine: Any, job_id: int, prompts: list[Prompt]) -> None:
+    """`status` and `report` read the live job as any other."""
+    from producer.report import build_report
+    from producer.status import job_summary
+    from workers.settings import load_settings
+
+    with Session(engine) as session:
+        summary = job_summary(session, job_id)
+        report = build_report(session, job_id, tiers=load_settings().tiers)
+    assert summary["total"] == summary["completed"] == len(prompts)
+    assert summary["cost_usd"] == pytest.approx(sum(p.cost_usd for p in prompts))
+    assert report["fallbacks"]["prompts_fell_back"] == sum(p.fell_back for p in prompts)
+
+
+def test_a_tier_by_name_and_pass_through(
+    gateway: GatewayProcess, tiered_sim: RunningSimulator, database_url: str
+) -> None:
+    """`model` = a tier: that tier only, no escalation even when doubtful; the caller's
+    parameters reach the model (the same answer as asking the simulator directly), and
+    logprobs come back only when asked for."""
+    engine = make_engine(database_url)
+    client = gateway.client()
+    direct = OpenAI(base_url=tiered_sim.base_url, api_key="x", max_retries=0)
+    text = "[hard] What is the integral of x^x?"  # escalates when routed (CASES)
+    options = {"seed": 7, "max_tokens": 30, "temperature": 0.2}
+    raw = ask(client, "small", text, **options)
+    assert raw.headers["x-distillery-tier"] == "small"
+    assert raw.headers["x-distillery-escalations"] == "0"
+    assert raw.headers["x-distillery-confidence"] == "none"
+    answer = raw.parse().choices[0]
+    expected = direct.chat.completions.create(
+        model="sim-small", messages=[{"role": "user", "content": text}], **options
+    ).choices[0]
+    assert answer.message.content == expected.message.content
+    assert answer.finish_reason == expected.finish_reason == "length"
+    assert answer.logprobs is None
+    other_seed = ask(client, "small", text, **{**options, "seed": 8}).parse()
+    assert other_seed.choices[0].message.content != answer.message.content
+
+    with_logprobs = ask(client, "small", text, logprobs=True, top_logprobs=2)
+    tokens = with_logprobs.parse().choices[0].logprobs.content
+    assert tokens and all(len(t.top_logprobs) == 2 for t in tokens)
+    prompt = prompt_row(engine, int(with_logprobs.headers["x-distillery-prompt-id"]))
+    assert prompt.confidence == pytest.approx(
+        float(with_logprobs.headers["x-distillery-confidence"])
+    )
+    assert not prompt.fell_back and prompt.final_tier == "small"
+
+
+def test_async_client_and_named_job(gateway: GatewayProcess, database_url: str) -> None:
+    """Concurrent requests from the async SDK into a job named by the header: each its own
+    prompt row, every one counted once."""
+    engine = make_engine(database_url)
+    count = 12
+
+    async def run() -> list[Any]:
+        client = gateway.async_client()
+        calls = [
+            client.chat.completions.with_raw_response.create(
+                model="route:rules",
+                messages=[{"role": "user", "content": f"[easy] Say hello number {n}."}],
+                extra_headers={"x-distillery-job": "live-test"},
+            )
+            for n in range(count)
+        ]
+        try:
+            return await asyncio.gather(*calls)
+        finally:
+            await client.close()
+
+    responses = asyncio.run(run())
+    ids = [int(r.headers["x-distillery-prompt-id"]) for r in responses]
+    assert len(set(ids)) == count
+    with Session(engine) as session:
+        job = session.exec(select(Job).where(Job.name == "live-test")).one()
+        prompts = session.exec(select(Prompt).where(Prompt.job_id == job.id)).all()
+    assert job.mode == JobMode.LIVE and job.total == job.completed == count
+    assert sorted(p.idx for p in prompts) == list(range(count))
+    assert sorted(p.id for p in prompts) == sorted(ids)
+    by_id = {p.id: p for p in prompts}
+    for response, prompt_id in zip(responses, ids, strict=True):
+        assert response.parse().choices[0].message.content == by_id[prompt_id].response
+
+
+def test_shared_rate_limit(
+    tmp_path: Path, tiered_sim: RunningSimulator, sqlite_url: str, clean_redis: Any
+) -> None:
+    """The gateway's calls count in the tiers' Redis window, the one workers count in, so a
+    tier's rpm holds across both."""
+    config = route_config(tmp_path, tiered_sim, sqlite_url, rpm=6000)
+    process = GatewayProcess(config, tmp_path / "gateway.log")
+    try:
+        client = process.client()
+        for n in range(3):
+            ask(client, "small", f"[easy] hello {n}")
+        ask(client, "route", "[hard] What is the integral of x^x?")  # small, then frontier
+    finally:
+        process.stop()
+    windows = {t: clean_redis.zcard(f"distillery:ratelimit:{{{t}}}:window") for t in TIERS}
+    assert windows == {"small": 4, "medium": 0, "frontier": 1}
+
+
+def test_live_jobs_are_not_swept(gateway: GatewayProcess, database_url: str) -> None:
+    """A live prompt in flight (or left pending by a dead gateway) is never re-sent to the
+    workers: its caller got its answer or an error."""
+    from models.work import open_work
+
+    engine = make_engine(database_url)
+    ask(gateway.client(), "route", "[easy] hello")
+    with engine.begin() as conn:
+        conn.execute(Prompt.__table__.update().values(status=PromptStatus.PENDING))  # type: ignore[attr-defined]
+        assert open_work(conn=conn).prompts == {}
+
+
+def test_processes_share_the_port_and_stop_on_sigterm(
+    tmp_path: Path, tiered_sim: RunningSimulator, sqlite_url: str, clean_redis: Any
+) -> None:
+    """`--processes 2`: both serve one port and one live job; SIGTERM stops them cleanly
+    with every answered request on record."""
+    engine = make_engine(sqlite_url)
+    config = route_config(tmp_path, tiered_sim, sqlite_url)
+    process = GatewayProcess(config, tmp_path / "gateway.log", processes=2)
+    try:
+        client = process.client()
+        ids = {
+            int(ask(client, "route", f"[easy] hi {n}").headers["x-distillery-prompt-id"])
+            for n in range(8)
+        }
+    finally:
+        code = process.stop()
+    assert code == 0, process.log()
+    with Session(engine) as session:
+        jobs = session.exec(select(Job)).all()
+        done = session.exec(select(Prompt).where(Prompt.status == PromptStatus.SUCCEEDED)).all()
+    assert len(jobs) == 1 and jobs[0].total == 8
+    assert {p.id for p in done} == ids
