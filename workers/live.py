@@ -9,14 +9,16 @@ What the caller gets back is the final tier's answer; everything the request pai
 committed (group commit, `workers.ledger`) before `answer_live` returns."""
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from models import PromptStatus
+from models import AttemptStatus, PromptStatus
 from models.live import Admission, admit_prompt, live_job_id
 from models.outcomes import Record
 from workers.answer import Step, WorkItem, answer_step
-from workers.chat import CallError, ChatRequest, Completion
+from workers.attempts import attempt_from_error
+from workers.chat import CallError, ChatRequest, Completion, elapsed_ms
 from workers.context import WorkerContext
 from workers.job_settings import RouteSettings
 from workers.routers import Decision, decide_all
@@ -79,11 +81,33 @@ async def answer_live(live: LiveRequest, ctx: WorkerContext, *, job_id: int) -> 
     steps: list[tuple[str, Step]] = []
     tier: str | None = decision.tier
     while tier is not None:
-        step = await answer_step(work, ctx.settings.require_tier(tier), ctx)
+        started = time.perf_counter()
+        try:
+            step = await answer_step(work, ctx.settings.require_tier(tier), ctx)
+        except asyncio.CancelledError:  # the client went away: the upstream call is cut
+            await asyncio.shield(_record_disconnect(ctx, work, tier, elapsed_ms(started)))
+            raise
         steps.append((tier, step))
         tier = step.records[-1].escalate_to if step.records else None
     records = [*await asyncio.gather(*routed), *(r for _, s in steps for r in s.records)]
     return _outcome(job_id, admitted, decision, steps, records)
+
+
+DISCONNECTED = "cancelled: the client disconnected before the answer"
+
+
+async def _record_disconnect(ctx: WorkerContext, work: WorkItem, tier: str, ms: float) -> None:
+    """The call the client no longer waits for, as a failed attempt (what it cost is not
+    known: the provider may bill it), and the prompt failed with the reason."""
+    config = ctx.settings.require_tier(tier)
+    error = CallError(DISCONNECTED, status=AttemptStatus.ERROR, latency_ms=ms)
+    record = Record(
+        work.job_id,
+        work.prompt_id,
+        [attempt_from_error(work.prompt_id, config, error)],
+        finish={"status": PromptStatus.FAILED, "final_tier": tier, "error": DISCONNECTED},
+    )
+    await asyncio.wrap_future(ctx.ledger.submit(record))
 
 
 def _admit(ctx: WorkerContext, job_id: int, live: LiveRequest, decision: Decision) -> Admission:

@@ -11,6 +11,7 @@ re-check what `wire.parse_chat` checks."""
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,8 +34,11 @@ from producer.gateway.wire import (
     completion_body,
     model_names,
     parse_chat,
+    sse,
+    stream_chunks,
     trace_headers,
 )
+from workers.chat import elapsed_ms
 from workers.context import WorkerContext
 from workers.job_settings import RouteSettings
 from workers.live import LiveOutcome, LiveRequest, answer_live, open_live_job
@@ -181,6 +185,7 @@ def _ping_database(ctx: WorkerContext) -> None:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
+    started = time.perf_counter()
     gateway = request.app[GATEWAY]
     call = parse_chat(await request.read(), models=gateway.models)
     job, tier = gateway.settings_for(call)
@@ -191,7 +196,32 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         outcome = await _answer(live, gateway, job_id)
     if outcome.completion is None:
         raise all_failed(outcome) if outcome.failures else stopped(outcome)
+    if call.stream:
+        return await stream_answer(request, call, outcome, started)
     return web.json_response(completion_body(call, outcome), headers=trace_headers(outcome))
+
+
+async def stream_answer(
+    request: web.Request, call: ChatCall, outcome: LiveOutcome, started: float
+) -> web.StreamResponse:
+    """The hold-back cascade's answer, streamed: every tier's answer was held until its
+    confidence was known, so what streams is the final tier's only (an escalation is
+    invisible), and the whole decision trace fits in the headers. The time it was held is
+    the time to first byte (`x-distillery-held-ms`)."""
+    headers = {
+        **trace_headers(outcome),
+        "Content-Type": "text/event-stream",
+        "Cache-Control": "no-cache",
+        "x-distillery-held-ms": f"{elapsed_ms(started):.1f}",
+    }
+    response = web.StreamResponse(headers=headers)
+    await response.prepare(request)
+    # The answer is whole by now: one write of all its chunks (a write per token would cost
+    # a trip through the loop each, and the client sees the same events either way).
+    events = [sse(chunk) for chunk in stream_chunks(call, outcome)]
+    await response.write(b"".join([*events, sse("[DONE]")]))
+    await response.write_eof()
+    return response
 
 
 @contextmanager

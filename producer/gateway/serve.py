@@ -37,6 +37,9 @@ def serve_one(settings: Settings, host: str, port: int, *, reuse_port: bool = Fa
         shutdown_timeout=SHUTDOWN_S,
         backlog=LISTEN_BACKLOG,
         access_log=None,  # a line per request costs CPU; the ledger has every request
+        # A client that disconnects cancels its request's handler, and so the upstream call
+        # it waits for (recorded as such: workers.live).
+        handler_cancellation=True,
         print=None,
     )
 

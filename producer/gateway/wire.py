@@ -3,7 +3,9 @@
 and its decision-trace headers. No I/O here."""
 
 import json
+import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -224,3 +226,54 @@ def all_failed(outcome: LiveOutcome) -> ApiError:
         code="all_tiers_failed",
         headers=trace_headers(outcome),
     )
+
+
+# --- streaming (`stream: true`) -------------------------------------------------------------
+
+_PIECES = re.compile(r"\s*\S+\s*|\s+")
+
+
+def stream_chunks(call: ChatCall, outcome: LiveOutcome) -> Iterator[dict[str, Any]]:
+    """The final answer as OpenAI's `chat.completion.chunk` objects: the role, the content
+    a token at a time (split by the logprobs' tokens when the model sent them, else by
+    words), any tool calls, the finish reason, then the usage when the caller asked."""
+    body = completion_body(call, outcome)
+    choice = body["choices"][0]
+    message = choice.get("message") or {}
+    head = {k: body[k] for k in ("id", "created", "model", "system_fingerprint")}
+    head["object"] = "chat.completion.chunk"
+    usage: dict[str, Any] = {"usage": None} if call.include_usage else {}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
+        part = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish, **extra}
+        return {**head, "choices": [part], **usage}
+
+    yield chunk({"role": "assistant", "content": ""})
+    for piece, logprobs in _content_pieces(outcome, call.logprobs):
+        yield chunk({"content": piece}, logprobs=logprobs)
+    if message.get("tool_calls"):
+        calls = [{"index": n, **tool} for n, tool in enumerate(message["tool_calls"])]
+        yield chunk({"tool_calls": calls})
+    yield chunk({}, choice.get("finish_reason") or "stop")
+    if call.include_usage:
+        yield {**head, "choices": [], "usage": body["usage"]}
+
+
+def _content_pieces(
+    outcome: LiveOutcome, with_logprobs: bool
+) -> Iterator[tuple[str, dict[str, Any] | None]]:
+    assert outcome.completion is not None
+    text = outcome.completion.text
+    upstream = ((outcome.completion.body or {}).get("choices") or [{}])[0]
+    tokens = (upstream.get("logprobs") or {}).get("content") or []
+    if tokens and "".join(str(t.get("token", "")) for t in tokens) == text:
+        for token in tokens:
+            yield str(token["token"]), ({"content": [token]} if with_logprobs else None)
+        return
+    for piece in _PIECES.findall(text):
+        yield piece, None
+
+
+def sse(event: dict[str, Any] | str) -> bytes:
+    data = event if isinstance(event, str) else json.dumps(event, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
