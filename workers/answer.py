@@ -23,7 +23,7 @@ from models.outcomes import Record
 from models.types import utcnow
 from models.work import open_prompts
 from workers.attempts import attempt_from_completion, attempt_from_error
-from workers.chat import CallError, ChatRequest, Completion
+from workers.chat import CallError, ChatRequest, Completion, NotSent
 from workers.context import WorkerContext
 from workers.job_settings import AnyJobSettings, load_job_settings
 from workers.settings import TierConfig
@@ -38,6 +38,9 @@ class WorkItem:
     # The request as its caller built it (a live request's own parameters); None: the
     # job's settings build it from `messages`.
     request: ChatRequest | None = None
+    # How long a call may wait for its tier's limits before it is refused (`NotSent`) and
+    # the prompt escalates (a live caller is waiting); None: as long as it takes.
+    max_wait_s: float | None = None
 
     def chat_request(self) -> ChatRequest:
         return self.request or self.job.request(self.messages)
@@ -115,6 +118,8 @@ async def answer_step(work: WorkItem, tier: TierConfig, ctx: WorkerContext) -> S
         pending.append(asyncio.wrap_future(ctx.ledger.submit(step)))
 
     def record_failure(error: CallError) -> None:  # each failed call, as it happens
+        if isinstance(error, NotSent):
+            return  # no call was made (the fallback row says why the prompt moved on)
         record(
             Record(work.job_id, work.prompt_id, [attempt_from_error(work.prompt_id, tier, error)])
         )
@@ -127,7 +132,11 @@ async def answer_step(work: WorkItem, tier: TierConfig, ctx: WorkerContext) -> S
     failure: CallError | None = None
     try:
         completion = await ctx.caller.call(
-            tier, request, on_failure=record_failure, before_call=still_wanted
+            tier,
+            request,
+            on_failure=record_failure,
+            before_call=still_wanted,
+            max_wait_s=work.max_wait_s,
         )
     except JobStopped:  # cancelled while this prompt waited: no call, nothing to record
         pass

@@ -75,6 +75,21 @@ class CallError(Exception):
         self.retryable = retryable
 
 
+class NotSent(CallError):
+    """A call never made: the tier's limits would have kept it waiting longer than its
+    caller may wait (`max_wait_s`, the gateway's `max_queue_s`). Not a model call, so no
+    attempt row; the step escalates (reason rate_limited) or the caller says when to retry."""
+
+    def __init__(self, message: str, *, wait_s: float) -> None:
+        super().__init__(
+            message,
+            status=AttemptStatus.RATE_LIMITED,
+            latency_ms=0.0,
+            retry_after=wait_s,
+            retryable=False,
+        )
+
+
 def elapsed_ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
 

@@ -34,6 +34,7 @@ class LiveRequest:
     job: RouteSettings  # the live job's settings, with the request's router or tier
     tier: str | None = None  # a tier asked for by name: no router, no escalation
     meta: dict[str, Any] | None = None
+    max_wait_s: float | None = None  # per tier, for its limits (the gateway's max_queue_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,7 @@ class TierFailure:
     tier: str
     reason: str  # the attempt status (error, timeout, rate_limited)
     message: str
+    retry_after: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +74,9 @@ async def answer_live(live: LiveRequest, ctx: WorkerContext, *, job_id: int) -> 
     keeps its answer or the chain ends."""
     decision = await decide(live, ctx)
     admitted = await asyncio.to_thread(_admit, ctx, job_id, live, decision)
-    work = WorkItem(admitted.prompt_id, job_id, live.messages, live.job, live.request)
+    work = WorkItem(
+        admitted.prompt_id, job_id, live.messages, live.job, live.request, live.max_wait_s
+    )
     routed = [
         asyncio.wrap_future(ctx.ledger.submit(Record(job_id, work.prompt_id, attempts)))
         for attempts in [router_attempts(work.prompt_id, decision, ctx)]
@@ -147,7 +151,7 @@ def _outcome(
 
 
 def _failure(tier: str, error: CallError) -> TierFailure:
-    return TierFailure(tier, str(error.status), str(error))
+    return TierFailure(tier, str(error.status), str(error), error.retry_after)
 
 
 def open_live_job(ctx: WorkerContext, name: str, job: RouteSettings) -> int:

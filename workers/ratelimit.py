@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from workers.chat import NotSent
 from workers.ttlcache import TtlCache
 
 WINDOW_S = 60.0
@@ -56,8 +57,11 @@ class Limits:
 class RateLimiter(Protocol):
     """A tier's limits, shared by every caller of that tier (an event loop's coroutines)."""
 
-    async def acquire(self, tier: str, limits: Limits, tokens: int) -> str | None:
-        """Wait until the call may go; returns a ticket for `reconcile`."""
+    async def acquire(
+        self, tier: str, limits: Limits, tokens: int, *, max_wait_s: float | None = None
+    ) -> str | None:
+        """Wait until the call may go; returns a ticket for `reconcile`. With `max_wait_s`,
+        raises `NotSent` instead of waiting longer than that in all."""
         ...
 
     async def reconcile(self, tier: str, ticket: str | None, tokens: int) -> None:
@@ -79,14 +83,30 @@ def _jittered(wait: float) -> float:
 async def wait_loop(
     try_acquire: Callable[[], Awaitable[tuple[float, str | None]]],
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    *,
+    max_wait_s: float | None = None,
+    tier: str = "",
 ) -> str | None:
     """Ask until allowed, sleeping the time the limiter says: a waiting call costs a timer,
-    not a thread."""
+    not a thread. A wait past `max_wait_s` (in all) is refused as soon as it is known."""
+    waited = 0.0
     while True:
         wait, ticket = await try_acquire()
         if wait <= 0:
             return ticket
-        await sleep(_jittered(wait))
+        refuse_overlong(tier, waited + wait, max_wait_s)
+        pause = _jittered(wait)
+        await sleep(pause)
+        waited += pause
+
+
+def refuse_overlong(tier: str, wait_s: float, max_wait_s: float | None) -> None:
+    if max_wait_s is not None and wait_s > max_wait_s:
+        raise NotSent(
+            f"tier {tier!r} is at its rate limit: {wait_s:.2f} s to wait, over "
+            f"max_queue_s {max_wait_s:g}",
+            wait_s=wait_s,
+        )
 
 
 # KEYS: state hash, window zset (score = time, member = "ticket:tokens").
@@ -194,12 +214,18 @@ class RedisRateLimiter:
         self._cool_left = client.register_script(COOL_LEFT_LUA)
         self.cool_until: TtlCache[str, float] = TtlCache(COOLDOWN_REFRESH_S)  # monotonic
 
-    async def acquire(self, tier: str, limits: Limits, tokens: int) -> str | None:
+    async def acquire(
+        self, tier: str, limits: Limits, tokens: int, *, max_wait_s: float | None = None
+    ) -> str | None:
         if not limits.active:
-            await self._wait_for_cooldown(tier)
+            await self._wait_for_cooldown(tier, max_wait_s)
             return None
         ticket = uuid.uuid4().hex
-        return await wait_loop(lambda: self.try_acquire(tier, limits, tokens, ticket))
+        return await wait_loop(
+            lambda: self.try_acquire(tier, limits, tokens, ticket),
+            max_wait_s=max_wait_s,
+            tier=tier,
+        )
 
     async def try_acquire(
         self, tier: str, limits: Limits, tokens: int, ticket: str
@@ -208,12 +234,14 @@ class RedisRateLimiter:
         keys, args = redis_keys(self.prefix, tier), acquire_args(limits, tokens, ticket)
         return granted(await self._acquire(keys=keys, args=args))
 
-    async def _wait_for_cooldown(self, tier: str) -> None:
+    async def _wait_for_cooldown(self, tier: str, max_wait_s: float | None) -> None:
         async def read() -> float:
             left = await self._cool_left(keys=redis_keys(self.prefix, tier)[:1])
             return time.monotonic() + float(left)
 
+        started = time.monotonic()
         while (wait := await self.cool_until.get(tier, read) - time.monotonic()) > 0:
+            refuse_overlong(tier, time.monotonic() - started + wait, max_wait_s)
             await asyncio.sleep(_jittered(wait))
 
     async def reconcile(self, tier: str, ticket: str | None, tokens: int) -> None:
@@ -281,9 +309,15 @@ class LocalRateLimiter:
             state.next_at = now + limits.spacing_s
             return 0.0, ticket
 
-    async def acquire(self, tier: str, limits: Limits, tokens: int) -> str | None:
+    async def acquire(
+        self, tier: str, limits: Limits, tokens: int, *, max_wait_s: float | None = None
+    ) -> str | None:
         ticket = uuid.uuid4().hex
-        return await wait_loop(lambda: self.try_acquire(tier, limits, tokens, ticket))
+        return await wait_loop(
+            lambda: self.try_acquire(tier, limits, tokens, ticket),
+            max_wait_s=max_wait_s,
+            tier=tier,
+        )
 
     async def reconcile(self, tier: str, ticket: str | None, tokens: int) -> None:
         with self.lock:

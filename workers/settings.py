@@ -186,6 +186,11 @@ class GatewayConfig(_Strict):
     api_keys_env: str = "DISTILLERY_GATEWAY_KEYS"
     # A request body over this gets 413 before anything is parsed.
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    # A tier whose shared limits would keep a request waiting longer than this is skipped
+    # for the next tier up (fallback reason rate_limited); with none left, 429.
+    max_queue_s: float = Field(5.0, ge=0)
+    # Requests in flight per gateway process; one more gets 503 at once instead of a queue.
+    max_concurrency: int = Field(512, gt=0)
 
     def api_keys(self) -> tuple[str, ...]:
         raw = os.environ.get(self.api_keys_env, "")

@@ -60,6 +60,7 @@ class Gateway:
     job: RouteSettings  # a new live job's settings: the config's, frozen into it
     models: list[str]
     redis: Any = None  # a client of its own for /healthz (None: no Redis configured)
+    in_flight: int = 0  # chat requests being answered by this process
     live_jobs: dict[str, int] = field(default_factory=dict)  # by name, once opened
     job_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -90,7 +91,8 @@ KEYS = web.AppKey("keys", ApiKeys)
 
 def build_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[openai_errors, authorized], client_max_size=settings.gateway.max_body_bytes
+        middlewares=[openai_errors, authorized, bounded],
+        client_max_size=settings.gateway.max_body_bytes,
     )
     app[SETTINGS] = settings
     app[KEYS] = ApiKeys.from_env(settings)
@@ -151,6 +153,30 @@ async def authorized(request: web.Request, handler: Handler) -> web.StreamRespon
     return await handler(request)
 
 
+@web.middleware
+async def bounded(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """At most `max_concurrency` chat requests in flight per process: the next one gets
+    503 at once (a client or load balancer can go elsewhere) instead of a queue without
+    limit in front of the tiers' own limits."""
+    if request.path != "/v1/chat/completions":
+        return await handler(request)
+    gateway = request.app[GATEWAY]
+    limit = gateway.settings.gateway.max_concurrency
+    if gateway.in_flight >= limit:
+        raise ApiError(
+            503,
+            f"this gateway process is at its {limit} requests in flight; retry shortly",
+            type_="service_unavailable",
+            code="overloaded",
+            headers={"Retry-After": "1"},
+        )
+    gateway.in_flight += 1
+    try:
+        return await handler(request)
+    finally:
+        gateway.in_flight -= 1
+
+
 async def list_models(request: web.Request) -> web.Response:
     created = int(utcnow().timestamp())
     data = [
@@ -190,7 +216,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     call = parse_chat(await request.read(), models=gateway.models)
     job, tier = gateway.settings_for(call)
     meta = {"model": call.model, **({"key_sha256": request[KEY_ID]} if KEY_ID in request else {})}
-    live = LiveRequest(call.messages, call.request(logprobs=job.logprobs), job, tier, meta)
+    live = LiveRequest(
+        call.messages,
+        call.request(logprobs=job.logprobs),
+        job,
+        tier,
+        meta,
+        gateway.settings.gateway.max_queue_s,
+    )
     with services_up():
         job_id = await _live_job(gateway, request.headers.get(JOB_HEADER))
         outcome = await _answer(live, gateway, job_id)

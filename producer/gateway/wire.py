@@ -3,6 +3,7 @@
 and its decision-trace headers. No I/O here."""
 
 import json
+import math
 import re
 import time
 from collections.abc import Iterator
@@ -217,8 +218,19 @@ def completion_id(outcome: LiveOutcome) -> str:
 
 
 def all_failed(outcome: LiveOutcome) -> ApiError:
-    """Every tier of the chain failed: 502, with each tier's reason."""
+    """Every tier of the chain failed: 502, with each tier's reason; 429 with Retry-After
+    when the last one was at its rate limit (no tier up is left to take the request)."""
     reasons = "; ".join(f"{f.tier}: {f.reason}: {f.message}" for f in outcome.failures)
+    last = outcome.failures[-1] if outcome.failures else None
+    if last is not None and last.reason == "rate_limited":
+        wait = math.ceil(last.retry_after or 1)
+        return ApiError(
+            429,
+            f"every tier is at its rate limit (prompt {outcome.prompt_id}): {reasons}",
+            type_="rate_limit_error",
+            code="rate_limit_exceeded",
+            headers={**trace_headers(outcome), "Retry-After": str(wait)},
+        )
     return ApiError(
         502,
         f"every tier failed (prompt {outcome.prompt_id}): {reasons or 'no answer'}",
