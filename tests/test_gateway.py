@@ -244,3 +244,46 @@ def test_processes_share_the_port_and_stop_on_sigterm(
         done = session.exec(select(Prompt).where(Prompt.status == PromptStatus.SUCCEEDED)).all()
     assert len(jobs) == 1 and jobs[0].total == 8
     assert {p.id for p in done} == ids
+
+
+def test_sigterm_keeps_every_request_in_flight(
+    tmp_path: Path, tiered_sim: RunningSimulator, database_url: str, clean_redis: Any
+) -> None:
+    """SIGTERM while requests wait on a slow model: the gateway stops accepting, lets them
+    finish, answers them, and flushes the ledger before it exits — every call paid for is
+    on record and every client got its answer."""
+    import threading
+
+    from tests.helpers.workers import wait_until
+
+    engine = make_engine(database_url)
+    tiered_sim.configure("sim-small", latency_ms=2000)
+    process = GatewayProcess(
+        route_config(tmp_path, tiered_sim, database_url), tmp_path / "gateway.log"
+    )
+    client = process.client()
+    answers: list[Any] = []
+    threads = [
+        threading.Thread(target=lambda n=n: answers.append(ask(client, "small", f"hi {n}")))
+        for n in range(5)
+    ]
+    for thread in threads:
+        thread.start()
+
+    def all_admitted() -> bool:
+        with Session(engine) as session:
+            return len(session.exec(select(Prompt)).all()) == 5
+
+    wait_until(all_admitted, timeout=60, what="5 requests in flight", logs=process.log)
+    assert process.stop() == 0, process.log()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(answers) == 5 and all(a.status_code == 200 for a in answers)
+    with Session(engine) as session:
+        prompts = session.exec(select(Prompt)).all()
+        attempts = session.exec(select(Attempt)).all()
+    assert [p.status for p in prompts] == [PromptStatus.SUCCEEDED] * 5
+    assert len(attempts) == 5
+    told = {int(a.headers["x-distillery-prompt-id"]): a.parse() for a in answers}
+    for prompt in prompts:
+        assert told[prompt.id].choices[0].message.content == prompt.response
