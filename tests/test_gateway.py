@@ -287,3 +287,49 @@ def test_sigterm_keeps_every_request_in_flight(
     told = {int(a.headers["x-distillery-prompt-id"]): a.parse() for a in answers}
     for prompt in prompts:
         assert told[prompt.id].choices[0].message.content == prompt.response
+
+
+def test_prometheus_metrics_sum_over_processes(
+    tmp_path: Path, tiered_sim: RunningSimulator, sqlite_url: str, clean_redis: Any
+) -> None:
+    """`GET /metrics` counts requests, answers by tier, escalations, the latency added and
+    the time to first byte — over both processes of `--processes 2`, whichever answers."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    make_engine(sqlite_url)
+    process = GatewayProcess(
+        route_config(tmp_path, tiered_sim, sqlite_url), tmp_path / "gateway.log", processes=2
+    )
+    try:
+        client = process.client()
+        for n in range(4):
+            ask(client, "route", f"[easy] What is the capital of France? ({n})")  # small
+        ask(client, "route", "[hard] What is the integral of x^x?")  # small, then frontier
+        list(
+            client.chat.completions.create(
+                model="small", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+        )
+        httpx.post(process.base_url + "/chat/completions", json={"model": "nope", "messages": []})
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(httpx.get(process.url + "/metrics").text)
+            for s in family.samples
+        }
+    finally:
+        process.stop()
+
+    def value(name: str, **labels: str) -> float:
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    assert value("distillery_gateway_requests_total", model="route", status="200") == 5
+    assert value("distillery_gateway_requests_total", model="small", status="200") == 1
+    assert value("distillery_gateway_requests_total", model="-", status="400") == 1
+    answers = "distillery_gateway_answers_total"
+    assert value(answers, routed_tier="small", final_tier="small") == 5
+    assert value(answers, routed_tier="small", final_tier="frontier") == 1
+    assert value("distillery_gateway_escalations_total", routed_tier="small") == 1
+    assert value("distillery_gateway_added_latency_seconds_count") == 6
+    ttfb = "distillery_gateway_time_to_first_byte_seconds_count"
+    assert (value(ttfb, stream="false"), value(ttfb, stream="true")) == (5, 1)

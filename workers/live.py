@@ -58,6 +58,7 @@ class LiveOutcome:
     confidence: float | None
     escalations: int
     cost_usd: float
+    upstream_ms: float = 0.0  # the model calls' own time (router calls included)
     failures: list[TierFailure] = field(default_factory=list)
 
 
@@ -146,6 +147,7 @@ def _outcome(
         confidence=finish.get("confidence"),
         escalations=sum(1 for r in records if r.fallback),
         cost_usd=sum(a["cost_usd"] for r in records for a in r.attempts),
+        upstream_ms=sum(a["latency_ms"] for r in records for a in r.attempts),
         failures=[_failure(tier, s.error) for tier, s in steps if s.error is not None],
     )
 

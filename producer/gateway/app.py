@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from models.live import NotALiveJob
 from models.types import utcnow
+from producer.gateway import metrics
 from producer.gateway.keys import KEY_ID, ApiKeys
 from producer.gateway.wire import (
     ROUTE_MODEL,
@@ -91,7 +93,7 @@ KEYS = web.AppKey("keys", ApiKeys)
 
 def build_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[openai_errors, authorized, bounded],
+        middlewares=[measured, openai_errors, authorized, bounded],
         client_max_size=settings.gateway.max_body_bytes,
     )
     app[SETTINGS] = settings
@@ -100,6 +102,7 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", prometheus)
     return app
 
 
@@ -124,6 +127,28 @@ async def _gateway_context(app: web.Application) -> Any:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+MODEL = web.RequestKey("model", str)
+
+
+@web.middleware
+async def measured(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every chat request counted by its model and the status it got."""
+    if request.path != "/v1/chat/completions":
+        return await handler(request)
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        metrics.observe_request(request.get(MODEL, "-"), status)
+
+
+async def prometheus(request: web.Request) -> web.Response:
+    body = await asyncio.to_thread(metrics.exposition)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 @web.middleware
@@ -214,6 +239,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     gateway = request.app[GATEWAY]
     call = parse_chat(await request.read(), models=gateway.models)
+    request[MODEL] = call.model
     job, tier = gateway.settings_for(call)
     meta = {"model": call.model, **({"key_sha256": request[KEY_ID]} if KEY_ID in request else {})}
     live = LiveRequest(
@@ -231,7 +257,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise all_failed(outcome) if outcome.failures else stopped(outcome)
     if call.stream:
         return await stream_answer(request, call, outcome, started)
-    return web.json_response(completion_body(call, outcome), headers=trace_headers(outcome))
+    response = web.json_response(completion_body(call, outcome), headers=trace_headers(outcome))
+    total = elapsed_ms(started) / 1000
+    metrics.observe_outcome(outcome, total_s=total, first_byte_s=total, stream=False)
+    return response
 
 
 async def stream_answer(
@@ -249,11 +278,14 @@ async def stream_answer(
     }
     response = web.StreamResponse(headers=headers)
     await response.prepare(request)
+    first_byte = elapsed_ms(started) / 1000
     # The answer is whole by now: one write of all its chunks (a write per token would cost
     # a trip through the loop each, and the client sees the same events either way).
     events = [sse(chunk) for chunk in stream_chunks(call, outcome)]
     await response.write(b"".join([*events, sse("[DONE]")]))
     await response.write_eof()
+    total = elapsed_ms(started) / 1000
+    metrics.observe_outcome(outcome, total_s=total, first_byte_s=first_byte, stream=True)
     return response
 
 

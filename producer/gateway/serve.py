@@ -12,10 +12,12 @@ import multiprocessing
 import os
 import signal
 import sys
+import tempfile
 from types import FrameType
 
 from aiohttp import web
 
+from producer.gateway.metrics import MULTIPROC_ENV
 from workers.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ def serve(settings: Settings, host: str, port: int, processes: int) -> None:
     if processes == 1:
         serve_one(settings, host, port)
         return
+    if not os.environ.get(MULTIPROC_ENV):  # the processes' metrics, summed at each scrape
+        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="distillery-gateway-metrics-")
     spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited sockets
     children = [
         spawn.Process(target=_child, args=(host, port), name=f"gateway-{n}")
