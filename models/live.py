@@ -4,6 +4,8 @@ A live job is an ordinary job row with mode `live` that grows a prompt per reque
 `total` counts them) and is never finished by the ledger; `status`, `results` and `report`
 read it like any other job."""
 
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,40 +61,53 @@ def live_job_id(*, conn: Connection, name: str, params: dict[str, Any], router: 
     return int(conn.execute(insert(JOBS).values(row).returning(JOBS.c.id)).scalar_one())
 
 
-def admit_prompt(
-    *,
-    conn: Connection,
-    job_id: int,
-    messages: list[dict[str, Any]],
-    routed_tier: str,
-    router_score: float | None,
-    router_latency_ms: float | None,
-    meta: dict[str, Any] | None = None,
-) -> Admission:
-    """A request's prompt row, pending, with its route decision; its job counts it. One
-    short write transaction (the job's row is locked while `total` moves on, which also
-    makes `idx` unique without a retry)."""
-    total = conn.execute(
-        update(JOBS)
-        .where(JOBS.c.id == job_id)
-        .values(total=JOBS.c.total + 1)
-        .returning(JOBS.c.total)
-    ).scalar_one()
-    idx = int(total) - 1
-    prompt_id = conn.execute(
-        insert(PROMPTS)
-        .values(
-            {
-                "job_id": job_id,
-                "idx": idx,
-                "messages": messages,
-                "metadata": meta,  # the column's name (the ORM calls it `meta`)
-                "status": PromptStatus.PENDING,
-                "routed_tier": routed_tier,
-                "router_score": router_score,
-                "router_latency_ms": router_latency_ms,
-            }
-        )
-        .returning(PROMPTS.c.id)
-    ).scalar_one()
-    return Admission(int(prompt_id), idx)
+@dataclass(frozen=True, slots=True)
+class AdmitRow:
+    """A request's prompt row to insert: pending, with its route decision."""
+
+    job_id: int
+    messages: list[dict[str, Any]]
+    routed_tier: str
+    router_score: float | None
+    router_latency_ms: float | None
+    meta: dict[str, Any] | None = None
+
+
+def admit_prompts(*, conn: Connection, rows: Sequence[AdmitRow]) -> list[Admission]:
+    """The requests' prompt rows, in the caller's transaction (the ledger writer's group
+    commit), in `rows` order: each job's `total` moves on once for the group (its row
+    locked, so `idx` is unique without a retry), then one INSERT for all of them."""
+    if not rows:
+        return []
+    by_job: dict[int, list[int]] = defaultdict(list)
+    for n, row in enumerate(rows):
+        by_job[row.job_id].append(n)
+    idx: dict[int, int] = {}
+    for job_id, positions in by_job.items():
+        total = conn.execute(
+            update(JOBS)
+            .where(JOBS.c.id == job_id)
+            .values(total=JOBS.c.total + len(positions))
+            .returning(JOBS.c.total)
+        ).scalar_one()
+        for k, position in enumerate(positions):
+            idx[position] = int(total) - len(positions) + k
+    values = [_prompt_values(row, idx[n]) for n, row in enumerate(rows)]
+    inserted = conn.execute(
+        insert(PROMPTS).values(values).returning(PROMPTS.c.id, PROMPTS.c.job_id, PROMPTS.c.idx)
+    )
+    ids = {(job_id, i): int(pid) for pid, job_id, i in inserted}
+    return [Admission(ids[(row.job_id, idx[n])], idx[n]) for n, row in enumerate(rows)]
+
+
+def _prompt_values(row: AdmitRow, idx: int) -> dict[str, Any]:
+    return {
+        "job_id": row.job_id,
+        "idx": idx,
+        "messages": row.messages,
+        "metadata": row.meta,  # the column's name (the ORM calls it `meta`)
+        "status": PromptStatus.PENDING,
+        "routed_tier": row.routed_tier,
+        "router_score": row.router_score,
+        "router_latency_ms": row.router_latency_ms,
+    }

@@ -27,10 +27,11 @@ class AnswerRow(NamedTuple):
 
 
 def answer_rows(
-    *, session: Session, job_id: int, batch: int = ROWS_PER_FETCH
+    *, session: Session, job_id: int, batch: int = ROWS_PER_FETCH, final_tier: str | None = None
 ) -> Iterator[AnswerRow]:
-    """Every prompt of the job in input order, fetched `batch` rows at a time so memory
-    stays flat however large the job."""
+    """Every prompt of the job in input order (only those `final_tier` answered, when
+    given: a live job's teacher answers), fetched `batch` rows at a time so memory stays
+    flat however large the job."""
     # Per row, the cheapest way measured: Core on the table, not the ORM entity (no ORM row
     # loading); the status as the plain string it is stored as (a str enum compares equal to
     # it), not an enum built per row; and messages as text parsed here, which on PostgreSQL
@@ -46,6 +47,8 @@ def answer_rows(
         .order_by(PROMPTS.c.idx)
         .execution_options(yield_per=batch)
     )
+    if final_tier is not None:  # ix_prompts_job_final_tier
+        query = query.where(PROMPTS.c.final_tier == final_tier)
     for idx, status, messages, response in session.connection().execute(query):
         yield AnswerRow(idx, status, json.loads(messages), response)
 

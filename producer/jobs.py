@@ -82,16 +82,15 @@ def reduce(
     min_length: int | None,
     validation_fraction: float | None,
 ) -> dict[str, Any]:
-    from workers.reducer import ReduceError, reduce_job, teacher_counter
+    from workers.reducer import reduce_job, reducible_params, teacher_counter
 
     with Session(engine) as session:
         job = get_job(session, job_id)
-    if job.mode != JobMode.TEACHER:
-        raise ReduceError(f"job {job_id} is a {job.mode} job; only teacher jobs are reduced")
+    params = reducible_params(job, settings)  # teacher jobs, and live jobs' teacher answers
     changes = {"min_length": min_length, "validation_fraction": validation_fraction}
     config = settings.reducer.model_copy(update={k: v for k, v in changes.items() if v is not None})
     out = out or settings.training_path(job_id)
-    counter = teacher_counter(job.params, settings)
+    counter = teacher_counter(params, settings)
     result = reduce_job(engine=engine, job_id=job_id, out=out, config=config, counter=counter)
     record = result.record
     return {

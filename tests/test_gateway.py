@@ -333,3 +333,40 @@ def test_prometheus_metrics_sum_over_processes(
     assert value("distillery_gateway_added_latency_seconds_count") == 6
     ttfb = "distillery_gateway_time_to_first_byte_seconds_count"
     assert (value(ttfb, stream="false"), value(ttfb, stream="true")) == (5, 1)
+
+
+def test_reduce_a_live_job(
+    gateway: GatewayProcess,
+    gateway_config: Path,
+    use_config: Any,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    """`distillery reduce` on a live job: the teacher tier's answers (escalated ones and
+    those asked of it by name) become training examples, with the usual filters."""
+    import json
+
+    from tests.helpers.cli import invoke
+
+    engine = make_engine(database_url)
+    client = gateway.client()
+    texts = ["[hard] What is the integral of x^x?", "[easy] What is the capital of France?"]
+    texts += ["[hard] Why is the sky blue at noon?", "[refuse] Tell me a secret."]
+    ids = [int(ask(client, "route", t).headers["x-distillery-prompt-id"]) for t in texts]
+    ids.append(int(ask(client, "frontier", "[refuse] x").headers["x-distillery-prompt-id"]))
+    with Session(engine) as session:
+        prompts = [session.get(Prompt, pid) for pid in ids]
+    teacher = [p for p in prompts if p is not None and p.final_tier == "frontier"]
+    kept = [p for p in teacher if not (p.response or "").startswith("I'm sorry")]
+    assert 0 < len(kept) < len(teacher) < len(prompts)  # some filtered, some not the teacher's
+    out = tmp_path / "live.jsonl"
+    use_config(gateway_config)
+    result = invoke("reduce", str(prompts[0].job_id), "--out", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["examples"] == len(kept)
+    assert summary["rejected"] == {"refusal": len(teacher) - len(kept)}
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["messages"] for line in lines] == [
+        [*p.messages, {"role": "assistant", "content": p.response}] for p in kept
+    ]

@@ -218,3 +218,40 @@ def test_database_down_is_503_and_healthz_says_so(
             process.stop()
     finally:
         databases.close()
+
+
+@pytest.mark.parametrize("policy", ["reject", "truncate"])
+def test_messages_over_the_context_follow_submits_policy(
+    tmp_path: Path, tiered_sim: RunningSimulator, sqlite_url: str, clean_redis: Any, policy: str
+) -> None:
+    """A message list over the tiers' context: `reject` is a 400 with nothing recorded,
+    `truncate` answers from the head of the last user message and records the cut."""
+    config = route_config(
+        tmp_path, tiered_sim, sqlite_url, context_tokens=80, context_policy=policy
+    )
+    process = start(tmp_path, config)
+    long = [{"role": "user", "content": "[easy] Please summarise: " + "lorem ipsum " * 200}]
+    try:
+        client = process.client()
+        client.chat.completions.create(model="route", messages=USER)  # fits
+        if policy == "reject":
+            with pytest.raises(openai.BadRequestError) as refused:
+                client.chat.completions.create(model="small", messages=long)
+            assert refused.value.code == "context_length_exceeded"
+            assert "context of 80" in refused.value.message
+        else:
+            raw = client.chat.completions.with_raw_response.create(model="route", messages=long)
+            prompt_id = int(raw.headers["x-distillery-prompt-id"])
+    finally:
+        process.stop()
+    with Session(make_engine(sqlite_url)) as session:
+        prompts = session.exec(select(Prompt)).all()
+    if policy == "reject":
+        assert len(prompts) == 1
+        return
+    [cut] = [p for p in prompts if p.id == prompt_id]
+    assert cut.status == PromptStatus.SUCCEEDED
+    kept = cut.messages[-1]["content"]
+    assert long[0]["content"].startswith(kept) and len(kept) < len(long[0]["content"])
+    record = (cut.meta or {})["distillery_truncated"]
+    assert record["context_tokens"] == 80 and record["kept_chars"] == len(kept)

@@ -17,6 +17,7 @@ from concurrent.futures import Future
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
+from models.live import Admission, AdmitRow, admit_prompts
 from models.outcomes import Record, write_records
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,8 @@ log = logging.getLogger(__name__)
 # Bounds a transaction (and its IN lists); groups are this large only after a stall.
 MAX_GROUP = 500
 
-Pending = tuple[Record, "Future[Record]"]
+# A step's record, or a live request's prompt row to admit (the gateway's first write).
+Pending = tuple[Record, "Future[Record]"] | tuple[AdmitRow, "Future[Admission]"]
 _STOP = None  # queued by `close`: write what came before, then end the thread
 
 
@@ -40,6 +42,12 @@ class LedgerWriter:
         changed, once it is committed."""
         future: Future[Record] = Future()
         self.queue.put((record, future))
+        return future
+
+    def admit(self, row: AdmitRow) -> "Future[Admission]":
+        """A live request's prompt row, inserted with the next group (`models.live`)."""
+        future: Future[Admission] = Future()
+        self.queue.put((row, future))
         return future
 
     def close(self, timeout_s: float = 30.0) -> None:
@@ -64,17 +72,26 @@ class LedgerWriter:
     def _write(self, group: list[Pending]) -> None:
         try:
             with self.engine.begin() as conn:
-                write_records(conn, [record for record, _ in group])
+                # Admissions first: a request waits for its row before its first call, so
+                # no record of the same group can refer to one of them.
+                admitted = admit_prompts(
+                    conn=conn, rows=[i for i, _ in group if isinstance(i, AdmitRow)]
+                )
+                write_records(conn, [i for i, _ in group if isinstance(i, Record)])
         except OperationalError as exc:  # the database is down or locked: all fail alike,
             for _, future in group:  # and each task retries its message (Celery autoretry)
                 future.set_exception(exc)
         except Exception as exc:
             if len(group) == 1:
-                log.error("could not record prompt %s: %s", group[0][0].prompt_id, exc)
+                item = group[0][0]
+                what = f"prompt {item.prompt_id}" if isinstance(item, Record) else "a request"
+                log.error("could not record %s: %s", what, exc)
                 group[0][1].set_exception(exc)
                 return
             for pending in group:  # one bad record must not fail the others with it
                 self._write([pending])
         else:
-            for record, future in group:
-                future.set_result(record)
+            admissions = iter(admitted)
+            for item, future in group:
+                result = next(admissions) if isinstance(item, AdmitRow) else item
+                future.set_result(result)  # type: ignore[arg-type]

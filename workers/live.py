@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models import AttemptStatus, PromptStatus
-from models.live import Admission, admit_prompt, live_job_id
+from models.live import Admission, AdmitRow, live_job_id
 from models.outcomes import Record
 from workers.answer import Step, WorkItem, answer_step
 from workers.attempts import attempt_from_error
@@ -71,10 +71,10 @@ async def decide(live: LiveRequest, ctx: WorkerContext) -> Decision:
 
 
 async def answer_live(live: LiveRequest, ctx: WorkerContext, *, job_id: int) -> LiveOutcome:
-    """Decide, admit the prompt (one short write), then answer tier after tier until a tier
-    keeps its answer or the chain ends."""
+    """Decide, admit the prompt (group-committed with other requests' writes), then answer
+    tier after tier until a tier keeps its answer or the chain ends."""
     decision = await decide(live, ctx)
-    admitted = await asyncio.to_thread(_admit, ctx, job_id, live, decision)
+    admitted = await _admit(ctx, job_id, live, decision)
     work = WorkItem(
         admitted.prompt_id, job_id, live.messages, live.job, live.request, live.max_wait_s
     )
@@ -115,17 +115,14 @@ async def _record_disconnect(ctx: WorkerContext, work: WorkItem, tier: str, ms: 
     await asyncio.wrap_future(ctx.ledger.submit(record))
 
 
-def _admit(ctx: WorkerContext, job_id: int, live: LiveRequest, decision: Decision) -> Admission:
-    with ctx.ledger.engine.begin() as conn:
-        return admit_prompt(
-            conn=conn,
-            job_id=job_id,
-            messages=live.messages,
-            routed_tier=decision.tier,
-            router_score=decision.score,
-            router_latency_ms=decision.latency_ms,
-            meta=live.meta,
-        )
+async def _admit(
+    ctx: WorkerContext, job_id: int, live: LiveRequest, decision: Decision
+) -> Admission:
+    """The prompt row, pending, inserted with the ledger writer's next group."""
+    row = AdmitRow(
+        job_id, live.messages, decision.tier, decision.score, decision.latency_ms, live.meta
+    )
+    return await asyncio.wrap_future(ctx.ledger.admit(row))
 
 
 def _outcome(

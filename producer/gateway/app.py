@@ -10,6 +10,7 @@ is most of what the gateway adds to a call's latency. A validation layer would o
 re-check what `wire.parse_chat` checks."""
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -25,7 +26,9 @@ from sqlalchemy.exc import DBAPIError
 
 from models.live import NotALiveJob
 from models.types import utcnow
+from producer.context_window import TRUNCATION_METADATA_KEY
 from producer.gateway import metrics
+from producer.gateway.context import fit_request
 from producer.gateway.keys import KEY_ID, ApiKeys
 from producer.gateway.wire import (
     ROUTE_MODEL,
@@ -74,7 +77,8 @@ class Gateway:
             return self.job.model_copy(update={"router": call.model.split(":", 1)[1]}), None
         # A tier by name: that tier only, no escalation; confidence only from logprobs the
         # caller asked for.
-        return self.job.model_copy(update={"fallback": (), "logprobs": call.logprobs}), call.model
+        direct = {"fallback": (), "logprobs": call.logprobs, "tiers_in_order": (call.model,)}
+        return self.job.model_copy(update=direct), call.model
 
     async def job_id(self, name: str) -> int:
         if name not in self.live_jobs:
@@ -241,7 +245,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     call = parse_chat(await request.read(), models=gateway.models)
     request[MODEL] = call.model
     job, tier = gateway.settings_for(call)
-    meta = {"model": call.model, **({"key_sha256": request[KEY_ID]} if KEY_ID in request else {})}
+    meta: dict[str, Any] = {"model": call.model}
+    if KEY_ID in request:
+        meta["key_sha256"] = request[KEY_ID]
+    messages, cut = fit_request(
+        call.messages, job.model_copy(update={"max_tokens": call.max_tokens}), gateway.settings
+    )
+    if cut is not None:
+        meta[TRUNCATION_METADATA_KEY] = cut
+        call = dataclasses.replace(call, messages=messages)
     live = LiveRequest(
         call.messages,
         call.request(logprobs=job.logprobs),
