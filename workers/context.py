@@ -52,9 +52,10 @@ class WorkerContext:
         )
 
     @classmethod
-    async def open_here(cls, settings: Settings) -> "WorkerContext":
+    async def open_here(cls, settings: Settings, *, job_status_ttl_s: float) -> "WorkerContext":
         """A context on the running event loop (the gateway's server loop): the same parts,
-        without a thread of its own between the server and its calls."""
+        without a thread of its own between the server and its calls. `job_status_ttl_s`:
+        how stale its view of a job's status may be (a cancel stops calls within it)."""
         engine = get_engine(settings.database_url)
         return cls(
             settings=settings,
@@ -62,7 +63,7 @@ class WorkerContext:
             loop=CallLoop(asyncio.get_running_loop()),
             caller=Caller.open(settings),
             ledger=LedgerWriter(get_write_engine(settings.database_url)),
-            jobs=RunningJobs(engine),
+            jobs=RunningJobs(engine, ttl_s=job_status_ttl_s),
         )
 
     async def aclose(self) -> None:

@@ -53,6 +53,10 @@ from workers.settings import Settings
 log = logging.getLogger(__name__)
 
 JOB_HEADER = "x-distillery-job"
+# How stale the gateway's view of a live job's status may be: a cancelled live job stops
+# answering within this. Workers re-read every 0.1 s (their calls come in bulk); a gateway
+# with sparse traffic would otherwise read the job's row for nearly every request.
+LIVE_JOB_STATUS_TTL_S = 1.0
 MAX_JOB_NAME = 200
 
 
@@ -114,7 +118,7 @@ async def _gateway_context(app: web.Application) -> Any:
     """The worker context on the server's own loop: built at start-up, and at shutdown
     closed after the last request (the ledger flushed)."""
     settings = app[SETTINGS]
-    ctx = await WorkerContext.open_here(settings)
+    ctx = await WorkerContext.open_here(settings, job_status_ttl_s=LIVE_JOB_STATUS_TTL_S)
     job = RouteSettings.from_config(settings)
     gateway = Gateway(settings, ctx, job, model_names(list(settings.tiers)))
     if settings.redis_url:
