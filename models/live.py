@@ -32,21 +32,30 @@ class Admission:
     idx: int
 
 
-def live_job_id(*, conn: Connection, name: str, params: dict[str, Any], router: str) -> int:
-    """The id of the live job called `name`, created (with `params`, the gateway's frozen
-    settings) if there is none, in the caller's write transaction."""
+def live_job_id(
+    *,
+    conn: Connection,
+    name: str,
+    params: dict[str, Any],
+    router: str | None,
+    mode: JobMode = JobMode.LIVE,
+) -> int:
+    """The id of the live (or shadow) job called `name`, created (with `params`, the
+    gateway's frozen settings) if there is none, in the caller's write transaction."""
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LIVE_JOB_LOCK_KEY})
     found = conn.execute(
         select(JOBS.c.id, JOBS.c.mode).where(JOBS.c.name == name).order_by(JOBS.c.id.desc())
     ).first()
     if found is not None:
-        if found.mode != JobMode.LIVE:
-            raise NotALiveJob(f"job {name!r} (id {found.id}) is a {found.mode} job, not a live job")
+        if found.mode != mode:
+            raise NotALiveJob(
+                f"job {name!r} (id {found.id}) is a {found.mode} job, not a {mode} job"
+            )
         return int(found.id)
     row = {
         "name": name,
-        "mode": JobMode.LIVE,
+        "mode": mode,
         "status": JobStatus.RUNNING,
         "router": router,
         "params": params,
@@ -111,3 +120,38 @@ def _prompt_values(row: AdmitRow, idx: int) -> dict[str, Any]:
         "router_score": row.router_score,
         "router_latency_ms": row.router_latency_ms,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowAgreement:
+    """A live job's shadows: sent, answered by the teacher, and agreeing with the served
+    answer (the same text once case and whitespace are set aside)."""
+
+    sent: int
+    answered: int
+    agreed: int
+
+    @property
+    def rate(self) -> float | None:
+        return self.agreed / self.answered if self.answered else None
+
+
+def _normal(text: str | None) -> str:
+    return " ".join((text or "").split()).casefold()
+
+
+def shadow_agreement(*, conn: Connection, live_job_id: int) -> ShadowAgreement:
+    shadow = PROMPTS.alias("shadow")
+    served = PROMPTS.alias("served")
+    rows = conn.execute(
+        select(shadow.c.status, shadow.c.response, served.c.response)
+        .select_from(shadow.join(JOBS, JOBS.c.id == shadow.c.job_id))
+        .join(served, served.c.id == shadow.c.metadata["live_prompt_id"].as_integer())
+        .where(
+            JOBS.c.mode == JobMode.SHADOW,
+            shadow.c.metadata["live_job_id"].as_integer() == live_job_id,
+        )
+    ).all()
+    answered = [(mine, theirs) for status, mine, theirs in rows if status == PromptStatus.SUCCEEDED]
+    agreed = sum(_normal(mine) == _normal(theirs) for mine, theirs in answered)
+    return ShadowAgreement(len(rows), len(answered), agreed)

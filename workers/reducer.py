@@ -8,6 +8,7 @@ records a `training_files` row with the counts and the file's sha256.
 """
 
 import hashlib
+import itertools
 import json
 import os
 import uuid
@@ -24,7 +25,7 @@ from models import Job, JobMode, PromptStatus, TrainingFile, session_scope
 from models.db import get_write_engine
 from models.queries import first_training_file
 from models.training_data import AnswerRow as Row
-from models.training_data import answer_rows
+from models.training_data import answer_rows, shadow_answer_rows
 from workers.errors import NotFound
 from workers.finetune_format import FormatCheck, FormatReport, check_example
 from workers.settings import ReducerConfig, Settings, get_settings
@@ -170,8 +171,10 @@ def reduce_job(
         validation = validation_path_for(out)
         check = FormatCheck(out)  # the training file's only, as check_file read back only it
         train, valid = _HashingWriter(out, check), _HashingWriter(validation)
-        only = params["tier"] if job.mode == JobMode.LIVE else None
-        rows = answer_rows(session=session, job_id=job_id, final_tier=only)
+        rows = answer_rows(session=session, job_id=job_id)
+        if job.mode == JobMode.LIVE:  # its teacher answers, then its shadows' (teacher too)
+            own = answer_rows(session=session, job_id=job_id, final_tier=params["tier"])
+            rows = itertools.chain(own, shadow_answer_rows(session=session, live_job_id=job_id))
         filters = Filters(config, counter)
         rejected = _write_examples(rows, system_prompt, job_id, filters, train, valid)
         train.close()

@@ -191,6 +191,9 @@ class GatewayConfig(_Strict):
     max_queue_s: float = Field(5.0, ge=0)
     # Requests in flight per gateway process; one more gets 503 at once instead of a queue.
     max_concurrency: int = Field(512, gt=0)
+    # The share of requests answered below the teacher tier that are also sent, after
+    # their answer, to the teacher tier through the workers' queue (a shadow job).
+    shadow_rate: float = Field(0.0, ge=0, le=1)
 
     def api_keys(self) -> tuple[str, ...]:
         raw = os.environ.get(self.api_keys_env, "")

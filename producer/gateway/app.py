@@ -43,6 +43,7 @@ from producer.gateway.wire import (
     stream_chunks,
     trace_headers,
 )
+from workers import shadow
 from workers.chat import elapsed_ms
 from workers.context import WorkerContext
 from workers.job_settings import RouteSettings
@@ -71,6 +72,7 @@ class Gateway:
     redis: Any = None  # a client of its own for /healthz (None: no Redis configured)
     in_flight: int = 0  # chat requests being answered by this process
     live_jobs: dict[str, int] = field(default_factory=dict)  # by name, once opened
+    shadows: set[asyncio.Task[Any]] = field(default_factory=set)  # sent after their answers
     job_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def settings_for(self, call: ChatCall) -> tuple[RouteSettings, str | None]:
@@ -83,6 +85,21 @@ class Gateway:
         # caller asked for.
         direct = {"fallback": (), "logprobs": call.logprobs, "tiers_in_order": (call.model,)}
         return self.job.model_copy(update=direct), call.model
+
+    def maybe_shadow(self, live: LiveRequest, outcome: LiveOutcome) -> None:
+        """Send a sample of the answers below the teacher tier to the teacher through the
+        workers (`workers.shadow`), once the caller has its answer: it never waits for it."""
+        rate, teacher = self.settings.gateway.shadow_rate, self.settings.teacher.tier
+        if not shadow.wanted(outcome, rate, teacher):
+            return
+        task = asyncio.create_task(shadow.send_shadow(self.ctx, live, outcome))
+        self.shadows.add(task)
+        task.add_done_callback(self._shadow_done)
+
+    def _shadow_done(self, task: "asyncio.Task[Any]") -> None:
+        self.shadows.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not send a shadow request: %s", task.exception())
 
     async def job_id(self, name: str) -> int:
         if name not in self.live_jobs:
@@ -129,6 +146,7 @@ async def _gateway_context(app: web.Application) -> Any:
         )
     app[GATEWAY] = gateway
     yield
+    await asyncio.gather(*gateway.shadows, return_exceptions=True)  # recorded and sent
     await ctx.aclose()
     if gateway.redis is not None:
         await gateway.redis.aclose()
@@ -271,6 +289,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         outcome = await _answer(live, gateway, job_id)
     if outcome.completion is None:
         raise all_failed(outcome) if outcome.failures else stopped(outcome)
+    gateway.maybe_shadow(live, outcome)
     if call.stream:
         return await stream_answer(request, call, outcome, started)
     response = web.json_response(completion_body(call, outcome), headers=trace_headers(outcome))
