@@ -370,3 +370,34 @@ def test_reduce_a_live_job(
     assert [line["messages"] for line in lines] == [
         [*p.messages, {"role": "assistant", "content": p.response}] for p in kept
     ]
+
+
+def test_cli_names_a_live_job(
+    gateway: GatewayProcess, gateway_config: Path, use_config: Any, tmp_path: Path
+) -> None:
+    """`status`, `results`, `report --plot` and `cost simulate` take the live job by name
+    (as the issue's user writes `distillery report live-2026-12-01`) or by id."""
+    import json
+
+    from tests.helpers.cli import invoke
+
+    ask(gateway.client(), "route", "[hard] What is the integral of x^x?")
+    raw = ask(gateway.client(), "route", "[easy] What is the capital of France?")
+    job_id = raw.headers["x-distillery-job-id"]
+    name = f"live-{datetime.now(UTC):%Y-%m-%d}"
+    use_config(gateway_config)
+    by_name = json.loads(invoke("status", name, "--json").output)
+    by_id = json.loads(invoke("status", job_id, "--json").output)
+    assert by_name["id"] == by_id["id"] == int(job_id)  # (elapsed_s moves on between the two)
+    assert by_name["mode"] == "live" and by_name["total"] == 2
+    plot = tmp_path / "live.png"
+    report = invoke("report", name, "--json", "--plot", str(plot))
+    assert report.exit_code == 0, report.output
+    assert json.loads(report.output)["fallbacks"]["prompts_fell_back"] == 1
+    assert plot.stat().st_size > 0
+    rows = invoke("results", name, "--format", "jsonl").output.splitlines()
+    assert [json.loads(r)["final_tier"] for r in rows] == ["frontier", "small"]
+    cost = invoke("cost", "simulate", "--job", name, "--monthly-requests", "1000", "--json")
+    assert cost.exit_code == 0, cost.output
+    missing = invoke("status", "no-such-job")
+    assert missing.exit_code == 2 and "no-such-job" in missing.output

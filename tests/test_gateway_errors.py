@@ -16,6 +16,7 @@ from sqlmodel import Session, select
 
 from models import Attempt, AttemptStatus, Prompt, PromptStatus
 from simulator import RunningSimulator
+from tests.helpers.config import write_config
 from tests.helpers.gateway import GatewayProcess
 from tests.helpers.routing import route_config
 from tests.helpers.services import TEST_PG_ADMIN_URL, free_port, make_engine, postgres_database
@@ -255,3 +256,42 @@ def test_messages_over_the_context_follow_submits_policy(
     assert long[0]["content"].startswith(kept) and len(kept) < len(long[0]["content"])
     record = (cut.meta or {})["distillery_truncated"]
     assert record["context_tokens"] == 80 and record["kept_chars"] == len(kept)
+
+
+def test_upstream_keys_never_reach_the_client_logs_or_ledger(
+    tmp_path: Path, sqlite_url: str, clean_redis: Any
+) -> None:
+    """Every tier answers 401 echoing the key it was sent (as some proxies do): the 502 the
+    client gets, its headers, the gateway's log and the ledger show the key nowhere."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from tests.test_secrets import _EchoingKeyHandler
+
+    secret = "sk-upstream-0123456789abcdef"
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoingKeyHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = write_config(
+            tmp_path / "distillery.toml",
+            base_url=f"http://127.0.0.1:{server.server_address[1]}/v1",
+            database_url=sqlite_url,
+            api_key_env="UPSTREAM_KEY",
+            max_retries=0,
+        )
+        process = start(tmp_path, config, UPSTREAM_KEY=secret)
+        try:
+            response = post(process, json.dumps({"model": "route", "messages": USER}).encode())
+        finally:
+            process.stop()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert response.status_code == 502
+    assert "Incorrect API key provided: [redacted]" in error_of(response)["message"]
+    assert secret not in response.text and secret not in str(response.headers)
+    assert secret not in process.log()
+    with Session(make_engine(sqlite_url)) as session:
+        rows = [p.model_dump_json() for p in session.exec(select(Prompt)).all()]
+        rows += [a.model_dump_json() for a in session.exec(select(Attempt)).all()]
+    assert rows and not any(secret in row for row in rows)
