@@ -12,9 +12,11 @@ from sqlmodel import Session
 
 from models import JobMode, JobStatus, session_scope
 from models.queries import cancel_job
+from producer.errors import UserError
 from producer.progress import wait_for_job, wait_for_training_file
 from producer.status import get_job, job_summary, list_jobs
 from producer.submit import resume_job, submit_job
+from workers.errors import ExitCode
 from workers.settings import Settings
 
 
@@ -113,6 +115,14 @@ def resume(job_id: int, *, settings: Settings, engine: Engine) -> int:
         job = get_job(session, job_id)
     if job.status != JobStatus.RUNNING:
         return 0
+    if job.mode == JobMode.LIVE:
+        # A live prompt without an answer is a request in flight, or one whose caller got
+        # an error when its gateway died: nobody waits for it any more.
+        raise UserError(
+            f"job {job_id} is a live job: its requests are answered by the gateway, and one "
+            "left unanswered had its caller told so; nothing to resume",
+            ExitCode.USAGE,
+        )
     return resume_job(job=job, settings=settings, engine=engine, app=app).total
 
 

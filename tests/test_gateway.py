@@ -401,3 +401,19 @@ def test_cli_names_a_live_job(
     assert cost.exit_code == 0, cost.output
     missing = invoke("status", "no-such-job")
     assert missing.exit_code == 2 and "no-such-job" in missing.output
+
+
+def test_a_live_job_is_not_resumed(
+    gateway: GatewayProcess, gateway_config: Path, use_config: Any, database_url: str
+) -> None:
+    """A live prompt left pending (its gateway died mid-request) is not re-sent by
+    `distillery resume`: its caller was told it failed."""
+    from tests.helpers.cli import invoke
+
+    engine = make_engine(database_url)
+    raw = ask(gateway.client(), "route", "[easy] hello")
+    with engine.begin() as conn:
+        conn.execute(Prompt.__table__.update().values(status=PromptStatus.PENDING))  # type: ignore[attr-defined]
+    use_config(gateway_config)
+    result = invoke("resume", raw.headers["x-distillery-job-id"])
+    assert result.exit_code == 2 and "live job" in result.output
