@@ -10,6 +10,7 @@ ledger writer before it exits."""
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -54,8 +55,9 @@ def serve(settings: Settings, host: str, port: int, processes: int) -> None:
     if processes == 1:
         serve_one(settings, host, port)
         return
+    made = None
     if not os.environ.get(MULTIPROC_ENV):  # the processes' metrics, summed at each scrape
-        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="distillery-gateway-metrics-")
+        made = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="distillery-gateway-metrics-")
     spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited sockets
     children = [
         spawn.Process(target=_child, args=(host, port), name=f"gateway-{n}")
@@ -73,4 +75,6 @@ def serve(settings: Settings, host: str, port: int, processes: int) -> None:
     signal.signal(signal.SIGINT, forward)
     for child in children:
         child.join()
+    if made:
+        shutil.rmtree(made, ignore_errors=True)
     sys.exit(max((child.exitcode or 0) for child in children))
