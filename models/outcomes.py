@@ -19,6 +19,7 @@ from models.tables import (
     ATTEMPTS,
     FALLBACKS,
     JOBS,
+    OPEN_ENDED_MODES,
     PROMPTS,
     TERMINAL_PROMPT_STATUSES,
     JobStatus,
@@ -180,11 +181,17 @@ def _count_on_jobs(conn: Connection, applied: list[tuple[Record, bool]]) -> set[
 
 def finish_job_if_done(conn: Connection, job_id: int) -> bool:
     """Mark a running job finished once every prompt is terminal; True only for the caller
-    that made the change (so the reducer is started once)."""
+    that made the change (so the reducer is started once). A live job is never finished
+    here (nor a shadow job): all its prompts are terminal between any two requests."""
     done = JOBS.c.completed + JOBS.c.failed + JOBS.c.cancelled
     result = conn.execute(
         update(JOBS)
-        .where(JOBS.c.id == job_id, JOBS.c.status == JobStatus.RUNNING, done >= JOBS.c.total)
+        .where(
+            JOBS.c.id == job_id,
+            JOBS.c.status == JobStatus.RUNNING,
+            JOBS.c.mode.not_in(OPEN_ENDED_MODES),
+            done >= JOBS.c.total,
+        )
         .values(status=JobStatus.FINISHED, finished_at=utcnow())
     )
     return result.rowcount == 1

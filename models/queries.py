@@ -57,6 +57,12 @@ def _chunks(rows: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield rows[start : start + size]
 
 
+def job_id_named(*, session: Session, name: str) -> int | None:
+    """The newest job called `name`, or None."""
+    query = select(col(Job.id)).where(col(Job.name) == name).order_by(col(Job.id).desc())
+    return session.execute(query.limit(1)).scalar()
+
+
 def unfinished_prompts(*, session: Session, job_id: int) -> list[tuple[int, str | None]]:
     """(prompt id, tier it is due on) for every prompt without a final answer, in input order.
     The tier is the last escalation's target, else the routed tier, else None (not routed yet)."""

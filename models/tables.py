@@ -13,6 +13,16 @@ from models.types import JSONType, StrEnumType, UTCDateTime, utcnow
 class JobMode(StrEnum):
     TEACHER = "teacher"
     ROUTE = "route"
+    # The gateway's requests (`distillery serve`): a job that grows one prompt per request
+    # and never finishes by itself (one per UTC day by default).
+    LIVE = "live"
+    # Teacher answers to a sample of live requests (`[gateway] shadow_rate`), answered by
+    # the workers after the live answer was returned; grows like a live job.
+    SHADOW = "shadow"
+
+
+# Jobs that grow a prompt at a time and are never finished by the ledger.
+OPEN_ENDED_MODES = frozenset({JobMode.LIVE, JobMode.SHADOW})
 
 
 class JobStatus(StrEnum):

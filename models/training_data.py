@@ -6,10 +6,10 @@ import json
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, String, Text, cast, select, type_coerce, update
+from sqlalchemy import ColumnElement, Select, String, Text, cast, select, type_coerce, update
 from sqlmodel import Session, col
 
-from models.tables import PROMPTS, Fallback, FallbackReason, TrainingFile
+from models.tables import JOBS, PROMPTS, Fallback, FallbackReason, JobMode, TrainingFile
 
 # Rows per fetch from the database (a server-side cursor on PostgreSQL): fewer round trips
 # than 2,000, and still a few MiB of rows in memory at a time.
@@ -27,25 +27,51 @@ class AnswerRow(NamedTuple):
 
 
 def answer_rows(
-    *, session: Session, job_id: int, batch: int = ROWS_PER_FETCH
+    *, session: Session, job_id: int, batch: int = ROWS_PER_FETCH, final_tier: str | None = None
 ) -> Iterator[AnswerRow]:
-    """Every prompt of the job in input order, fetched `batch` rows at a time so memory
-    stays flat however large the job."""
-    # Per row, the cheapest way measured: Core on the table, not the ORM entity (no ORM row
-    # loading); the status as the plain string it is stored as (a str enum compares equal to
-    # it), not an enum built per row; and messages as text parsed here, which on PostgreSQL
-    # costs half of what psycopg's jsonb loader does (the same text, so the same values).
+    """Every prompt of the job in input order (only those `final_tier` answered, when
+    given: a live job's teacher answers), fetched `batch` rows at a time so memory stays
+    flat however large the job."""
     query = (
-        select(
-            PROMPTS.c.idx,
-            type_coerce(PROMPTS.c.status, String),
-            cast(PROMPTS.c.messages, Text),
-            PROMPTS.c.response,
-        )
+        _answer_columns()
         .where(PROMPTS.c.job_id == job_id)
         .order_by(PROMPTS.c.idx)
         .execution_options(yield_per=batch)
     )
+    if final_tier is not None:  # ix_prompts_job_final_tier
+        query = query.where(PROMPTS.c.final_tier == final_tier)
+    return _answers(session, query)
+
+
+def shadow_answer_rows(*, session: Session, live_job_id: int) -> Iterator[AnswerRow]:
+    """The teacher's answers to a live job's shadowed requests (`workers.shadow`), in the
+    order they were sent."""
+    query = (
+        _answer_columns()
+        .select_from(PROMPTS.join(JOBS, JOBS.c.id == PROMPTS.c.job_id))
+        .where(
+            JOBS.c.mode == JobMode.SHADOW,
+            PROMPTS.c.metadata["live_job_id"].as_integer() == live_job_id,
+        )
+        .order_by(PROMPTS.c.id)
+    )
+    return _answers(session, query)
+
+
+def _answer_columns() -> Select[tuple[int, str, str, str | None]]:
+    # Per row, the cheapest way measured: Core on the table, not the ORM entity (no ORM row
+    # loading); the status as the plain string it is stored as (a str enum compares equal to
+    # it), not an enum built per row; and messages as text parsed here, which on PostgreSQL
+    # costs half of what psycopg's jsonb loader does (the same text, so the same values).
+    return select(
+        PROMPTS.c.idx,
+        type_coerce(PROMPTS.c.status, String),
+        cast(PROMPTS.c.messages, Text),
+        PROMPTS.c.response,
+    )
+
+
+def _answers(session: Session, query: Select[Any]) -> Iterator[AnswerRow]:
     for idx, status, messages, response in session.connection().execute(query):
         yield AnswerRow(idx, status, json.loads(messages), response)
 

@@ -12,9 +12,11 @@ from sqlmodel import Session
 
 from models import JobMode, JobStatus, session_scope
 from models.queries import cancel_job
+from producer.errors import UserError
 from producer.progress import wait_for_job, wait_for_training_file
 from producer.status import get_job, job_summary, list_jobs
 from producer.submit import resume_job, submit_job
+from workers.errors import ExitCode
 from workers.settings import Settings
 
 
@@ -82,16 +84,15 @@ def reduce(
     min_length: int | None,
     validation_fraction: float | None,
 ) -> dict[str, Any]:
-    from workers.reducer import ReduceError, reduce_job, teacher_counter
+    from workers.reducer import reduce_job, reducible_params, teacher_counter
 
     with Session(engine) as session:
         job = get_job(session, job_id)
-    if job.mode != JobMode.TEACHER:
-        raise ReduceError(f"job {job_id} is a {job.mode} job; only teacher jobs are reduced")
+    params = reducible_params(job, settings)  # teacher jobs, and live jobs' teacher answers
     changes = {"min_length": min_length, "validation_fraction": validation_fraction}
     config = settings.reducer.model_copy(update={k: v for k, v in changes.items() if v is not None})
     out = out or settings.training_path(job_id)
-    counter = teacher_counter(job.params, settings)
+    counter = teacher_counter(params, settings)
     result = reduce_job(engine=engine, job_id=job_id, out=out, config=config, counter=counter)
     record = result.record
     return {
@@ -114,6 +115,14 @@ def resume(job_id: int, *, settings: Settings, engine: Engine) -> int:
         job = get_job(session, job_id)
     if job.status != JobStatus.RUNNING:
         return 0
+    if job.mode == JobMode.LIVE:
+        # A live prompt without an answer is a request in flight, or one whose caller got
+        # an error when its gateway died: nobody waits for it any more.
+        raise UserError(
+            f"job {job_id} is a live job: its requests are answered by the gateway, and one "
+            "left unanswered had its caller told so; nothing to resume",
+            ExitCode.USAGE,
+        )
     return resume_job(job=job, settings=settings, engine=engine, app=app).total
 
 

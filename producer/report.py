@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.table import Table
 from sqlmodel import Session
 
-from models import AttemptPurpose, Job
+from models import AttemptPurpose, Job, JobMode
+from models.live import shadow_agreement
 from models.reports import (
     Latency,
     TierUsage,
@@ -61,6 +62,19 @@ def build_report(
         "router_latency_ms": _latency_fields(
             router_latency(session=session, job_id=job_id, percentiles=PERCENTILES), "count"
         ),
+        "shadow": _shadow(session, job) if job.mode == JobMode.LIVE else None,
+    }
+
+
+def _shadow(session: Session, job: Job) -> dict[str, Any]:
+    """A live job's shadow requests (the teacher's answers to a sample of it)."""
+    assert job.id is not None
+    found = shadow_agreement(conn=session.connection(), live_job_id=job.id)
+    return {
+        "sent": found.sent,
+        "answered": found.answered,
+        "agreed": found.agreed,
+        "agreement": found.rate,
     }
 
 
@@ -215,6 +229,13 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
     _print_fallbacks(console, report["fallbacks"])
     console.print(_cost_table(report["cost"]))
     _print_router_latency(console, report["router_latency_ms"])
+    if report.get("shadow") and report["shadow"]["sent"]:
+        shadow = report["shadow"]
+        agreement = "-" if shadow["agreement"] is None else f"{shadow['agreement']:.1%}"
+        console.print(
+            f"shadow: {shadow['sent']:,} sent to the teacher, {shadow['answered']:,} answered, "
+            f"agreement with the served answer {agreement}"
+        )
 
 
 def _print_header(console: Console, report: dict[str, Any]) -> None:

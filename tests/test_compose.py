@@ -148,7 +148,7 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
 
 def test_the_file_parses_with_every_service() -> None:
     names = set(services())
-    expected = {"redis", "postgres", "migrate", "simulator", "flower", "metrics"}
+    expected = {"redis", "postgres", "migrate", "simulator", "flower", "metrics", "gateway"}
     assert expected <= names
     assert {n for n in names if n.startswith("worker-")} == {
         "worker-small",
@@ -251,6 +251,27 @@ def test_worker_services_match_the_configured_tiers() -> None:
     assert by_service == {f"worker-{tier}": tier for tier in by_service.values()}
     tiers = set(by_service.values())
     assert tiers == configured_tiers(COMPOSE_TOML) == configured_tiers(EXAMPLE_TOML)
+
+
+def test_the_gateway_serves_behind_the_same_redis_and_database() -> None:
+    gateway = services()["gateway"]
+    words = argv(gateway)
+    assert words[:2] == ["distillery", "serve"]
+    assert option_value(words, "--host") == "0.0.0.0"
+    port = option_value(words, "--port")
+    assert gateway["ports"] == [f"127.0.0.1:${{GATEWAY_PORT:-{port}}}:{port}"]
+    assert f"127.0.0.1:{port}/healthz" in " ".join(gateway["healthcheck"]["test"])
+    env = environment(gateway)
+    assert env["REDIS_URL"] == REDIS_SERVICE_URL
+    assert env["DATABASE_URL"] == environment(services()["worker-small"])["DATABASE_URL"]
+    # The keys come from the environment, never a default written in the file.
+    assert env["DISTILLERY_GATEWAY_KEYS"] == "${DISTILLERY_GATEWAY_KEYS:-}"
+    assert "migrate" in gateway["depends_on"]
+    # Its graceful stop (requests in flight, then the ledger) fits in the grace period.
+    from producer.gateway.serve import SHUTDOWN_S
+
+    grace = gateway["stop_grace_period"]
+    assert grace.endswith("s") and int(grace[:-1]) > SHUTDOWN_S
 
 
 def test_worker_concurrency_comes_from_the_environment() -> None:

@@ -224,7 +224,7 @@ def test_reduce_error(cli_db: str) -> None:
         session.commit()
         job_id = str(job.id)
     result = invoke(main, "reduce", job_id)
-    assert_reported(result, ExitCode.NOT_FOUND, "only teacher jobs are reduced")
+    assert_reported(result, ExitCode.NOT_FOUND, "teacher and live jobs are reduced")
 
 
 def test_user_error(cli_db: str, tmp_path: Path) -> None:

@@ -179,9 +179,11 @@ class RecordingLimiter(LocalRateLimiter):
         super().__init__()
         self.acquired: list[int] = []
 
-    async def acquire(self, tier: str, limits: Limits, tokens: int) -> str | None:
+    async def acquire(
+        self, tier: str, limits: Limits, tokens: int, *, max_wait_s: float | None = None
+    ) -> str | None:
         self.acquired.append(tokens)
-        return await super().acquire(tier, limits, tokens)
+        return await super().acquire(tier, limits, tokens, max_wait_s=max_wait_s)
 
 
 class AnsweringClient:

@@ -23,7 +23,7 @@ from models.outcomes import Record
 from models.types import utcnow
 from models.work import open_prompts
 from workers.attempts import attempt_from_completion, attempt_from_error
-from workers.chat import CallError, Completion
+from workers.chat import CallError, ChatRequest, Completion, NotSent
 from workers.context import WorkerContext
 from workers.job_settings import AnyJobSettings, load_job_settings
 from workers.settings import TierConfig
@@ -35,6 +35,15 @@ class WorkItem:
     job_id: int
     messages: list[dict[str, Any]]
     job: AnyJobSettings
+    # The request as its caller built it (a live request's own parameters); None: the
+    # job's settings build it from `messages`.
+    request: ChatRequest | None = None
+    # How long a call may wait for its tier's limits before it is refused (`NotSent`) and
+    # the prompt escalates (a live caller is waiting); None: as long as it takes.
+    max_wait_s: float | None = None
+
+    def chat_request(self) -> ChatRequest:
+        return self.request or self.job.request(self.messages)
 
 
 def load_work(engine: Engine, prompt_ids: list[int], tier: str) -> list[WorkItem]:
@@ -82,10 +91,26 @@ async def answer_message(
     return Answered(records, errors[0] if errors else None)
 
 
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One prompt's step on one tier: its committed records (the last is its outcome or its
+    escalation; none if the job stopped before the call), the answer the tier gave (also
+    when it escalated for low confidence), and the call's last failure, if it failed."""
+
+    records: list[Record]
+    completion: Completion | None = None
+    error: CallError | None = None
+
+
 async def answer_prompt(work: WorkItem, tier: TierConfig, ctx: WorkerContext) -> list[Record]:
     """Answer one prompt on one tier; everything it recorded, committed (the last record is
     its outcome, or its escalation)."""
-    request = work.job.request(work.messages)
+    return (await answer_step(work, tier, ctx)).records
+
+
+async def answer_step(work: WorkItem, tier: TierConfig, ctx: WorkerContext) -> Step:
+    """`answer_prompt`, keeping what the live gateway hands back to its caller."""
+    request = work.chat_request()
     escalation = work.job.next_tier(tier.name)
     pending: list[asyncio.Future[Record]] = []
 
@@ -93,6 +118,8 @@ async def answer_prompt(work: WorkItem, tier: TierConfig, ctx: WorkerContext) ->
         pending.append(ctx.ledger.record(step))
 
     def record_failure(error: CallError) -> None:  # each failed call, as it happens
+        if isinstance(error, NotSent):
+            return  # no call was made (the fallback row says why the prompt moved on)
         record(
             Record(work.job_id, work.prompt_id, [attempt_from_error(work.prompt_id, tier, error)])
         )
@@ -101,18 +128,25 @@ async def answer_prompt(work: WorkItem, tier: TierConfig, ctx: WorkerContext) ->
         if not await ctx.jobs.running(work.job_id):
             raise JobStopped
 
+    completion: Completion | None = None
+    failure: CallError | None = None
     try:
         completion = await ctx.caller.call(
-            tier, request, on_failure=record_failure, before_call=still_wanted
+            tier,
+            request,
+            on_failure=record_failure,
+            before_call=still_wanted,
+            max_wait_s=work.max_wait_s,
         )
     except JobStopped:  # cancelled while this prompt waited: no call, nothing to record
         pass
     except CallError as error:  # its attempt is already recorded by record_failure
+        failure = error
         record(_after_failure(work, tier.name, escalation, error))
     else:
         record(accept_or_escalate(work, tier, completion, escalation))
     # A failed write raises here: Celery retries the message (what is done skips).
-    return list(await asyncio.gather(*pending))
+    return Step(list(await asyncio.gather(*pending)), completion, failure)
 
 
 def _after_failure(work: WorkItem, tier: str, escalation: str | None, error: CallError) -> Record:

@@ -58,30 +58,41 @@ class Caller:
         *,
         on_failure: OnFailure = _ignore,
         before_call: BeforeCall | None = None,
+        max_wait_s: float | None = None,
     ) -> Completion:
         """The answer, after the tier's retries; `on_failure` sees each failed try as it
-        happens (to record it), and the last failure is raised."""
+        happens (to record it), and the last failure is raised. With `max_wait_s` (a
+        waiting caller: the gateway), neither the limits nor a 429 keep it waiting longer
+        than that: `NotSent`, or the 429 itself, is raised instead."""
 
         async def once() -> Completion:
-            return await self.limited(tier, request, before_call=before_call)
+            return await self.limited(tier, request, before_call=before_call, max_wait_s=max_wait_s)
 
         return await call_with_retries(once, retry_policy(tier), on_failure=on_failure)
 
     async def limited(
-        self, tier: TierConfig, request: ChatRequest, *, before_call: BeforeCall | None = None
+        self,
+        tier: TierConfig,
+        request: ChatRequest,
+        *,
+        before_call: BeforeCall | None = None,
+        max_wait_s: float | None = None,
     ) -> Completion:
         """One try within the tier's limits; `before_call` runs after the wait for capacity,
         right before the request goes out (e.g. a cancellation check)."""
         estimate = call_estimate(tier, request.messages, request.max_tokens)
         limits = Limits(tier.rpm, tier.tpm, tier.burst_s)
-        ticket = await self.limiter.acquire(tier.name, limits, estimate)
+        ticket = await self.limiter.acquire(tier.name, limits, estimate, max_wait_s=max_wait_s)
         if before_call is not None:
             await before_call()
         try:
             completion = await self.client.call(tier, request)
         except CallError as error:
             if error.status == AttemptStatus.RATE_LIMITED:
-                await self.limiter.cooldown(tier.name, error.retry_after or DEFAULT_COOLDOWN_S)
+                pause = error.retry_after or DEFAULT_COOLDOWN_S
+                await self.limiter.cooldown(tier.name, pause)
+                if max_wait_s is not None and pause > max_wait_s:
+                    error.retryable = False  # its caller will not wait for the retry
             # An HTTP answer (even an error) was not a generation; no answer may have been one.
             await self.limiter.reconcile(tier.name, ticket, 0 if error.http_status else estimate)
             raise

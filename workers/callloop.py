@@ -19,9 +19,15 @@ T = TypeVar("T")
 
 
 class CallLoop:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """A loop of its own in a new thread; or, given `loop` (the gateway's server loop,
+        already running), that loop, which its owner runs and closes."""
         self.caps: dict[tuple[str, int], asyncio.Semaphore] = {}
+        self.thread: threading.Thread | None = None
+        if loop is not None:
+            self.loop = loop
+            return
+        self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(
             target=self.loop.run_forever, name="distillery-call-loop", daemon=True
         )
@@ -33,6 +39,8 @@ class CallLoop:
 
     def close(self) -> None:
         """Stop the loop once what is running now has been handed back (call from outside)."""
+        if self.thread is None:
+            return  # an adopted loop belongs to its owner
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
         if not self.thread.is_alive():

@@ -4,7 +4,7 @@ and a JSON body) becomes one of them. No HTTP client here, so anything can impor
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from models import AttemptStatus
@@ -18,6 +18,9 @@ class ChatRequest:
     temperature: float | None = None
     max_tokens: int | None = None
     logprobs: bool = False
+    # Parameters a live caller set that go to the model unchanged (stop, seed, tools,
+    # response_format, top_logprobs, ...): the gateway's pass-through (producer.gateway).
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def body(self, model: str) -> dict[str, Any]:
         """The JSON body of POST /chat/completions."""
@@ -29,6 +32,7 @@ class ChatRequest:
         if self.logprobs:
             body["logprobs"] = True
             body["top_logprobs"] = 0  # llama.cpp sends logprobs only when this is set
+        body.update(self.extra)
         return body
 
 
@@ -40,6 +44,9 @@ class Completion:
     logprobs: list[float] | None
     latency_ms: float
     finish_reason: str | None
+    # The answer's JSON as the model sent it: what the gateway hands back to its caller
+    # (tool calls, token logprobs, refusal and all), not kept by anything else.
+    body: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def tokens(self) -> int:
@@ -66,6 +73,21 @@ class CallError(Exception):
         self.http_status = http_status
         self.retry_after = retry_after
         self.retryable = retryable
+
+
+class NotSent(CallError):
+    """A call never made: the tier's limits would have kept it waiting longer than its
+    caller may wait (`max_wait_s`, the gateway's `max_queue_s`). Not a model call, so no
+    attempt row; the step escalates (reason rate_limited) or the caller says when to retry."""
+
+    def __init__(self, message: str, *, wait_s: float) -> None:
+        super().__init__(
+            message,
+            status=AttemptStatus.RATE_LIMITED,
+            latency_ms=0.0,
+            retry_after=wait_s,
+            retryable=False,
+        )
 
 
 def elapsed_ms(started: float) -> float:
@@ -127,6 +149,8 @@ def completion_from_json(body: Any, latency_ms: float) -> Completion:
     try:
         choice = body["choices"][0]
         text = choice["message"]["content"]
+        if text is None and choice["message"].get("tool_calls"):
+            text = ""  # a tool call (a gateway caller's `tools`): the answer is the call
         if not isinstance(text, str):
             raise ValueError("answer has no content")
         usage = body.get("usage") or {}
@@ -137,6 +161,7 @@ def completion_from_json(body: Any, latency_ms: float) -> Completion:
             logprobs=_token_logprobs(choice.get("logprobs")),
             latency_ms=latency_ms,
             finish_reason=choice.get("finish_reason"),
+            body=body,
         )
     except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
         raise malformed(exc, latency_ms) from None

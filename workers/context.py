@@ -3,6 +3,7 @@ client and rate limiter), the ledger writer, job statuses and routers — built 
 worker starts and closed when it stops (Celery's worker_init / worker_shutdown signals, or
 the embedded worker's own start and stop)."""
 
+import asyncio
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -49,6 +50,26 @@ class WorkerContext:
             ledger=LedgerWriter(get_write_engine(settings.database_url)),
             jobs=RunningJobs(engine),
         )
+
+    @classmethod
+    async def open_here(cls, settings: Settings, *, job_status_ttl_s: float) -> "WorkerContext":
+        """A context on the running event loop (the gateway's server loop): the same parts,
+        without a thread of its own between the server and its calls. `job_status_ttl_s`:
+        how stale its view of a job's status may be (a cancel stops calls within it)."""
+        engine = get_engine(settings.database_url)
+        return cls(
+            settings=settings,
+            engine=engine,
+            loop=CallLoop(asyncio.get_running_loop()),
+            caller=Caller.open(settings),
+            ledger=LedgerWriter(get_write_engine(settings.database_url)),
+            jobs=RunningJobs(engine, ttl_s=job_status_ttl_s),
+        )
+
+    async def aclose(self) -> None:
+        """`close` for a context opened with `open_here`, from its loop."""
+        await asyncio.to_thread(self.ledger.close)
+        await self.caller.close()
 
     def close(self) -> None:
         """Finish writing what is queued, then close the connections and the loop."""

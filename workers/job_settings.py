@@ -150,6 +150,6 @@ def _overridden(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, 
 
 def load_job_settings(mode: JobMode | str, params: dict[str, Any]) -> AnyJobSettings:
     """A stored job's settings (raises pydantic's ValidationError for a corrupt row)."""
-    if JobMode(mode) == JobMode.TEACHER:
+    if JobMode(mode) in (JobMode.TEACHER, JobMode.SHADOW):
         return TeacherSettings.model_validate(params)
     return RouteSettings.model_validate(params)

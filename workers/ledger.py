@@ -19,11 +19,12 @@ import queue
 import threading
 from collections import defaultdict
 from concurrent.futures import Future
-from typing import Union
+from typing import Any, Union
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
+from models.live import Admission, AdmitRow, admit_prompts
 from models.outcomes import Record, write_records
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,14 @@ log = logging.getLogger(__name__)
 # Bounds a transaction (and its IN lists); groups are this large only after a stall.
 MAX_GROUP = 500
 
-# Where a record's outcome goes: a thread's future, or a future of the event loop given.
-LoopTarget = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Record]"]
-Target = Union["Future[Record]", LoopTarget]
-Pending = tuple[Record, Target]
+# What is written: a step's record, or a live request's prompt row to admit (the gateway's
+# first write); and what it resolves to: the record, or the admission.
+Item = Record | AdmitRow
+Written = Record | Admission
+# Where the outcome goes: a thread's future, or a future of the event loop given.
+LoopTarget = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+Target = Union["Future[Any]", LoopTarget]
+Pending = tuple[Item, Target]
 _STOP = None  # queued by `close`: write what came before, then end the thread
 
 
@@ -59,6 +64,12 @@ class LedgerWriter:
         self.queue.put((record, (loop, future)))
         return future
 
+    def admit(self, row: AdmitRow) -> "Future[Admission]":
+        """A live request's prompt row, inserted with the next group (`models.live`)."""
+        future: Future[Admission] = Future()
+        self.queue.put((row, future))
+        return future
+
     def close(self, timeout_s: float = 30.0) -> None:
         self.queue.put(_STOP)
         self.thread.join(timeout_s)
@@ -81,27 +92,36 @@ class LedgerWriter:
     def _write(self, group: list[Pending]) -> None:
         try:
             with self.engine.begin() as conn:
-                write_records(conn, [record for record, _ in group])
+                # Admissions first: a request waits for its row before its first call, so
+                # no record of the same group can refer to one of them.
+                admitted = admit_prompts(
+                    conn=conn, rows=[i for i, _ in group if isinstance(i, AdmitRow)]
+                )
+                write_records(conn, [i for i, _ in group if isinstance(i, Record)])
         except OperationalError as exc:  # the database is down or locked: all fail alike,
             _settle([(target, exc) for _, target in group])  # each task retries its message
         except Exception as exc:
             if len(group) == 1:
-                log.error("could not record prompt %s: %s", group[0][0].prompt_id, exc)
+                item = group[0][0]
+                what = f"prompt {item.prompt_id}" if isinstance(item, Record) else "a request"
+                log.error("could not record %s: %s", what, exc)
                 _settle([(group[0][1], exc)])
                 return
             for pending in group:  # one bad record must not fail the others with it
                 self._write([pending])
         else:
-            _settle([(target, record) for record, target in group])
+            admissions = iter(admitted)
+            written = [next(admissions) if isinstance(i, AdmitRow) else i for i, _ in group]
+            _settle([(target, w) for (_, target), w in zip(group, written, strict=True)])
 
 
-Outcome = Record | BaseException
+Outcome = Written | BaseException
 
 
 def _settle(outcomes: list[tuple[Target, Outcome]]) -> None:
     """Resolve each target with its record or error: thread futures at once, each event
     loop's futures in one call on that loop."""
-    by_loop: defaultdict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Record], Outcome]]]
+    by_loop: defaultdict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Outcome]]]
     by_loop = defaultdict(list)
     for target, outcome in outcomes:
         if isinstance(target, tuple):
@@ -117,7 +137,7 @@ def _settle(outcomes: list[tuple[Target, Outcome]]) -> None:
             log.warning("%d records committed after their call loop closed", len(settled))
 
 
-def _resolve_in_loop(settled: list[tuple["asyncio.Future[Record]", Outcome]]) -> None:
+def _resolve_in_loop(settled: list[tuple["asyncio.Future[Any]", Outcome]]) -> None:
     for future, outcome in settled:
         if future.done():  # its waiter was cancelled
             continue

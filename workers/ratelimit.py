@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from workers.chat import NotSent
 from workers.ttlcache import TtlCache
 
 WINDOW_S = 60.0
@@ -85,8 +86,11 @@ class Booking:
 class RateLimiter(Protocol):
     """A tier's limits, shared by every caller of that tier (an event loop's coroutines)."""
 
-    async def acquire(self, tier: str, limits: Limits, tokens: int) -> str | None:
-        """Wait until the call may go; returns a ticket for `reconcile`."""
+    async def acquire(
+        self, tier: str, limits: Limits, tokens: int, *, max_wait_s: float | None = None
+    ) -> str | None:
+        """Wait until the call may go; returns a ticket for `reconcile`. With `max_wait_s`,
+        raises `NotSent` instead of waiting longer than that in all."""
         ...
 
     async def reconcile(self, tier: str, ticket: str | None, tokens: int) -> None:
@@ -103,11 +107,46 @@ class RateLimiter(Protocol):
 async def book_slot(
     book: Callable[[], Awaitable[Booking]],
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    *,
+    max_wait_s: float | None = None,
+    waited: float = 0.0,
+    tier: str = "",
 ) -> Booking:
-    """Book a slot, asleep while the next free one is more than `AHEAD_S` ahead."""
+    """Book a slot, asleep while the next free one is more than `AHEAD_S` ahead. A slot
+    further than `max_wait_s` (counting the `waited` before) is refused as soon as it is
+    known, and nothing is booked for it."""
     while not (booking := await book()).booked:
+        refuse_overlong(tier, waited + booking.delay_s + AHEAD_S, max_wait_s)
         await sleep(booking.delay_s)
+        waited += booking.delay_s
     return booking
+
+
+def refuse_overlong(tier: str, wait_s: float, max_wait_s: float | None) -> None:
+    if max_wait_s is not None and wait_s > max_wait_s:
+        raise NotSent(
+            f"tier {tier!r} is at its rate limit: {wait_s:.2f} s to wait, over "
+            f"max_queue_s {max_wait_s:g}",
+            wait_s=wait_s,
+        )
+
+
+async def ask_in_turn(lock: asyncio.Lock, tier: str, max_wait_s: float | None) -> float:
+    """Take the tier's asking turn in this process; returns the seconds it took. Waiting
+    for the turn counts against `max_wait_s` (its holder may be asleep for a far slot)."""
+    started = time.monotonic()
+    if max_wait_s is None:
+        await lock.acquire()
+    else:
+        try:
+            await asyncio.wait_for(lock.acquire(), max_wait_s)
+        except TimeoutError:
+            raise NotSent(
+                f"tier {tier!r} is at its rate limit: no turn to book within max_queue_s "
+                f"{max_wait_s:g}",
+                wait_s=time.monotonic() - started,
+            ) from None
+    return time.monotonic() - started
 
 
 async def sleep_until(booking: Booking) -> None:
@@ -216,12 +255,23 @@ class RedisRateLimiter:
         self.cool_until: TtlCache[str, float] = TtlCache(COOLDOWN_REFRESH_S)  # monotonic
         self.askers: dict[str, asyncio.Lock] = {}
 
-    async def acquire(self, tier: str, limits: Limits, tokens: int) -> str | None:
+    async def acquire(
+        self, tier: str, limits: Limits, tokens: int, *, max_wait_s: float | None = None
+    ) -> str | None:
         if not limits.active:
-            await self._wait_for_cooldown(tier)
+            await self._wait_for_cooldown(tier, max_wait_s)
             return None
-        async with self.askers.setdefault(tier, asyncio.Lock()):
-            booked = await book_slot(lambda: self.book(tier, limits, tokens))
+        lock = self.askers.setdefault(tier, asyncio.Lock())
+        waited = await ask_in_turn(lock, tier, max_wait_s)
+        try:
+            booked = await book_slot(
+                lambda: self.book(tier, limits, tokens),
+                max_wait_s=max_wait_s,
+                waited=waited,
+                tier=tier,
+            )
+        finally:
+            lock.release()
         await sleep_until(booked)  # outside the lock: the next caller books meanwhile
         return limits.ticket(tokens)
 
@@ -230,12 +280,14 @@ class RedisRateLimiter:
         reply = await self._book(keys=redis_key(self.prefix, tier), args=book_args(limits, tokens))
         return booking(reply)
 
-    async def _wait_for_cooldown(self, tier: str) -> None:
+    async def _wait_for_cooldown(self, tier: str, max_wait_s: float | None) -> None:
         async def read() -> float:
             left = await self._cool_left(keys=redis_key(self.prefix, tier))
             return time.monotonic() + float(left)
 
+        started = time.monotonic()
         while (wait := await self.cool_until.get(tier, read) - time.monotonic()) > 0:
+            refuse_overlong(tier, time.monotonic() - started + wait, max_wait_s)
             await asyncio.sleep(wait)
 
     async def reconcile(self, tier: str, ticket: str | None, tokens: int) -> None:
@@ -288,8 +340,13 @@ class LocalRateLimiter:
     async def book(self, tier: str, limits: Limits, tokens: int) -> Booking:
         return self.book_now(tier, limits, tokens)
 
-    async def acquire(self, tier: str, limits: Limits, tokens: int) -> str | None:
-        await sleep_until(await book_slot(lambda: self.book(tier, limits, tokens)))
+    async def acquire(
+        self, tier: str, limits: Limits, tokens: int, *, max_wait_s: float | None = None
+    ) -> str | None:
+        booking = await book_slot(
+            lambda: self.book(tier, limits, tokens), max_wait_s=max_wait_s, tier=tier
+        )
+        await sleep_until(booking)
         return limits.ticket(tokens)
 
     async def reconcile(self, tier: str, ticket: str | None, tokens: int) -> None:

@@ -1,4 +1,6 @@
-"""Turns a finished teacher job into OpenAI chat fine-tuning files.
+"""Turns a finished teacher job into OpenAI chat fine-tuning files — or a live job's answers
+from the teacher tier (the gateway's frontier answers), so live traffic trains the next
+student.
 
 Streams the job's rows in input order (memory stays flat however large the job), drops
 and counts what should not be trained on, splits a deterministic validation set, and
@@ -6,6 +8,7 @@ records a `training_files` row with the counts and the file's sha256.
 """
 
 import hashlib
+import itertools
 import json
 import os
 import uuid
@@ -18,11 +21,11 @@ from typing import IO, Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from models import Job, PromptStatus, TrainingFile, session_scope
+from models import Job, JobMode, PromptStatus, TrainingFile, session_scope
 from models.db import get_write_engine
 from models.queries import first_training_file
 from models.training_data import AnswerRow as Row
-from models.training_data import answer_rows
+from models.training_data import answer_rows, shadow_answer_rows
 from workers.errors import NotFound
 from workers.finetune_format import FormatCheck, FormatReport, check_example
 from workers.settings import ReducerConfig, Settings, get_settings
@@ -162,17 +165,31 @@ def reduce_job(
         if job is None:
             raise ReduceError(f"job {job_id} not found")
         system_prompt = job.params.get("system_prompt") if config.include_system_prompt else None
-        counter = counter or teacher_counter(job.params, get_settings())
+        params = reducible_params(job, get_settings())
+        counter = counter or teacher_counter(params, get_settings())
         out.parent.mkdir(parents=True, exist_ok=True)
         validation = validation_path_for(out)
         check = FormatCheck(out)  # the training file's only, as check_file read back only it
         train, valid = _HashingWriter(out, check), _HashingWriter(validation)
         rows = answer_rows(session=session, job_id=job_id)
+        if job.mode == JobMode.LIVE:  # its teacher answers, then its shadows' (teacher too)
+            own = answer_rows(session=session, job_id=job_id, final_tier=params["tier"])
+            rows = itertools.chain(own, shadow_answer_rows(session=session, live_job_id=job_id))
         filters = Filters(config, counter)
         rejected = _write_examples(rows, system_prompt, job_id, filters, train, valid)
         train.close()
         valid.close(keep_empty=False)
     return _record(engine, job_id, train, valid, rejected, check.finish(), once=once)
+
+
+def reducible_params(job: Job, settings: Settings) -> dict[str, Any]:
+    """A job's params as the reducer reads them: a live job (which has no teacher tier of
+    its own) is reduced to the answers of the config's teacher tier."""
+    if job.mode == JobMode.LIVE:
+        return {**job.params, "tier": settings.teacher.tier}
+    if job.mode != JobMode.TEACHER:
+        raise ReduceError(f"job {job.id} is a {job.mode} job; teacher and live jobs are reduced")
+    return job.params
 
 
 def teacher_counter(params: dict[str, Any], settings: Settings) -> TokenCounter:

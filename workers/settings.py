@@ -201,6 +201,28 @@ class RecoveryConfig(_Strict):
         return self
 
 
+class GatewayConfig(_Strict):
+    """`distillery serve` (producer.gateway): docs/gateway.md."""
+
+    # The variable holding the comma-separated keys a request must present (Bearer); when
+    # it is unset or empty, the gateway asks for none. The keys never appear in a file.
+    api_keys_env: str = "DISTILLERY_GATEWAY_KEYS"
+    # A request body over this gets 413 before anything is parsed.
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    # A tier whose shared limits would keep a request waiting longer than this is skipped
+    # for the next tier up (fallback reason rate_limited); with none left, 429.
+    max_queue_s: float = Field(5.0, ge=0)
+    # Requests in flight per gateway process; one more gets 503 at once instead of a queue.
+    max_concurrency: int = Field(512, gt=0)
+    # The share of requests answered below the teacher tier that are also sent, after
+    # their answer, to the teacher tier through the workers' queue (a shadow job).
+    shadow_rate: float = Field(0.0, ge=0, le=1)
+
+    def api_keys(self) -> tuple[str, ...]:
+        raw = os.environ.get(self.api_keys_env, "")
+        return tuple(key.strip() for key in raw.split(",") if key.strip())
+
+
 def _default_tiers() -> dict[str, TierConfig]:
     """Without a config file, three tiers on the local simulator at the seed's prices."""
     prices = {"small": 0.10, "medium": 0.30, "frontier": 5.00}
@@ -239,6 +261,7 @@ class Settings(BaseSettings):
     reducer: ReducerConfig = ReducerConfig()
     router: RouterConfig = RouterConfig()
     recovery: RecoveryConfig = RecoveryConfig()
+    gateway: GatewayConfig = GatewayConfig()
 
     @classmethod
     def settings_customise_sources(

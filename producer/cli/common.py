@@ -117,6 +117,34 @@ def engine() -> "Engine":
     return db
 
 
+class JobRef(click.ParamType):
+    """A job by its id, or by its name (the newest job of that name): `distillery report
+    live-2026-12-02` for the gateway's job of the day."""
+
+    name = "JOB"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        if text.isdigit():
+            return int(text)
+        from sqlmodel import Session
+
+        from models.queries import job_id_named
+
+        with Session(engine()) as session:
+            found = job_id_named(session=session, name=text)
+        if found is None:
+            self.fail(
+                f"no job has the id or name {text!r} (list them: distillery jobs)", param, ctx
+            )
+        return found
+
+
+JOB = JobRef()
+
+
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 

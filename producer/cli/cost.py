@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from producer.cli.common import (
+    JOB,
     classifier_option,
     console,
     emit_json,
@@ -65,7 +66,7 @@ def cost_estimate(
 
 @cost.command("simulate")
 @click.argument("log", type=click.Path(path_type=Path), required=False)
-@click.option("--job", "job_id", type=int, help="use a finished job's prompts instead of LOG")
+@click.option("--job", "job_id", type=JOB, help="use a job's prompts (id or name) instead of LOG")
 @click.option(
     "--strategies",
     default="all-frontier,rules,classifier,llm,cascade",

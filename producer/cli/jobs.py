@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from producer.cli.common import console, emit_json, engine, handle_errors, out, settings
+from producer.cli.common import JOB, console, emit_json, engine, handle_errors, out, settings
 from producer.errors import UserError
 from workers.errors import ExitCode
 
@@ -94,7 +94,7 @@ def submit(
 
 
 @click.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB)
 @click.option("--watch", is_flag=True, help="show live progress until the job ends")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
@@ -114,7 +114,7 @@ def status(job_id: int, watch: bool, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB)
 @click.option(
     "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
 )
@@ -164,7 +164,7 @@ def results(
 
 
 @click.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB)
 @click.option("--out", "out_path", type=click.Path(path_type=Path), help="training file path")
 @click.option(
     "--min-length", type=click.IntRange(0), help="drop answers shorter than this (characters)"
@@ -199,7 +199,7 @@ def reduce(
 
 
 @click.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB)
 @click.option("--json", "as_json", is_flag=True, help="the same numbers as JSON")
 @click.option(
     "--plot", "plot_path", type=click.Path(path_type=Path), help="draw charts to PATH.png"
@@ -226,7 +226,7 @@ def report(job_id: int, as_json: bool, plot_path: Path | None) -> None:
 
 
 @click.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB)
 @handle_errors
 def resume(job_id: int) -> None:
     """Re-enqueue every prompt of JOB that has no final answer yet."""
@@ -241,7 +241,7 @@ def resume(job_id: int) -> None:
 
 
 @click.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB)
 @handle_errors
 def cancel(job_id: int) -> None:
     """Stop JOB: its unfinished prompts are cancelled and no further calls are made."""

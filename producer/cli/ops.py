@@ -15,6 +15,13 @@ from workers.errors import ExitCode
 
 DEFAULT_METRICS_PORT = 9464
 
+listen_host = click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="address to listen on (0.0.0.0 in a container)",
+)
+
 
 @click.command()
 @click.option(
@@ -84,12 +91,7 @@ def demo(workdir: Path) -> None:
 
 
 @click.command("metrics")
-@click.option(
-    "--host",
-    default="127.0.0.1",
-    show_default=True,
-    help="address to listen on (0.0.0.0 in a container)",
-)
+@listen_host
 @click.option(
     "--port", type=click.IntRange(1, 65535), default=DEFAULT_METRICS_PORT, show_default=True
 )
@@ -138,4 +140,26 @@ def listen(registry: Any, host: str, port: int) -> Any:
         raise UserError(f"cannot listen on {host}:{port}: {exc}", ExitCode.USAGE) from None
 
 
-COMMANDS = [worker, sim, demo, metrics]
+@click.command()
+@listen_host
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option(
+    "--processes",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="server processes sharing the port (each with its own event loop)",
+)
+@handle_errors
+def serve(host: str, port: int, processes: int) -> None:
+    """Run the OpenAI-compatible gateway: POST /v1/chat/completions routes each request
+    (model `route`, `route:<router>` or a tier name) and records it in a live job."""
+    from producer.gateway.serve import serve as run
+
+    conf = settings()
+    engine()  # SQLite's tables are created here; PostgreSQL's by `distillery db upgrade`
+    console.print(f"gateway on http://{host}:{port}/v1 ({processes} process(es); Ctrl-C to stop)")
+    run(conf, host, port, processes)
+
+
+COMMANDS = [worker, sim, demo, metrics, serve]

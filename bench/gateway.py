@@ -1,0 +1,262 @@
+"""The live gateway against the simulator at 200 ms, and the same client calling the
+simulator directly, in the same run: the latency the gateway adds (p50/p99, one request at
+a time), requests/s at 50 and 200 concurrent clients, the gateway's CPU per request, and a
+streaming run's time to first byte.
+
+The client is one aiohttp session (cheap per request, so it is not what is measured), the
+same for both sides; the direct side asks for the tier's model, the gateway side for the
+tier by name (`model = "frontier"`: limits, ledger and trace, no router) and for `route`.
+The gateway records every request in its ledger (SQLite here, or --database postgres).
+
+    python -m bench.gateway [--seconds 15] [--requests 300] [--processes 1] [--quick]
+
+Targets (issue 12): added p50 <= 3 ms, p99 <= 15 ms, throughput >= 0.8x direct.
+"""
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    BENCH_REDIS_URL,
+    MODEL,
+    PYTHON,
+    REPO,
+    TIER,
+    Figure,
+    SimulatorProcess,
+    cpu_seconds,
+    database,
+    flush_bench_redis,
+    free_port,
+    fresh_engine,
+    machine_summary,
+    report,
+    say,
+    scratch_dir,
+    stop_process,
+    write_worker_config,
+)
+
+BENCH = "gateway"
+LATENCY_MS = 200
+CONCURRENCY = (50, 200)
+MESSAGES = [{"role": "user", "content": "Explain compound interest to a student, briefly."}]
+TARGET_P50_MS, TARGET_P99_MS, TARGET_THROUGHPUT = 3.0, 15.0, 0.8
+
+Post = Callable[[], Awaitable[float]]
+
+
+class GatewayProcess:
+    def __init__(self, config: Path, workdir: Path, processes: int) -> None:
+        import os
+
+        self.port = free_port()
+        self.log = (workdir / "gateway.log").open("wb")
+        env = {**os.environ, "DISTILLERY_CONFIG": str(config), "REDIS_URL": BENCH_REDIS_URL}
+        env.pop("DATABASE_URL", None)
+        command = [PYTHON, "-m", "producer.cli", "serve", "--port", str(self.port)]
+        command += ["--processes", str(processes)]
+        self.process = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        self._wait()
+
+    def _wait(self) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2)
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("the gateway did not start")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1/chat/completions"
+
+    def cpu_seconds(self) -> float:
+        """The server's CPU: the process itself and its server processes, if any."""
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return sum(cpu_seconds(p) for p in [pid, *map(int, children)])
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        self.log.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def poster(session: Any, url: str, model: str, stream: bool = False) -> Post:
+    body = json.dumps({"model": model, "messages": MESSAGES, "stream": stream}).encode()
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer x"}
+
+    async def post() -> float:
+        """Milliseconds to the last byte (to the first byte when streaming)."""
+        started = time.perf_counter()
+        async with session.post(url, data=body, headers=headers) as response:
+            if stream:
+                await response.content.readany()
+                first = time.perf_counter()
+                await response.read()
+                assert response.status == 200, response.status
+                return (first - started) * 1000
+            await response.read()
+            assert response.status == 200, response.status
+        return (time.perf_counter() - started) * 1000
+
+    return post
+
+
+async def sequential(post: Post, count: int) -> list[float]:
+    for _ in range(5):  # warm the connection and the server
+        await post()
+    return [await post() for _ in range(count)]
+
+
+async def closed_loop(post: Post, clients: int, seconds: float) -> float:
+    """Requests/s with `clients` each sending its next request when the last returns."""
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    async def client() -> None:
+        nonlocal done
+        while time.perf_counter() < stop:
+            await post()
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return done / (time.perf_counter() - started)
+
+
+async def measure(sim: SimulatorProcess, gateway: GatewayProcess, args: Any) -> None:
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        direct = await poster(session, sim.base_url + "/chat/completions", MODEL)
+        by_tier = await poster(session, gateway.url, TIER)
+        routed = await poster(session, gateway.url, "route")
+        await added_latency(direct, by_tier, routed, args.requests)
+        for clients in CONCURRENCY:
+            await throughput(direct, by_tier, gateway, clients, args.seconds)
+        await streaming(session, direct, gateway, args.requests)
+
+
+async def added_latency(direct: Post, by_tier: Post, routed: Post, count: int) -> None:
+    samples = {"direct": [], "tier": [], "route": []}  # type: dict[str, list[float]]
+    for _ in range(2):  # interleaved halves, so drift in the machine's load hits all alike
+        for name, post in (("direct", direct), ("tier", by_tier), ("route", routed)):
+            samples[name] += await sequential(post, count // 2)
+    for q, target in ((0.5, TARGET_P50_MS), (0.99, TARGET_P99_MS)):
+        base = percentile(samples["direct"], q)
+        for name in ("tier", "route"):
+            added = percentile(samples[name], q) - base
+            report(
+                Figure(
+                    BENCH,
+                    f"added latency p{round(q * 100)}, model={TIER if name == 'tier' else 'route'}",
+                    added,
+                    "ms",
+                    baseline=base,
+                    baseline_name=f"direct p{round(q * 100)}",
+                    target=f"<= {target:g} ms",
+                    met=added <= target,
+                    note=f"gateway p{round(q * 100)} {percentile(samples[name], q):.2f} ms, "
+                    f"{len(samples[name])} requests one at a time",
+                )
+            )
+
+
+async def throughput(
+    direct: Post, by_tier: Post, gateway: GatewayProcess, clients: int, seconds: float
+) -> None:
+    base = await closed_loop(direct, clients, seconds)
+    cpu_before = gateway.cpu_seconds()
+    started = time.perf_counter()
+    rate = await closed_loop(by_tier, clients, seconds)
+    requests = rate * (time.perf_counter() - started)
+    cpu_ms = (gateway.cpu_seconds() - cpu_before) / requests * 1000
+    ratio = rate / base
+    report(
+        Figure(
+            BENCH,
+            f"throughput, {clients} clients",
+            rate,
+            "requests/s",
+            baseline=base,
+            baseline_name="direct",
+            ratio=ratio,
+            ratio_name="gateway/direct",
+            target=f">= {TARGET_THROUGHPUT}",
+            met=ratio >= TARGET_THROUGHPUT,
+            note=f"gateway CPU {cpu_ms:.2f} ms per request",
+        )
+    )
+
+
+async def streaming(session: Any, direct: Post, gateway: GatewayProcess, count: int) -> None:
+    """The simulator does not stream: the baseline is the direct answer's whole latency,
+    the gateway's figure the time to the first byte of its held-back stream."""
+    stream = await poster(session, gateway.url, TIER, stream=True)
+    base = statistics.median(await sequential(direct, count // 2))
+    ttfb = statistics.median(await sequential(stream, count // 2))
+    report(
+        Figure(
+            BENCH,
+            "stream time to first byte p50",
+            ttfb,
+            "ms",
+            baseline=base,
+            baseline_name="direct non-streamed answer p50",
+            ratio=ttfb / base,
+            ratio_name="ttfb/direct",
+            note="the whole answer is held back until its confidence is known",
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--quick", action="store_true", help="5 s phases, 60 requests")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.requests = 5.0, 60
+    say(machine_summary())
+    flush_bench_redis()
+    workdir = scratch_dir(BENCH)
+    with database(args.database, workdir) as url:
+        if url is None:
+            raise SystemExit("PostgreSQL is not reachable")
+        fresh_engine(url)
+        with SimulatorProcess({"latency_ms": LATENCY_MS}, workdir) as sim:
+            config = write_worker_config(
+                workdir / "distillery.toml", base_url=sim.base_url, database_url=url
+            )
+            gateway = GatewayProcess(config, workdir, args.processes)
+            try:
+                asyncio.run(measure(sim, gateway, args))
+            finally:
+                gateway.stop()
+
+
+if __name__ == "__main__":
+    main()
