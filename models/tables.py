@@ -220,6 +220,11 @@ class FineTune(SQLModel, table=True):
         default_factory=dict, sa_column=Column(JSONType, nullable=False)
     )
     status: FineTuneStatus = _enum(FineTuneStatus, default=FineTuneStatus.QUEUED)
+    examples: int = 0  # trained on, after the ones dropped
+    # Examples left out, by reason ("over_context": longer than max_length tokens).
+    dropped: dict[str, int] = Field(
+        default_factory=dict, sa_column=Column(JSONType, nullable=False)
+    )
     provider_job_id: str | None = Field(default=None, index=True)
     # [{"step", "epoch", "train_loss", "validation_loss"}], one entry per logged step.
     loss_curve: list[dict[str, Any]] = Field(

@@ -43,6 +43,7 @@ from workers.errors import (
 from workers.reducer import ReduceError
 from workers.routers.base import RouterError
 from workers.settings import ConfigError, get_settings
+from workers.training.extra import TrainExtraMissing
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PASSWORD = "errors-test-PASSWORD-4321"
@@ -64,6 +65,7 @@ EXPECTED: dict[type[DistilleryError], ExitCode] = {
     BadConfig: ExitCode.BAD_CONFIG,
     ConfigError: ExitCode.BAD_CONFIG,
     RouterError: ExitCode.BAD_CONFIG,
+    TrainExtraMissing: ExitCode.BAD_CONFIG,
     ServiceUnavailable: ExitCode.SERVICE_DOWN,
     BrokerUnavailable: ExitCode.SERVICE_DOWN,
     NotFound: ExitCode.NOT_FOUND,

