@@ -103,6 +103,21 @@ def cancel(engine: Engine, fine_tune_id: int) -> FineTune:
     return load(engine, fine_tune_id)
 
 
+def reopen(engine: Engine, fine_tune_id: int) -> FineTune:
+    """A failed, cancelled or dead (left `running`) local run queued again; it goes on from
+    its last checkpoint. Only for a run whose process is gone: a live one would run twice."""
+    row = load(engine, fine_tune_id)
+    if row.backend != FineTuneBackend.LOCAL:
+        raise BadInput(f"fine-tune {fine_tune_id} ran at a provider: nothing here to resume")
+    resumable = [FineTuneStatus.FAILED, FineTuneStatus.CANCELLED, FineTuneStatus.RUNNING]
+    with session_scope(engine) as session:
+        moved = move(session=session, fine_tune_id=fine_tune_id, to=FineTuneStatus.QUEUED,
+                     expected=resumable, error=None, finished_at=None)  # fmt: skip
+    if not moved:
+        raise BadInput(f"fine-tune {fine_tune_id} is {row.status.value}: nothing to resume")
+    return load(engine, fine_tune_id)
+
+
 def summary(row: FineTune) -> dict[str, Any]:
     last = row.loss_curve[-1] if row.loss_curve else {}
     validations = [p["validation_loss"] for p in row.loss_curve if p.get("validation_loss")]
@@ -155,7 +170,13 @@ def student_tier_block(name: str, row: FineTune, settings: Settings) -> str:
 
 
 def hyperparameters(
-    *, epochs: int, batch_size: int, learning_rate: float | None, max_steps: int, export: str
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float | None,
+    max_steps: int,
+    export: str,
+    checkpoint_every: int = 20,
 ) -> dict[str, Any]:
     from dataclasses import asdict
 
@@ -163,7 +184,10 @@ def hyperparameters(
 
     if export not in EXPORTS:
         raise BadInput(f"--export {export}: choose one of {', '.join(EXPORTS)}")
-    params = TrainParams(epochs=epochs, batch_size=batch_size, max_steps=max_steps)
+    params = TrainParams(
+        epochs=epochs, batch_size=batch_size, max_steps=max_steps,
+        checkpoint_every=checkpoint_every,
+    )  # fmt: skip
     values = asdict(params)
     if learning_rate is not None:
         values["learning_rate"] = learning_rate

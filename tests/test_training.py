@@ -268,3 +268,79 @@ def test_the_training_queue_needs_a_worker_of_its_own(env: dict[str, Any]) -> No
     assert worker_queues(get_settings(), "training", control=True) == ["training"]
     with pytest.raises(Exception, match="needs a worker of its own"):
         worker_queues(get_settings(), "training,small", control=True)
+
+
+def test_a_run_killed_mid_way_resumes_from_its_checkpoint(
+    env: dict[str, Any], tiny_model_dir: Path
+) -> None:
+    """SIGKILL a real `finetune submit` process after a checkpoint; `finetune resume` goes
+    on from that step, not from the start, and ends with every step recorded once."""
+    import os
+    import signal
+    import subprocess
+
+    training = write_training_file(env["tmp"] / "train.jsonl", 12)
+    command = [
+        sys.executable, "-m", "producer.cli", "finetune", "submit", str(training),
+        "--backend", "local", "--base", str(tiny_model_dir), "--epochs", "100",
+        "--batch-size", "2", "--max-steps", "200", "--checkpoint-every", "5",
+    ]  # fmt: skip
+    log = (env["tmp"] / "run.log").open("wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+    def past_a_checkpoint() -> bool:
+        found = rows(env["engine"])
+        return bool(found) and "checkpoint" in found[0].artifacts and found[0].steps_done > 7
+
+    try:
+        wait_until(past_a_checkpoint, timeout=300, what="a checkpoint",
+                   logs=lambda: (env["tmp"] / "run.log").read_text())  # fmt: skip
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    (killed,) = rows(env["engine"])
+    assert killed.status == FineTuneStatus.RUNNING  # nobody was told: the process just died
+    assert killed.steps_done < 200
+    checkpoint = Path(killed.artifacts["checkpoint"])
+    saved_at = int(checkpoint.name.removeprefix("step-"))
+    assert saved_at % 5 == 0 and saved_at <= killed.steps_done
+
+    result = invoke("finetune", "resume", str(killed.id), "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "succeeded"
+    # from that checkpoint or a later one the process wrote before it died; not from 0
+    assert int(summary["artifacts"]["resumed_from_step"]) >= saved_at > 0
+    assert [point["step"] for point in summary["loss_curve"]] == list(range(1, 201))
+
+
+def test_resume_refuses_a_finished_run(env: dict[str, Any], tiny_model_dir: Path) -> None:
+    training = write_training_file(env["tmp"] / "train.jsonl", 12)
+    assert submit(str(training), "--base", str(tiny_model_dir), "--max-steps", "1").exit_code == 0
+    (row,) = rows(env["engine"])
+    result = invoke("finetune", "resume", str(row.id))
+    assert result.exit_code == ExitCode.BAD_INPUT
+    assert f"fine-tune {row.id} is succeeded: nothing to resume" in result.stderr
+
+
+def test_a_checkpoint_that_cannot_be_written_keeps_the_last_one(tmp_path: Path) -> None:
+    """A write that fails (here: its directory's parent is a file, as good as a full disk
+    for the code) is a clear error naming the checkpoint kept, and that one still loads."""
+    from workers.training.run import CheckpointFailed, Checkpoints
+
+    class Saves:
+        def save_state(self, directory: Path) -> None:
+            (directory / "trainer.pt").write_bytes(b"state")
+
+    checkpoints = Checkpoints(tmp_path / "checkpoints")
+    checkpoints.save(Saves(), 5, [{"step": 5}])
+    (tmp_path / "checkpoints" / "step-10").write_text("in the way")  # mkdir will fail
+
+    class Fails(Saves):
+        def save_state(self, directory: Path) -> None:
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(CheckpointFailed, match="the checkpoint at step 5 is kept"):
+        checkpoints.save(Fails(), 10, [])
+    assert checkpoints.latest_step() == 5
+    assert (tmp_path / "checkpoints" / "step-5" / "trainer.pt").read_bytes() == b"state"

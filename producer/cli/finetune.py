@@ -39,6 +39,13 @@ def finetune() -> None:
 @click.option("--learning-rate", type=click.FloatRange(0, min_open=True), help="local (5e-4)")
 @click.option("--max-steps", type=click.IntRange(0), default=0, help="local: stop after N steps")
 @click.option(
+    "--checkpoint-every",
+    type=click.IntRange(0),
+    default=20,
+    show_default=True,
+    help="local: save a checkpoint every N steps (0: never); `finetune resume` goes on from it",
+)
+@click.option(
     "--export",
     type=click.Choice(["base", "q8_0", "f16"]),
     default="base",
@@ -60,6 +67,7 @@ def submit(
     batch_size: int,
     learning_rate: float | None,
     max_steps: int,
+    checkpoint_every: int,
     export: str,
     wait: bool,
     suffix: str | None,
@@ -81,7 +89,7 @@ def submit(
 
         params = hyperparameters(
             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-            max_steps=max_steps, export=export,
+            max_steps=max_steps, export=export, checkpoint_every=checkpoint_every,
         )  # fmt: skip
         _submit_local(training_file, validation, base, params, wait=wait, as_json=as_json)
         return
@@ -118,8 +126,15 @@ def _submit_local(
     request = local.LocalRequest(training, validation, base, params)
     db = engine()
     row = local.submit_local(request, settings=settings(), engine=db)
-    run_id = row.id
-    assert run_id is not None
+    assert row.id is not None
+    _dispatch(db, row.id, wait=wait, as_json=as_json)
+
+
+def _dispatch(db: Any, run_id: int, *, wait: bool, as_json: bool) -> None:
+    """To a training worker when there is a broker, else run here; then report."""
+    from producer import local_finetune as local
+
+    row = local.load(db, run_id)
     if settings().redis_url:
         local.send_to_worker(run_id)
         if not as_json:
@@ -281,6 +296,21 @@ def _local_or_provider_id(
     if watch and row.status.value != "succeeded":
         raise UserError(f"fine-tune {fine_tune_id} {row.status.value}: {row.error}", ExitCode.ERROR)
     return ""
+
+
+@finetune.command("resume")
+@click.argument("fine_tune_id", type=int)
+@click.option("--wait", is_flag=True, help="wait for the run, with a progress bar")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@handle_errors
+def resume(fine_tune_id: int, wait: bool, as_json: bool) -> None:
+    """Go on with local run FINE_TUNE_ID from its last checkpoint: one that failed, was
+    cancelled, or whose process died (SIGKILL, a reboot) while it ran."""
+    from producer import local_finetune as local
+
+    db = engine()
+    local.reopen(db, fine_tune_id)
+    _dispatch(db, fine_tune_id, wait=wait, as_json=as_json)
 
 
 @finetune.command("cancel")

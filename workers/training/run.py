@@ -8,6 +8,9 @@ as its error and raised again for the caller to report; so is anything else, wit
 A row cancelled while the run goes is seen at the next step, and the run stops there."""
 
 import hashlib
+import json
+import os
+import shutil
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -18,7 +21,7 @@ from sqlmodel import Session
 
 from models import FineTune, FineTuneStatus, session_scope
 from models.fine_tunes import get_fine_tune, move, record_step, set_values
-from workers.errors import BadInput, NotFound
+from workers.errors import BadConfig, BadInput, NotFound
 from workers.training.base import BaseModel, context_length, load_base, resolve_base
 from workers.training.extra import require_train_extra
 from workers.training.loop import StepLog, TrainParams
@@ -30,6 +33,10 @@ STUDENT_FILE = "student.gguf"
 
 class RunCancelled(Exception):
     """The row was cancelled while the run went; it stops after the current step."""
+
+
+class CheckpointFailed(BadConfig):
+    """A checkpoint could not be written (a full disk, a read-only output_dir)."""
 
 
 def train_params(hyperparameters: dict[str, Any]) -> TrainParams:
@@ -98,6 +105,7 @@ def _train(
     from workers.training.loop import Trainer, pick_device, with_lora
 
     assert row.id is not None
+    run_id: int = row.id
     _check_unchanged(row)
     params = train_params(row.hyperparameters)
     base = resolve_base(row.base_model)
@@ -114,9 +122,21 @@ def _train(
                    dropped=train.dropped)  # fmt: skip
     model = with_lora(model, params)
     trainer = Trainer(model, tokenizer.pad_token_id, params, len(train.rows))
-    trainer.run(train.rows, valid.rows if valid else [], _recorder(engine, row.id, on_step))
     out = Path(row.artifacts["dir"])
     artifacts = dict(row.artifacts)
+    checkpoints = Checkpoints(out / "checkpoints")
+    start, curve = checkpoints.restore(trainer)
+    if start:
+        artifacts["resumed_from_step"] = str(start)
+        with session_scope(engine) as session:
+            set_values(session=session, fine_tune_id=row.id, artifacts=artifacts)
+    trainer.run(
+        train.rows,
+        valid.rows if valid else [],
+        _recorder(engine, row.id, on_step, curve),
+        start_step=start,
+        on_checkpoint=lambda step: _checkpoint(engine, run_id, checkpoints, trainer, step, curve),
+    )
     model.save_pretrained(out / "adapter")
     artifacts["adapter"] = str(out / "adapter")
     merged = model.merge_and_unload()
@@ -134,9 +154,12 @@ def _check_unchanged(row: FineTune) -> None:
 
 
 def _recorder(
-    engine: Engine, fine_tune_id: int, on_step: Callable[[StepLog], None]
+    engine: Engine,
+    fine_tune_id: int,
+    on_step: Callable[[StepLog], None],
+    curve: list[dict[str, Any]],
 ) -> Callable[[StepLog], None]:
-    curve: list[dict[str, Any]] = []
+    """Appends each step to CURVE (the one a checkpoint saves) and to the row."""
 
     def record(log: StepLog) -> None:
         curve.append(log.to_dict())
@@ -149,3 +172,71 @@ def _recorder(
             raise RunCancelled
 
     return record
+
+
+def _checkpoint(
+    engine: Engine,
+    fine_tune_id: int,
+    checkpoints: "Checkpoints",
+    trainer: Any,
+    step: int,
+    curve: list[dict[str, Any]],
+) -> None:
+    path = checkpoints.save(trainer, step, curve)
+    with session_scope(engine) as session:
+        row = get_fine_tune(session=session, fine_tune_id=fine_tune_id)
+        if row is not None:
+            artifacts = {**row.artifacts, "checkpoint": str(path)}
+            set_values(session=session, fine_tune_id=fine_tune_id, artifacts=artifacts)
+
+
+class Checkpoints:
+    """A run's checkpoints: each step's in its own directory, and `latest.json` naming the
+    newest whole one, replaced atomically once that directory is written. A crash (or a
+    full disk) while writing leaves the previous checkpoint as the one resumed from."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.pointer = root / "latest.json"
+
+    def save(self, trainer: Any, step: int, curve: list[dict[str, Any]]) -> Path:
+        target = self.root / f"step-{step}"
+        try:
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True)
+            trainer.save_state(target)
+            (target / "curve.json").write_text(json.dumps(curve), encoding="utf-8")
+            temporary = self.root / "latest.json.tmp"
+            temporary.write_text(json.dumps({"step": step, "dir": target.name}))
+            os.replace(temporary, self.pointer)
+        except OSError as exc:
+            shutil.rmtree(target, ignore_errors=True)
+            kept = self.latest_step()
+            raise CheckpointFailed(
+                f"writing the checkpoint at step {step} to {target} failed: {exc}; "
+                f"{f'the checkpoint at step {kept} is kept' if kept else 'no checkpoint yet'}"
+                "; free the space and run `distillery finetune resume ID`"
+            ) from None
+        self._prune(keep=target.name)
+        return target
+
+    def latest_step(self) -> int:
+        try:
+            return int(json.loads(self.pointer.read_text())["step"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    def restore(self, trainer: Any) -> tuple[int, list[dict[str, Any]]]:
+        """(the step to go on from, the loss curve up to it); (0, []) without a checkpoint."""
+        step = self.latest_step()
+        if not step:
+            return 0, []
+        directory = self.root / f"step-{step}"
+        trainer.load_state(directory)
+        curve = json.loads((directory / "curve.json").read_text(encoding="utf-8"))
+        return step, curve
+
+    def _prune(self, keep: str) -> None:
+        for old in self.root.glob("step-*"):
+            if old.name != keep:
+                shutil.rmtree(old, ignore_errors=True)
