@@ -33,12 +33,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from models import FineTuneBackend, FineTuneStatus, TrainingFile, session_scope
-from models.fine_tunes import create_fine_tune
+from models.fine_tunes import create_fine_tune, fine_tune_by_provider_id
 from models.training_data import (
     set_fine_tune_job_id,
     training_file_at_path,
     training_file_with_sha256,
 )
+from models.types import utcnow
 from producer.errors import UserError
 from workers.errors import ExitCode
 from workers.finetune_format import check_file
@@ -255,6 +256,33 @@ def record_run(
         )
         assert row.id is not None
         return row.id
+
+
+PROVIDER_STATUSES = {
+    "validating_files": FineTuneStatus.QUEUED,
+    "queued": FineTuneStatus.QUEUED,
+    "running": FineTuneStatus.RUNNING,
+    "succeeded": FineTuneStatus.SUCCEEDED,
+    "failed": FineTuneStatus.FAILED,
+    "cancelled": FineTuneStatus.CANCELLED,
+}
+
+
+def sync_run(engine: Engine, status: dict[str, Any]) -> None:
+    """What the provider said of its job, onto the job's `fine_tunes` row, if it has one."""
+    ours = PROVIDER_STATUSES.get(str(status["status"]))
+    if ours is None:
+        return
+    with session_scope(engine) as session:
+        row = fine_tune_by_provider_id(session=session, provider_job_id=str(status["id"]))
+        if row is None or row.status == ours:
+            return
+        row.status = ours
+        row.error = (status.get("error") or {}).get("message")
+        if status.get("fine_tuned_model"):
+            row.artifacts = {**row.artifacts, "model": str(status["fine_tuned_model"])}
+        if ours in (FineTuneStatus.SUCCEEDED, FineTuneStatus.FAILED, FineTuneStatus.CANCELLED):
+            row.finished_at = utcnow()
 
 
 def _row_summary(

@@ -16,7 +16,7 @@ from workers.errors import ExitCode
 
 @click.group()
 def finetune() -> None:
-    """Fine-tune a student model on a training file, and follow the job."""
+    """Fine-tune a student on a training file (locally, or at a provider), and follow it."""
 
 
 @finetune.command("submit")
@@ -248,6 +248,9 @@ def status(
         if not job_id:
             return
     result = _read_status(job_id, watch, interval, tier, add_tier_name, as_json)
+    from producer.finetune import sync_run
+
+    sync_run(engine(), result)
     ended_badly = watch and result["status"] != "succeeded"  # `status --watch && next step`
     added = None
     if not ended_badly:

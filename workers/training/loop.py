@@ -12,6 +12,7 @@ and counted). The device is CUDA when torch sees one, else the CPU."""
 
 import math
 import random
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -52,6 +53,8 @@ class StepLog:
     epoch: float
     train_loss: float
     validation_loss: float | None
+    tokens: int = 0  # in the step's batch, padding excluded
+    seconds: float = 0.0  # the step's forward, backward and update (validation excluded)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +62,8 @@ class StepLog:
             "epoch": round(self.epoch, 4),
             "train_loss": self.train_loss,
             "validation_loss": self.validation_loss,
+            "tokens": self.tokens,
+            "seconds": round(self.seconds, 3),
         }
 
 
@@ -173,8 +178,11 @@ class Trainer:
                 step += 1
                 if step <= start_step:
                     continue
+                started = time.perf_counter()
                 loss = self._step(batch)
-                on_step(self._log(step, per_epoch, loss, validation))
+                took = time.perf_counter() - started
+                tokens = sum(len(row.input_ids) for row in batch)
+                on_step(self._log(step, per_epoch, loss, validation, tokens, took))
                 every = self.params.checkpoint_every
                 if every and step % every == 0 and step < self.total:
                     on_checkpoint(step)
@@ -214,11 +222,19 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    def _log(self, step: int, per_epoch: int, loss: float, validation: list[Row]) -> StepLog:
+    def _log(
+        self,
+        step: int,
+        per_epoch: int,
+        loss: float,
+        validation: list[Row],
+        tokens: int,
+        seconds: float,
+    ) -> StepLog:
         evaluate = validation and (step % self.params.eval_every == 0 or step == self.total)
         valid = (
             validation_loss(self.model, validation, self.params, self.pad_id)
             if evaluate
             else None
         )
-        return StepLog(step, self.total, step / per_epoch, loss, valid)
+        return StepLog(step, self.total, step / per_epoch, loss, valid, tokens, seconds)
