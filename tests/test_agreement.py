@@ -102,3 +102,25 @@ def test_normalise() -> None:
     assert normalise("\u201cNegative!\u201d") == "negative"
     assert normalise("two  words") == "two words"
     assert normalise(None) == ""
+
+
+def test_a_chat_file_can_be_the_reference(
+    env: Any, sim: RunningSimulator, tmp_path: Path
+) -> None:
+    path = tmp_path / "heldout.jsonl"
+    lines = []
+    for n in range(10):
+        question = f"Held-out question {n}?"
+        answer = frontier_answer(sim, question) if n % 2 == 0 else "something else"
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question},
+                    {"role": "assistant", "content": answer}]  # fmt: skip
+        lines.append(json.dumps({"messages": messages}))
+    path.write_text("\n".join(lines) + "\n")
+    result = invoke("eval", "agreement", "--tier", "frontier", "--reference", str(path), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["prompts"], report["agreed"]) == (10, 5)
+    assert [item["idx"] for item in report["answers"] if item["agrees"]] == [1, 3, 5, 7, 9]
+
+    neither = invoke("eval", "agreement", "--tier", "frontier")
+    assert neither.exit_code == ExitCode.USAGE and "give one reference" in neither.stderr
