@@ -175,7 +175,7 @@ def hyperparameters(
     batch_size: int,
     learning_rate: float | None,
     max_steps: int,
-    export: str,
+    export: str = "q8_0",
     checkpoint_every: int = 20,
 ) -> dict[str, Any]:
     from dataclasses import asdict

@@ -47,10 +47,11 @@ def finetune() -> None:
 )
 @click.option(
     "--export",
-    type=click.Choice(["base", "q8_0", "f16"]),
-    default="base",
+    type=click.Choice(["q8_0", "f16", "base"]),
+    default="q8_0",
     show_default=True,
-    help="local: the student GGUF's tensor types (base: as in the base GGUF)",
+    help="local: the student GGUF's weights: q8_0, f16, or base (each tensor in the base "
+    "GGUF's type: SmolLM2's Q4_1 loses much of what LoRA learnt; docs/training.md)",
 )
 @click.option("--wait", is_flag=True, help="local: wait for the run, with a progress bar")
 @click.option("--suffix", help="openai: up to 64 characters, part of the fine-tuned model's name")

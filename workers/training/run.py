@@ -23,6 +23,7 @@ from models import FineTune, FineTuneStatus, session_scope
 from models.fine_tunes import get_fine_tune, move, record_step, set_values
 from workers.errors import BadConfig, BadInput, NotFound
 from workers.training.base import BaseModel, context_length, load_base, resolve_base
+from workers.training.export import DEFAULT_EXPORT
 from workers.training.extra import require_train_extra
 from workers.training.loop import StepLog, TrainParams
 
@@ -141,7 +142,7 @@ def _train(
     artifacts["adapter"] = str(out / "adapter")
     merged = model.merge_and_unload()
     if base.is_gguf:
-        quant = str(row.hyperparameters.get("export", "base"))
+        quant = str(row.hyperparameters.get("export", DEFAULT_EXPORT))
         artifacts["gguf"] = str(export_gguf(merged, base.path, out / STUDENT_FILE, quant=quant))
     return artifacts
 
