@@ -187,3 +187,52 @@ def test_serving_a_run_without_a_student_is_refused(
     missing = invoke("student", "serve", "99")
     assert missing.exit_code == 6 and "no fine-tune 99" in missing.stderr
     get_settings.cache_clear()
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sentiment"
+
+
+@pytest.mark.slow
+def test_the_sentiment_example_student_agrees_more_than_the_base(
+    smollm2_loader: Any, tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shipped example, shortened for CI (8 LoRA steps instead of 40, 40 held-out
+    sentences instead of 100): the student answers with the people's label measurably more
+    often than the untrained base, both served by llama.cpp and measured by eval agreement."""
+    from producer import local_finetune as local
+    from producer.agreement import measure_agreement
+    from workers.settings import get_settings, load_settings
+    from workers.training.run import train_fine_tune
+
+    require_real_model()
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    config = write_config(
+        tmp_path / "distillery.toml", base_url="http://127.0.0.1:9/v1", database_url=sqlite_url
+    )
+    monkeypatch.setenv("DISTILLERY_CONFIG", str(config))
+    get_settings.cache_clear()
+    engine = make_engine(sqlite_url)
+    params = local.hyperparameters(
+        epochs=1, batch_size=8, learning_rate=None, max_steps=8, export="q8_0"
+    )
+    request = local.LocalRequest(EXAMPLE / "train.jsonl", None, None, params)
+    row = local.submit_local(request, settings=get_settings(), engine=engine)
+    assert row.id is not None
+    ended = train_fine_tune(engine, row.id, loader=smollm2_loader)
+    assert ended.status.value == "succeeded", ended.error
+    agreed = {}
+    with llama_server() as base_url, llama_server(model=Path(ended.artifacts["gguf"])) as url:
+        tiers = f'[tiers.base]\nbase_url = "{base_url}"\nmodel = "{MODEL_ALIAS}"\n'
+        tiers += f'[tiers.student]\nbase_url = "{url}"\nmodel = "{MODEL_ALIAS}"\n'
+        tiers += '[teacher]\ntier = "base"\n[router]\nfallback = ["base"]\n'
+        config.write_text(tiers)
+        settings = load_settings(config)
+        for tier in ("base", "student"):
+            result = measure_agreement(
+                settings, engine, tier_name=tier, reference_file=EXAMPLE / "heldout.jsonl",
+                limit=40, max_tokens=4,
+            )  # fmt: skip
+            assert result["failed_calls"] == 0
+            agreed[tier] = result["agreed"]
+    assert agreed["student"] >= agreed["base"] + 10, agreed
+    get_settings.cache_clear()
