@@ -4,21 +4,30 @@ reviews the training tests use (tests/helpers/training.py: one-word labels).
 
 Figures: training tokens/s (padding excluded) against the baseline of the same model's
 forward pass alone (no gradients) over the same batches in the same run; the time to load
-the base from its GGUF; the export's time; the process's peak RSS (VmHWM).
+the base from its GGUF; the export's time; the process's peak RSS (VmHWM); and the student's
+answers/s on llama.cpp (`distillery student serve`'s command line, logprobs on, as a tier
+asks) against the untrained base's, on the same prompts in the same run.
 
     python -m bench.training [--quick]
 """
 
 import argparse
+import contextlib
 import os
 import random
+import subprocess
 import tempfile
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+
 import bench.common  # noqa: F401  (first: points the process at the bench's services)
-from bench.common import Figure, machine_summary, mib, proc_status_kib, report
-from tests.helpers.training import write_training_file
+from bench.common import Figure, free_port, machine_summary, mib, proc_status_kib, report
+from producer.student import server_command, server_environment
+from tests.helpers.training import REVIEWS, SYSTEM, write_training_file
 from workers.training.base import BaseModel, default_gguf, load_base
 from workers.training.data import build_dataset
 from workers.training.export import export_gguf
@@ -50,8 +59,11 @@ def main() -> None:
     trainer.run(rows, [], logs.append)
     training = sum(log.tokens for log in logs) / sum(log.seconds for log in logs)
     started = time.perf_counter()
-    export_gguf(lora.merge_and_unload(), gguf, work / "student.gguf")
+    student = export_gguf(lora.merge_and_unload(), gguf, work / "student.gguf", quant="q8_0")
     export_s = time.perf_counter() - started
+    questions = [review for review, _ in REVIEWS]
+    base_rate = answers_per_s(gguf, questions)
+    student_rate = answers_per_s(student, questions)
     figures = [
         Figure(BENCH, f"training, {len(logs)} LoRA steps of {params.batch_size}", training,
                "tokens/s", baseline=inference, baseline_name="forward pass only",
@@ -59,11 +71,50 @@ def main() -> None:
         Figure(BENCH, "a step", sum(log.seconds for log in logs) / len(logs), "s",
                note=f"{sum(log.tokens for log in logs) / len(logs):.0f} tokens a batch"),
         Figure(BENCH, "load the base from its GGUF", loaded_s, "s"),
-        Figure(BENCH, "export the student GGUF (Q4_1 as the base)", export_s, "s"),
+        Figure(BENCH, "export the student GGUF (Q8_0)", export_s, "s"),
+        Figure(BENCH, "student on llama.cpp, logprobs on", student_rate, "answers/s",
+               baseline=base_rate, baseline_name="the untrained base",
+               ratio=student_rate / base_rate, ratio_name="student/base",
+               note=f"{len(questions)} review prompts, max_tokens 4, one at a time"),
         Figure(BENCH, "peak RSS", mib(proc_status_kib(os.getpid(), "VmHWM")), "MiB"),
     ]
     for figure in figures:
         report(figure)
+
+
+@contextlib.contextmanager
+def served(model: Path) -> Iterator[str]:
+    port = free_port()
+    command = server_command(model, port, alias="bench", threads=2)
+    process = subprocess.Popen(command, env=server_environment(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{url}/models", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def answers_per_s(model: Path, questions: list[str]) -> float:
+    with served(model) as url:
+        started = time.perf_counter()
+        for question in questions:
+            body = {
+                "model": "bench",
+                "messages": [{"role": "system", "content": SYSTEM},
+                             {"role": "user", "content": question}],
+                "temperature": 0, "max_tokens": 4, "logprobs": True, "top_logprobs": 0,
+            }  # fmt: skip
+            httpx.post(f"{url}/chat/completions", json=body, timeout=120).raise_for_status()
+        return len(questions) / (time.perf_counter() - started)
 
 
 def forward_tokens_per_s(model: object, chosen: list, pad_id: int) -> float:

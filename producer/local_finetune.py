@@ -24,10 +24,10 @@ from workers.finetune_format import MIN_EXAMPLES
 from workers.settings import Settings
 from workers.training.base import resolve_base
 from workers.training.data import check_training_file
+from workers.training.export import QUANTS
 from workers.training.extra import require_train_extra
+from workers.training.run import file_sha256
 from workers.training.run import load_run as load
-
-EXPORTS = ("base", "q8_0", "f16")
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,6 @@ class LocalRequest:
 def submit_local(request: LocalRequest, *, settings: Settings, engine: Engine) -> FineTune:
     """Every check that needs no model, then the row (queued). Nothing is stored when a
     check fails."""
-    from workers.training.run import file_sha256
-
     require_train_extra()
     examples = check_training_file(request.training, minimum=MIN_EXAMPLES)
     if request.validation:
@@ -64,7 +62,7 @@ def submit_local(request: LocalRequest, *, settings: Settings, engine: Engine) -
             hyperparameters=request.hyperparameters,
         )
         assert row.id is not None
-        out = (settings.output_dir / f"fine-tune-{row.id}").resolve()
+        out = settings.fine_tune_dir(row.id).resolve()
         set_values(session=session, fine_tune_id=row.id, artifacts={"dir": str(out)})
         row.artifacts = {"dir": str(out)}
     return row
@@ -182,8 +180,8 @@ def hyperparameters(
 
     from workers.training.loop import TrainParams
 
-    if export not in EXPORTS:
-        raise BadInput(f"--export {export}: choose one of {', '.join(EXPORTS)}")
+    if export not in QUANTS:
+        raise BadInput(f"--export {export}: choose one of {', '.join(QUANTS)}")
     params = TrainParams(
         epochs=epochs, batch_size=batch_size, max_steps=max_steps,
         checkpoint_every=checkpoint_every,
