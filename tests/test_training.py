@@ -109,6 +109,12 @@ def test_local_run_in_process_records_steps_and_loss(
     status = invoke("finetune", "status", str(row.id))
     assert status.exit_code == 0, status.output
     assert f"fine-tune {row.id} (local): succeeded, step 6/6" in status.stdout
+    listed = invoke("finetune", "list", "--json")
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.stdout) == [
+        {"id": row.id, "backend": "local", "status": "succeeded", "steps": "6/6",
+         "base": str(tiny_model_dir), "provider_job_id": None}
+    ]  # fmt: skip
 
 
 def test_a_bad_file_is_reported_by_line_and_starts_nothing(
