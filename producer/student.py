@@ -32,8 +32,11 @@ def server_command(
     n_ctx: int = 2048,
     host: str = "127.0.0.1",
     threads: int | None = None,
+    lora: Path | None = None,
 ) -> list[str]:
+    """MODEL served as ALIAS; with LORA, a llama.cpp LoRA adapter GGUF applied on top."""
     threads = threads or max(1, min(os.cpu_count() or 1, 8))
+    adapter = ["--lora_path", str(lora)] if lora else []
     return [
         sys.executable,
         "-m",
@@ -63,6 +66,7 @@ def server_command(
         "false",
         "--seed",
         "0",
+        *adapter,
     ]
 
 
@@ -75,15 +79,16 @@ def server_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k in keep or k.startswith(prefixes)}
 
 
-def student_gguf(row: FineTune) -> Path:
-    """The run's student GGUF; BadInput when the run has none (yet)."""
+def student_gguf(row: FineTune, kind: str = "gguf") -> Path:
+    """The run's student GGUF (KIND "gguf", merged) or its LoRA adapter GGUF ("adapter_gguf");
+    BadInput when the run has none (yet)."""
     if row.status != FineTuneStatus.SUCCEEDED:
         raise BadInput(f"fine-tune {row.id} is {row.status.value}: no student to serve yet")
-    path = Path(row.artifacts.get("gguf", ""))
-    if "gguf" not in row.artifacts or not path.is_file():
+    path = Path(row.artifacts.get(kind, ""))
+    if kind not in row.artifacts or not path.is_file():
         raise BadInput(
-            f"fine-tune {row.id} has no student GGUF (its base was not a GGUF, or the file "
-            f"was moved): {row.artifacts.get('gguf', 'none written')}"
+            f"fine-tune {row.id} has no {kind.replace('_', ' ')} (its base was not a GGUF, "
+            f"or the file was moved): {row.artifacts.get(kind, 'none written')}"
         )
     return path
 

@@ -119,13 +119,33 @@ def test_a_trained_student_is_served_with_logprobs(trained: dict[str, Any]) -> N
     assert any(name.endswith("attn_q.weight") for name in changed)  # the LoRA was merged
     assert not any(name.endswith("norm.weight") for name in changed)  # nothing else moved
 
+    adapter = gguf.GGUFReader(row.artifacts["adapter_gguf"])
+    assert len(adapter.tensors) == 30 * 7 * 2  # a and b for 7 projections of 30 layers
+    assert adapter.fields["general.type"].contents() == "adapter"
+    for extra in ([], ["--adapter"]):  # the merged student, then base + LoRA adapter
+        tokens = _serve_and_ask(row, trained["config"], student.parent, *extra)
+        assert tokens and all(token["logprob"] <= 0 for token in tokens)
+
+    added = invoke("finetune", "status", str(row.id), "--add-tier", "student")
+    assert added.exit_code == 0, added.output
+    tier = tomllib.loads(trained["config"].read_text())["tiers"]["student"]
+    assert tier == {
+        "base_url": "http://127.0.0.1:8910/v1",
+        "model": f"student-{row.id}",
+        "input_per_1k": 0.02,
+        "output_per_1k": 0.02,
+    }
+
+
+def _serve_and_ask(row: Any, config: Path, logs: Path, *extra: str) -> list[dict[str, Any]]:
+    """`distillery student serve ID [EXTRA]` asked one greedy question: its token logprobs."""
     port = free_port()
-    log = (student.parent / "serve.log").open("wb")
+    log = (logs / f"serve{len(extra)}.log").open("wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "producer.cli", "student", "serve", str(row.id),
-         "--port", str(port)],
+         "--port", str(port), *extra],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "DISTILLERY_CONFIG": str(trained["config"])},
+        env={**os.environ, "DISTILLERY_CONFIG": str(config)},
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/v1"
     try:
@@ -139,21 +159,11 @@ def test_a_trained_student_is_served_with_logprobs(trained: dict[str, Any]) -> N
             "top_logprobs": 0,
         }
         reply = httpx.post(f"{url}/chat/completions", json=body, timeout=120).json()
-        tokens = reply["choices"][0]["logprobs"]["content"]
-        assert tokens and all(token["logprob"] <= 0 for token in tokens)
+        tokens: list[dict[str, Any]] = reply["choices"][0]["logprobs"]["content"]
+        return tokens
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-
-    added = invoke("finetune", "status", str(row.id), "--add-tier", "student")
-    assert added.exit_code == 0, added.output
-    tier = tomllib.loads(trained["config"].read_text())["tiers"]["student"]
-    assert tier == {
-        "base_url": "http://127.0.0.1:8910/v1",
-        "model": f"student-{row.id}",
-        "input_per_1k": 0.02,
-        "output_per_1k": 0.02,
-    }
 
 
 def _ready(url: str) -> bool:

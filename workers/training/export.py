@@ -157,3 +157,41 @@ def _encode(array: np.ndarray, qtype: Any) -> np.ndarray:
     if qtype == gguf.GGMLQuantizationType.F16:
         return array.astype(np.float16)
     return gguf.quants.quantize(array, qtype)
+
+
+def export_lora_gguf(adapter_dir: Path, config: Any, out: Path) -> Path:
+    """The PEFT adapter in ADAPTER_DIR as a llama.cpp LoRA adapter GGUF (F32), for
+    `llama-server --lora` on top of the base GGUF: `<base tensor>.lora_a` (rank x in) and
+    `.lora_b` (out x rank), B's rows permuted for q/k as the base's are, and the alpha that
+    llama.cpp scales by (alpha / rank, as PEFT does)."""
+    import json
+
+    import gguf
+    from safetensors.numpy import load_file
+
+    settings = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    weights = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    partial = out.with_name(out.name + ".partial")
+    writer = gguf.GGUFWriter(partial, arch="llama")
+    writer.add_string("general.type", "adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", float(settings["lora_alpha"]))
+    for key, array in weights.items():
+        # base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight
+        stem, part = key.removeprefix("base_model.model.").rsplit(".lora_", 1)
+        target = gguf_name(stem + ".weight")
+        if target is None:
+            raise BadInput(f"adapter tensor {key} has no llama.cpp name")
+        side = "a" if part.startswith("A") else "b"
+        matrix = array.astype(np.float32)
+        if side == "b" and target.endswith("attn_q.weight"):
+            matrix = permute_for_gguf(matrix, config.num_attention_heads)
+        elif side == "b" and target.endswith("attn_k.weight"):
+            matrix = permute_for_gguf(matrix, config.num_key_value_heads)
+        writer.add_tensor(f"{target}.lora_{side}", matrix)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    partial.replace(out)
+    return out

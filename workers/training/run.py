@@ -30,6 +30,7 @@ from workers.training.loop import StepLog, TrainParams
 Loader = Callable[[BaseModel, str], tuple[Any, Any]]
 ACTIVE = (FineTuneStatus.QUEUED, FineTuneStatus.RUNNING)
 STUDENT_FILE = "student.gguf"
+ADAPTER_FILE = "adapter.gguf"  # for `llama-server --model BASE --lora adapter.gguf`
 
 
 class RunCancelled(Exception):
@@ -102,7 +103,7 @@ def _train(
     engine: Engine, row: FineTune, on_step: Callable[[StepLog], None], loader: Loader
 ) -> dict[str, str]:
     from workers.training.data import build_dataset
-    from workers.training.export import export_gguf
+    from workers.training.export import export_gguf, export_lora_gguf
     from workers.training.loop import Trainer, pick_device, with_lora
 
     assert row.id is not None
@@ -144,6 +145,8 @@ def _train(
     if base.is_gguf:
         quant = str(row.hyperparameters.get("export", DEFAULT_EXPORT))
         artifacts["gguf"] = str(export_gguf(merged, base.path, out / STUDENT_FILE, quant=quant))
+        adapter_gguf = export_lora_gguf(out / "adapter", merged.config, out / ADAPTER_FILE)
+        artifacts["adapter_gguf"] = str(adapter_gguf)
     return artifacts
 
 
