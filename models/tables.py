@@ -1,4 +1,4 @@
-"""The five tables of DESIGN.md. Users query these directly, so names are stable."""
+"""The tables of DESIGN.md. Users query these directly, so names are stable."""
 
 from datetime import datetime
 from enum import StrEnum
@@ -194,6 +194,66 @@ class TrainingFile(SQLModel, table=True):
     )
 
 
+class FineTuneBackend(StrEnum):
+    LOCAL = "local"  # PyTorch + PEFT on this machine (workers/training)
+    OPENAI = "openai"  # an OpenAI-compatible fine-tuning API (producer/finetune.py)
+
+
+class FineTuneStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_FINE_TUNE_STATUSES = frozenset(
+    {FineTuneStatus.SUCCEEDED, FineTuneStatus.FAILED, FineTuneStatus.CANCELLED}
+)
+
+
+class FineTune(SQLModel, table=True):
+    """One training run, local or at a provider: what it trained on (path and sha256, so a
+    file edited since is noticed), with what, how far it got and what it produced."""
+
+    __tablename__ = "fine_tunes"
+
+    id: int | None = Field(default=None, primary_key=True)
+    backend: FineTuneBackend = _enum(FineTuneBackend)
+    base_model: str  # a path (local) or the provider's model name
+    training_path: str
+    training_sha256: str
+    validation_path: str | None = None
+    validation_sha256: str | None = None
+    training_file_id: int | None = Field(default=None, foreign_key="training_files.id")
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSONType, nullable=False)
+    )
+    status: FineTuneStatus = _enum(FineTuneStatus, default=FineTuneStatus.QUEUED)
+    examples: int = 0  # trained on, after the ones dropped
+    # Examples left out, by reason ("over_context": longer than max_length tokens).
+    dropped: dict[str, int] = Field(
+        default_factory=dict, sa_column=Column(JSONType, nullable=False)
+    )
+    provider_job_id: str | None = Field(default=None, index=True)
+    # [{"step", "epoch", "train_loss", "validation_loss"}], one entry per logged step.
+    loss_curve: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSONType, nullable=False)
+    )
+    steps_done: int = 0
+    steps_total: int = 0
+    # {"adapter": dir, "merged": dir, "gguf": file, "checkpoint": dir}: what exists so far.
+    artifacts: dict[str, str] = Field(
+        default_factory=dict, sa_column=Column(JSONType, nullable=False)
+    )
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
+    started_at: datetime | None = _time()
+    finished_at: datetime | None = _time()
+    error: str | None = Field(default=None, sa_column=Column(Text))
+
+
 # Core table handles, for the bulk statements (executemany INSERT/UPDATE) of the ledger and
 # the queries: one place, so every module names a table the same way.
 PROMPTS: Table = SQLModel.metadata.tables["prompts"]
@@ -201,3 +261,4 @@ ATTEMPTS: Table = SQLModel.metadata.tables["attempts"]
 FALLBACKS: Table = SQLModel.metadata.tables["fallbacks"]
 JOBS: Table = SQLModel.metadata.tables["jobs"]
 TRAINING_FILES: Table = SQLModel.metadata.tables["training_files"]
+FINE_TUNES: Table = SQLModel.metadata.tables["fine_tunes"]

@@ -1,6 +1,10 @@
-"""Fine-tune a student on a training file: check and upload it, create the job, record the
-job on the file's `training_files` row, follow the job, and hand back the tier block that
-puts the fine-tuned model into the config.
+"""The `openai` backend: fine-tune a student at a provider. Check and upload the file, create
+the job, record it (on the file's `training_files` row and as a `fine_tunes` row), follow
+the job, and hand back the tier block that puts the fine-tuned model into the config.
+
+OpenAI's own fine-tuning API is winding down (deprecations page, notice of 2026-05-07): no
+new jobs for organisations without recent fine-tuning use, and none for anyone from
+2027-01-06. The `local` backend (producer/local_finetune.py) trains on this machine.
 
 Any OpenAI-compatible fine-tuning API will do (OpenAI, the simulator). Which one is a
 tier's endpoint and key: the teacher tier's by default, the provider that wrote the
@@ -28,12 +32,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from models import TrainingFile, session_scope
+from models import FineTuneBackend, FineTuneStatus, TrainingFile, session_scope
+from models.fine_tunes import create_fine_tune, fine_tune_by_provider_id
 from models.training_data import (
     set_fine_tune_job_id,
     training_file_at_path,
     training_file_with_sha256,
 )
+from models.types import utcnow
 from producer.errors import UserError
 from workers.errors import ExitCode
 from workers.finetune_format import check_file
@@ -123,7 +129,9 @@ def submit_fine_tune(
     valid_id = upload(endpoint, valid, uploaded) if valid else None
     job = create_job(endpoint, base_model, train_id, valid_id, suffix, uploaded)
     previous = record_job_id(engine, record, job.id) if record else None
+    run_id = record_run(engine, base_model, train, valid, record, job.id)
     return {
+        "fine_tune_id": run_id,
         "fine_tune_job_id": job.id,
         "status": job.status,
         "model": job.model,
@@ -222,6 +230,59 @@ def record_job_id(engine: Engine, record: TrainingFile, job_id: str) -> str | No
             ExitCode.SERVICE_DOWN,
         ) from None
     return record.fine_tune_job_id
+
+
+def record_run(
+    engine: Engine,
+    base_model: str,
+    train: LocalFile,
+    valid: LocalFile | None,
+    record: TrainingFile | None,
+    job_id: str,
+) -> int:
+    """The provider's job as a `fine_tunes` row (backend openai), beside the local runs."""
+    with session_scope(engine) as session:
+        row = create_fine_tune(
+            session=session,
+            backend=FineTuneBackend.OPENAI,
+            base_model=base_model,
+            training_path=str(train.path),
+            training_sha256=train.sha256,
+            validation_path=str(valid.path) if valid else None,
+            validation_sha256=valid.sha256 if valid else None,
+            training_file_id=record.id if record else None,
+            status=FineTuneStatus.QUEUED,
+            provider_job_id=job_id,
+        )
+        assert row.id is not None
+        return row.id
+
+
+PROVIDER_STATUSES = {
+    "validating_files": FineTuneStatus.QUEUED,
+    "queued": FineTuneStatus.QUEUED,
+    "running": FineTuneStatus.RUNNING,
+    "succeeded": FineTuneStatus.SUCCEEDED,
+    "failed": FineTuneStatus.FAILED,
+    "cancelled": FineTuneStatus.CANCELLED,
+}
+
+
+def sync_run(engine: Engine, status: dict[str, Any]) -> None:
+    """What the provider said of its job, onto the job's `fine_tunes` row, if it has one."""
+    ours = PROVIDER_STATUSES.get(str(status["status"]))
+    if ours is None:
+        return
+    with session_scope(engine) as session:
+        row = fine_tune_by_provider_id(session=session, provider_job_id=str(status["id"]))
+        if row is None or row.status == ours:
+            return
+        row.status = ours
+        row.error = (status.get("error") or {}).get("message")
+        if status.get("fine_tuned_model"):
+            row.artifacts = {**row.artifacts, "model": str(status["fine_tuned_model"])}
+        if ours in (FineTuneStatus.SUCCEEDED, FineTuneStatus.FAILED, FineTuneStatus.CANCELLED):
+            row.finished_at = utcnow()
 
 
 def _row_summary(

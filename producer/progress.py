@@ -1,7 +1,9 @@
 """Waiting for a job with a progress bar (or silently, for --json)."""
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -96,3 +98,44 @@ def wait_for_training_file(engine: Engine, job_id: int, timeout: float = 120.0) 
                 return True
         time.sleep(0.3)
     return False
+
+
+class TrainingBar:
+    """A training run's progress: step M/N, the latest loss, elapsed time and ETA. Fed by
+    the run itself (`step`, in process) or by readings of its row (`row`, a worker's)."""
+
+    def __init__(self, progress: Progress | None, task: Any) -> None:
+        self.progress = progress
+        self.task = task
+
+    def step(self, log: Any) -> None:
+        self._show(log.step, log.steps_total, log.train_loss, log.validation_loss)
+
+    def row(self, row: Any) -> None:
+        last = row.loss_curve[-1] if row.loss_curve else {}
+        self._show(row.steps_done, row.steps_total or None, last.get("train_loss"), None)
+
+    def _show(self, done: int, total: int | None, loss: float | None, valid: float | None) -> None:
+        if self.progress is None:
+            return
+        text = "" if loss is None else f"loss {loss:.4f}"
+        text += "" if valid is None else f" (validation {valid:.4f})"
+        self.progress.update(self.task, completed=done, total=total, loss=text)
+
+
+@contextmanager
+def training_bar(console: Console, fine_tune_id: int, *, quiet: bool) -> Iterator[TrainingBar]:
+    if quiet:
+        yield TrainingBar(None, None)
+        return
+    progress = Progress(
+        TextColumn(f"[bold]fine-tune {fine_tune_id}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+    with progress:
+        yield TrainingBar(progress, progress.add_task("train", total=None, loss=""))

@@ -18,9 +18,18 @@ def worker_queues(settings: Settings, tiers: str | None, control: bool) -> list[
     names = [name.strip() for name in tiers.split(",") if name.strip()]
     if not names:
         raise UserError("--tiers needs at least one tier name", ExitCode.USAGE)
+    from workers.app import CONTROL_QUEUE, TRAINING_QUEUE
+
+    if TRAINING_QUEUE in names:
+        if names != [TRAINING_QUEUE]:
+            raise UserError(
+                "the training queue needs a worker of its own (--tiers training): a run "
+                "holds the worker's CPU for minutes to hours",
+                ExitCode.USAGE,
+            )
+        return names  # nothing of `control` either: one run at a time, nothing else
     for name in names:
         settings.require_tier(name, "--tiers")
-    from workers.app import CONTROL_QUEUE
 
     return [*names, CONTROL_QUEUE] if control else names
 
@@ -40,7 +49,10 @@ def run_worker(
             ExitCode.USAGE,
         )
     queues = worker_queues(settings, tiers, control)
-    from workers.app import app
+    from workers.app import TRAINING_QUEUE, app
+
+    if TRAINING_QUEUE in queues:
+        concurrency = 1  # one training run at a time per worker
 
     # A unique node name per process, so several workers can run on one host.
     node = f"{'+'.join(q for q in queues if q != 'control')}-{os.getpid()}@{socket.gethostname()}"

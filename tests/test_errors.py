@@ -43,6 +43,8 @@ from workers.errors import (
 from workers.reducer import ReduceError
 from workers.routers.base import RouterError
 from workers.settings import ConfigError, get_settings
+from workers.training.extra import TrainExtraMissing
+from workers.training.run import CheckpointFailed
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PASSWORD = "errors-test-PASSWORD-4321"
@@ -64,6 +66,8 @@ EXPECTED: dict[type[DistilleryError], ExitCode] = {
     BadConfig: ExitCode.BAD_CONFIG,
     ConfigError: ExitCode.BAD_CONFIG,
     RouterError: ExitCode.BAD_CONFIG,
+    TrainExtraMissing: ExitCode.BAD_CONFIG,
+    CheckpointFailed: ExitCode.BAD_CONFIG,
     ServiceUnavailable: ExitCode.SERVICE_DOWN,
     BrokerUnavailable: ExitCode.SERVICE_DOWN,
     NotFound: ExitCode.NOT_FOUND,

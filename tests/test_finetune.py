@@ -15,7 +15,17 @@ import pytest
 from click.testing import CliRunner
 from sqlmodel import Session
 
-from models import Job, JobMode, JobStatus, Prompt, PromptStatus, TrainingFile
+from models import (
+    FineTune,
+    FineTuneBackend,
+    FineTuneStatus,
+    Job,
+    JobMode,
+    JobStatus,
+    Prompt,
+    PromptStatus,
+    TrainingFile,
+)
 from producer.cli.finetune import finetune
 from simulator import ModelBehaviour, RunningSimulator, SimConfig, start_in_thread
 from tests.helpers.config import write_config
@@ -149,6 +159,15 @@ def test_submit_status_and_the_student_tier(env: dict[str, Any]) -> None:
 
     status = invoke_json("status", job_id)
     assert status["status"] == "succeeded" and status["fine_tuned_model"] == model
+    # the provider's job is a fine_tunes row too, moved along by status
+    with Session(env["engine"]) as session:
+        run = session.get(FineTune, submitted["fine_tune_id"])
+        assert run is not None and run.backend == FineTuneBackend.OPENAI
+        assert run.provider_job_id == job_id and run.status == FineTuneStatus.SUCCEEDED
+        assert run.training_sha256 == record.sha256 and run.training_file_id == record.id
+        assert run.artifacts == {"model": model} and run.finished_at is not None
+    by_our_id = invoke("status", str(submitted["fine_tune_id"]))  # our id: the same job
+    assert by_our_id.exit_code == 0 and f"fine-tune job {job_id}: succeeded" in by_our_id.output
     assert status["events"][-1]["message"] == "The job has successfully completed"
     assert f'[tiers.student]\nbase_url = "{env["base_url"]}"' in status["tier_block"]
     assert f'model = "{model}"' in status["tier_block"]

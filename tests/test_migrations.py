@@ -194,9 +194,10 @@ def test_upgrade_converts_tables_made_before_migrations(database_url: str) -> No
 
 
 def test_adoption_creates_a_table_the_database_lacks(database_url: str) -> None:
+    # As a database made by create_all before fine_tunes existed (revision 0002).
     engine = make_engine(database_url)
     with engine.begin() as connection:
-        connection.execute(sa.text("DROP TABLE training_files"))
+        connection.execute(sa.text("DROP TABLE fine_tunes"))
     assert migrate.upgrade(engine).adopted
     assert differences(engine) == []
 

@@ -7,10 +7,22 @@ from kombu import Queue
 
 from workers.leases import record_publish
 from workers.settings import Settings, get_settings
-from workers.task_names import ANSWER_TASK, REDUCE_TASK, ROUTE_TASK
+from workers.task_names import ANSWER_TASK, REDUCE_TASK, ROUTE_TASK, TRAIN_TASK
 
-__all__ = ["ANSWER_TASK", "CONTROL_QUEUE", "REDUCE_TASK", "ROUTE_TASK", "app", "make_app"]
+__all__ = [
+    "ANSWER_TASK",
+    "CONTROL_QUEUE",
+    "REDUCE_TASK",
+    "ROUTE_TASK",
+    "TRAINING_QUEUE",
+    "TRAIN_TASK",
+    "app",
+    "make_app",
+]
 CONTROL_QUEUE = "control"
+# Local training runs (hours of CPU each): their own queue, so a `--tiers training` worker
+# takes them one at a time and no answer waits behind one.
+TRAINING_QUEUE = "training"
 
 # A call may wait out a long Retry-After and several backoffs; an unacknowledged message is
 # redelivered only after this long (kombu #337), so it must exceed the longest task.
@@ -20,6 +32,7 @@ VISIBILITY_TIMEOUT_S = 6 * 3600
 def make_app(settings: Settings) -> Celery:
     celery = Celery("distillery", broker=settings.broker_url, include=["workers.tasks"])
     queues = [Queue(name) for name in settings.tiers] + [Queue(CONTROL_QUEUE)]
+    queues.append(Queue(TRAINING_QUEUE))
     celery.conf.update(
         task_queues=queues,
         task_default_queue=CONTROL_QUEUE,

@@ -179,6 +179,17 @@ class RouterConfig(_Strict):
         return prompt
 
 
+class TrainingConfig(_Strict):
+    """The local fine-tuning backend (`finetune submit --backend local`)."""
+
+    # USD per 1K tokens, input and output alike, written into the student's tier block by
+    # `finetune status ID --add-tier NAME`: what serving the student costs you (0: free).
+    student_price_per_1k: float = Field(0.0, ge=0)
+    # Where `distillery student serve ID` listens unless --port says otherwise; the tier
+    # block points there.
+    student_port: int = Field(8910, gt=0, lt=65536)
+
+
 class RecoveryConfig(_Strict):
     """How workers find and re-send work that no live worker holds (a SIGKILLed worker's
     messages, messages Redis lost, a lost follow-up): docs/reliability.md → Recovery."""
@@ -262,6 +273,7 @@ class Settings(BaseSettings):
     router: RouterConfig = RouterConfig()
     recovery: RecoveryConfig = RecoveryConfig()
     gateway: GatewayConfig = GatewayConfig()
+    training: TrainingConfig = TrainingConfig()
 
     @classmethod
     def settings_customise_sources(
@@ -313,6 +325,10 @@ class Settings(BaseSettings):
             known = ", ".join(self.tiers)
             raise ConfigError(f"unknown tier '{name}' in {where}; configured tiers: {known}")
         return self.tiers[name]
+
+    def fine_tune_dir(self, fine_tune_id: int) -> Path:
+        """Where a local training run writes its adapter and student GGUF."""
+        return self.output_dir / f"fine-tune-{fine_tune_id}"
 
     def training_path(self, job_id: int) -> Path:
         """Where a teacher job's training file goes unless told otherwise."""

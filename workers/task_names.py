@@ -4,3 +4,4 @@ the tasks themselves and the leases (which read what a message covers from its n
 ANSWER_TASK = "distillery.answer"
 ROUTE_TASK = "distillery.route"
 REDUCE_TASK = "distillery.reduce"
+TRAIN_TASK = "distillery.train"

@@ -21,8 +21,9 @@ from models.outcomes import Record
 from models.queries import has_training_file, unreduced_teacher_jobs
 from workers import reducer
 from workers.answer import answer_message, load_work
-from workers.app import ANSWER_TASK, CONTROL_QUEUE, REDUCE_TASK, ROUTE_TASK, app
+from workers.app import ANSWER_TASK, CONTROL_QUEUE, REDUCE_TASK, ROUTE_TASK, TRAIN_TASK, app
 from workers.context import start_worker_context, stop_worker_context, worker_context
+from workers.errors import DistilleryError
 from workers.heap import settle_for_serving
 from workers.recovery import recovering, start_recovery, stop_recovery
 from workers.routing import route_message
@@ -120,6 +121,18 @@ def reduce(job_id: int) -> None:
     config = ctx.settings.reducer
     result = reducer.reduce_job(engine=ctx.engine, job_id=job_id, out=out, config=config, once=True)
     log.info("job %s: %d training examples in %s", job_id, result.record.examples, out)
+
+
+@app.task(name=TRAIN_TASK, acks_late=True, reject_on_worker_lost=True)
+def train(fine_tune_id: int) -> None:
+    """One local training run (workers.training.run). Not retried: a failure is recorded
+    on its fine_tunes row, and a rerun is the user's call."""
+    from workers.training.run import train_fine_tune  # torch: only in training workers
+
+    try:
+        train_fine_tune(worker_context().engine, fine_tune_id)
+    except DistilleryError as exc:
+        log.warning("fine-tune %s failed: %s", fine_tune_id, exc)
 
 
 @worker_ready.connect

@@ -4,7 +4,7 @@ their shared helpers in `common`."""
 
 import click
 
-from producer.cli import cost, db, finetune, jobs, ops, router
+from producer.cli import cost, db, evaluate, finetune, jobs, ops, router, student
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -13,5 +13,6 @@ def main() -> None:
     """Distil a frontier LLM into cheaper models, and route requests to the cheapest tier."""
 
 
-for command in [*jobs.COMMANDS, *ops.COMMANDS, router.router, cost.cost, finetune.finetune, db.db]:
+GROUPS = [router.router, cost.cost, finetune.finetune, student.student, evaluate.evaluate, db.db]
+for command in [*jobs.COMMANDS, *ops.COMMANDS, *GROUPS]:
     main.add_command(command)

