@@ -320,9 +320,10 @@ def test_429_pauses_the_whole_tier(tmp_path: Path, workers: Any) -> None:
         workers.start(config, concurrency=4)
         workers.start(config, concurrency=4)
         rows = [{"prompt": f"Question {i}: why is the sky blue?"} for i in range(300)]
-        job_id, engine, _ = submit_file(write_jsonl(tmp_path / "p.jsonl", rows), config)
-        time.sleep(1.0)  # let the tier get busy, then answer one call with 429 Retry-After: 5
+        # The tier's first call is answered 429 Retry-After: 5, set before the job starts:
+        # 300 calls at 256 in flight (the default) may all be done within a second.
         sim.fail_next(1, status=429, retry_after=5)
+        job_id, engine, _ = submit_file(write_jsonl(tmp_path / "p.jsonl", rows), config)
         job = wait_for_job(engine, job_id, workers)
         events = sim.stats()["events"]["sim-frontier"]
     assert job.completed == 300 and job.failed == 0
