@@ -20,6 +20,14 @@ answer is exactly one word, EASY / MEDIUM / HARD, from the difficulty of the tex
 classified: the last user message minus the instruction's clause (so the prompt may come
 before or after the phrase), or the last user message whole when the instruction is in a
 system prompt. This takes precedence over the content markers.
+
+Judge instruction (a test stand-in for `eval agreement --judge`, not a real judge): when any
+message contains "agree in meaning" (any case), the answer is exactly YES or NO. The two
+answers are read from the last user message's lines `Reference answer: "..."` and
+`Candidate answer: "..."` (JSON strings); the rule is YES when their word sets (lower-case
+runs of letters and digits) share more than half of all the words either uses (Jaccard
+similarity > 0.5), NO otherwise, and NO when either line is missing or not a JSON string.
+This takes precedence over the router instruction and the content markers.
 """
 
 import hashlib
@@ -39,6 +47,7 @@ REFUSE_MARKER = "[refuse]"
 SHORT_MARKER = "[short]"
 LONG_MARKER = "[long]"
 ROUTER_PHRASE = "easy, medium, or hard"
+JUDGE_PHRASE = "agree in meaning"
 
 LONG_ANSWER_WORDS = 3000
 ECHO_WORDS = 6
@@ -50,6 +59,8 @@ _CLAUSE_ENDS = (".", "!", "?", ":", "\n")  # where the instruction's clause begi
 
 _MARKER = re.compile(r"\[[a-z]+\]", re.IGNORECASE)
 _ROUTER = re.compile(re.escape(ROUTER_PHRASE), re.IGNORECASE)
+_JUDGE = re.compile(re.escape(JUDGE_PHRASE), re.IGNORECASE)
+_JUDGED = re.compile(r"^(Reference|Candidate) answer: (.*)$", re.MULTILINE)
 
 Message = tuple[str, str]  # (role, text)
 
@@ -84,6 +95,8 @@ def stable_key(model: str, messages: Sequence[Message], seed: int | None) -> int
 
 
 def _full_content(messages: Sequence[Message], rng: random.Random) -> tuple[str, float]:
+    if any(_JUDGE.search(text) for _, text in messages):
+        return judge_verdict(last_user_text(messages)), 0.0
     router_text = _router_subject(messages)
     if router_text is not None:
         score = difficulty(router_text)
@@ -106,6 +119,24 @@ def last_user_text(messages: Sequence[Message]) -> str:
         if role == "user":
             return text
     return "\n".join(text for _, text in messages)
+
+
+def judge_verdict(text: str) -> str:
+    """YES when the quoted answers share most of their words (see the module docstring)."""
+    quoted: dict[str, str] = {}
+    for which, raw in _JUDGED.findall(text):
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return "NO"
+        if not isinstance(value, str):
+            return "NO"
+        quoted[which] = value
+    if set(quoted) != {"Reference", "Candidate"}:
+        return "NO"
+    ref, cand = (set(re.findall(r"[^\W_]+", quoted[k].lower())) for k in ("Reference", "Candidate"))
+    union = ref | cand
+    return "YES" if union and 2 * len(ref & cand) > len(union) else "NO"
 
 
 def _router_subject(messages: Sequence[Message]) -> str | None:

@@ -249,6 +249,12 @@ def _default_tiers() -> dict[str, TierConfig]:
     }
 
 
+class EvalConfig(_Strict):
+    # `eval agreement`: the tier asked whether an answer that is not an exact match agrees
+    # in meaning with the reference; None: exact match only (--judge overrides it)
+    judge_tier: str | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="forbid", frozen=True)
 
@@ -274,6 +280,7 @@ class Settings(BaseSettings):
     recovery: RecoveryConfig = RecoveryConfig()
     gateway: GatewayConfig = GatewayConfig()
     training: TrainingConfig = TrainingConfig()
+    eval: EvalConfig = EvalConfig()
 
     @classmethod
     def settings_customise_sources(
@@ -318,6 +325,8 @@ class Settings(BaseSettings):
             self.require_tier(name, "[router] fallback")
         if self.router.llm_router_tier is not None:
             self.require_tier(self.router.llm_router_tier, "[router] llm_router_tier")
+        if self.eval.judge_tier is not None:
+            self.require_tier(self.eval.judge_tier, "[eval] judge_tier")
         return self
 
     def require_tier(self, name: str, where: str = "tier") -> TierConfig:

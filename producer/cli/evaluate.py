@@ -29,6 +29,11 @@ def evaluate() -> None:
 )
 @click.option("--limit", type=click.IntRange(1), help="only the job's first N answered prompts")
 @click.option("--max-tokens", type=click.IntRange(1), default=16, show_default=True)
+@click.option(
+    "--judge",
+    "judge_name",
+    help="a tier asked whether each inexact answer agrees in meaning ([eval] judge_tier)",
+)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output (every answer)")
 @handle_errors
 def agreement(
@@ -37,10 +42,12 @@ def agreement(
     reference_file: Path | None,
     limit: int | None,
     max_tokens: int,
+    judge_name: str | None,
     as_json: bool,
 ) -> None:
     """How often --tier answers the reference's prompts as the reference did: exact match
-    after normalisation (case, whitespace and surrounding punctuation ignored), greedy."""
+    after normalisation (case, whitespace and surrounding punctuation ignored), greedy; with a
+    judge tier, the answers that do not match exactly count when the judge says YES."""
     from producer.agreement import measure_agreement
 
     if (job_id is None) == (reference_file is None):
@@ -50,6 +57,7 @@ def agreement(
     result = measure_agreement(
         settings(), engine(), tier_name=tier_name, job_id=job_id,
         reference_file=reference_file, limit=limit, max_tokens=max_tokens,
+        judge_name=judge_name,
     )  # fmt: skip
     if as_json:
         emit_json(result)
@@ -61,9 +69,17 @@ def agreement(
         f"{result['failed_calls']} calls failed",
         markup=False,
     )
+    if result["judge"] is not None:
+        out.print(
+            f"  exact {result['exact']}; judge {result['judge']}: "
+            f"{result['judged_agree']} agree, {result['judged_disagree']} disagree, "
+            f"{result['judge_unparseable']} unparseable, {result['judge_failed']} failed",
+            markup=False,
+        )
     for item in result["disagreements"]:
         out.print(
             f"  #{item['idx']}: reference {item['reference'][:60]!r}, "
-            f"answer {(item['answer'] or '<failed>')[:60]!r}",
+            f"answer {(item['answer'] or '<failed>')[:60]!r}"
+            + (f", judge {item['verdict']}" if "verdict" in item else ""),
             markup=False,
         )
