@@ -78,11 +78,8 @@ async def answer_live(live: LiveRequest, ctx: WorkerContext, *, job_id: int) -> 
     work = WorkItem(
         admitted.prompt_id, job_id, live.messages, live.job, live.request, live.max_wait_s
     )
-    routed = [
-        asyncio.wrap_future(ctx.ledger.submit(Record(job_id, work.prompt_id, attempts)))
-        for attempts in [router_attempts(work.prompt_id, decision, ctx)]
-        if attempts
-    ]
+    attempts = router_attempts(work.prompt_id, decision, ctx)
+    routed = [ctx.ledger.record(Record(job_id, work.prompt_id, attempts))] if attempts else []
     steps: list[tuple[str, Step]] = []
     tier: str | None = decision.tier
     while tier is not None:
@@ -112,7 +109,7 @@ async def _record_disconnect(ctx: WorkerContext, work: WorkItem, tier: str, ms: 
         [attempt_from_error(work.prompt_id, config, error)],
         finish={"status": PromptStatus.FAILED, "final_tier": tier, "error": DISCONNECTED},
     )
-    await asyncio.wrap_future(ctx.ledger.submit(record))
+    await ctx.ledger.record(record)
 
 
 async def _admit(
