@@ -37,34 +37,47 @@ def plot_report(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def _plot_distribution(axes: "Axes", report: dict[str, Any]) -> None:
+Series = tuple[str, list[float], str]  # a name, one value per label, a colour
+
+
+def distribution_series(report: dict[str, Any]) -> tuple[list[str], list[Series]]:
+    """Prompts per tier, routed and final: the labels and the two series (also drawn as SVG
+    by the dashboard, producer/ui/charts.py)."""
     routed, final = report["routed_distribution"], report["final_distribution"]
     tiers = list(dict.fromkeys([*routed, *final]))
-    _grouped_bars(
-        axes,
-        tiers,
-        [
-            ("routed", [routed.get(t, {}).get("count", 0) for t in tiers], ROUTED_COLOUR),
-            ("final", [final.get(t, {}).get("count", 0) for t in tiers], FINAL_COLOUR),
-        ],
-    )
+    return tiers, [
+        ("routed", [routed.get(t, {}).get("count", 0) for t in tiers], ROUTED_COLOUR),
+        ("final", [final.get(t, {}).get("count", 0) for t in tiers], FINAL_COLOUR),
+    ]
+
+
+def latency_series(report: dict[str, Any]) -> tuple[list[str], list[Series]]:
+    """p50 and p95 answer latency per tier. A tier without calls has no latency: NaN, drawn
+    as an empty slot, not as a 0 ms bar that would read as "instant"."""
+    latency = report["latency_ms"]
+    tiers = list(latency)
+    return tiers, [
+        ("p50", [_stat(latency[t], "p50") for t in tiers], ROUTED_COLOUR),
+        ("p95", [_stat(latency[t], "p95") for t in tiers], P95_COLOUR),
+    ]
+
+
+def cost_bars(cost: dict[str, Any]) -> list[tuple[str, float, str]]:
+    """The routed cost beside the all-frontier cost: (label, USD, colour)."""
+    return [
+        ("routed", cost["routed_usd"], ROUTED_COLOUR),
+        (f"all on {cost['frontier_tier']}", cost["all_frontier_usd"], P95_COLOUR),
+    ]
+
+
+def _plot_distribution(axes: "Axes", report: dict[str, Any]) -> None:
+    _grouped_bars(axes, *distribution_series(report))
     axes.set_title("prompts per tier")
     axes.set_ylabel("prompts")
 
 
 def _plot_latency(axes: "Axes", report: dict[str, Any]) -> None:
-    latency = report["latency_ms"]
-    tiers = list(latency)
-    # A tier without calls has no latency: drawn as an empty slot, not as a 0 ms bar that
-    # would read as "instant".
-    _grouped_bars(
-        axes,
-        tiers,
-        [
-            ("p50", [_stat(latency[t], "p50") for t in tiers], ROUTED_COLOUR),
-            ("p95", [_stat(latency[t], "p95") for t in tiers], P95_COLOUR),
-        ],
-    )
+    _grouped_bars(axes, *latency_series(report))
     axes.set_title("answer latency per tier")
     axes.set_ylabel("ms")
 
@@ -73,9 +86,7 @@ def _stat(summary: dict[str, Any] | None, key: str) -> float:
     return float("nan") if summary is None else float(summary[key])
 
 
-def _grouped_bars(
-    axes: "Axes", labels: list[str], series: list[tuple[str, list[float], str]]
-) -> None:
+def _grouped_bars(axes: "Axes", labels: list[str], series: list[Series]) -> None:
     """One group of bars per label, one bar per series, side by side."""
     offsets = [(i - (len(series) - 1) / 2) * BAR_WIDTH for i in range(len(series))]
     for (name, values, colour), offset in zip(series, offsets, strict=True):
@@ -86,15 +97,14 @@ def _grouped_bars(
 
 
 def _plot_cost(axes: "Axes", cost: dict[str, Any]) -> None:
-    labels = ["routed", f"all on {cost['frontier_tier']}"]
-    values = [cost["routed_usd"], cost["all_frontier_usd"]]
-    bars = axes.bar(labels, values, color=[ROUTED_COLOUR, P95_COLOUR])
+    labels, values, colours = zip(*cost_bars(cost), strict=True)
+    bars = axes.bar(labels, values, color=colours)
     axes.bar_label(bars, labels=[f"${v:,.4f}" for v in values])
-    axes.set_title(_cost_title(cost))
+    axes.set_title(cost_title(cost))
     axes.set_ylabel("USD")
 
 
-def _cost_title(cost: dict[str, Any]) -> str:
+def cost_title(cost: dict[str, Any]) -> str:
     if cost["savings_pct"] is None:
         return "cost"
     return f"cost: {cost['savings_pct']:.1f} % saved"

@@ -4,7 +4,7 @@ their shared helpers in `common`."""
 
 import click
 
-from producer.cli import cost, db, evaluate, finetune, jobs, ops, router, student
+from producer.cli import cost, dashboard, db, evaluate, finetune, jobs, ops, router, student
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,5 +14,5 @@ def main() -> None:
 
 
 GROUPS = [router.router, cost.cost, finetune.finetune, student.student, evaluate.evaluate, db.db]
-for command in [*jobs.COMMANDS, *ops.COMMANDS, *GROUPS]:
+for command in [*jobs.COMMANDS, *ops.COMMANDS, *dashboard.COMMANDS, *GROUPS]:
     main.add_command(command)

@@ -43,6 +43,7 @@ from producer.gateway.wire import (
     stream_chunks,
     trace_headers,
 )
+from producer.ui.app import build_ui_app
 from workers import shadow
 from workers.chat import elapsed_ms
 from workers.context import WorkerContext
@@ -128,6 +129,7 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", prometheus)
+    app.add_subapp("/ui", build_ui_app(settings))  # the dashboard, behind the same keys
     return app
 
 

@@ -1,0 +1,1 @@
+"""The web dashboard (`distillery ui`, and `/ui` of `distillery serve`): docs/ui.md."""
