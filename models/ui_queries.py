@@ -42,9 +42,15 @@ class JobRow:
     failed: int
     cancelled: int
     fell_back: int
-    cost_usd: float
     created_at: datetime
     finished_at: datetime | None
+    cost_usd: float | None = None  # the prompts' cost so far, where it was asked for
+
+    @property
+    def version(self) -> tuple[Any, ...]:
+        """What changes whenever the job's aggregates may have (producer.ui.cache)."""
+        counters = (self.total, self.completed, self.failed, self.cancelled, self.fell_back)
+        return (self.status, *counters, self.finished_at)
 
     @property
     def done(self) -> int:
@@ -56,34 +62,28 @@ class JobRow:
 
 
 def job_rows(*, session: Session, limit: int) -> list[JobRow]:
-    """The newest `limit` jobs, newest first, each with the cost of its prompts so far."""
+    """The newest `limit` jobs, newest first (without their cost: `job_cost`)."""
     jobs = session.execute(select(JOBS).order_by(JOBS.c.id.desc()).limit(limit)).all()
-    costs = _costs(session, [job.id for job in jobs])
-    return [_job_row(job, costs.get(job.id, 0.0)) for job in jobs]
+    return [_job_row(job) for job in jobs]
 
 
-def _costs(session: Session, job_ids: Sequence[int]) -> dict[int, float]:
-    if not job_ids:
-        return {}
-    query = (
-        select(PROMPTS.c.job_id, func.coalesce(func.sum(PROMPTS.c.cost_usd), 0.0))
-        .where(PROMPTS.c.job_id.in_(job_ids))
-        .group_by(PROMPTS.c.job_id)
-    )
-    return {int(job_id): float(cost) for job_id, cost in session.execute(query)}
+def job_cost(*, session: Session, job_id: int) -> float:
+    """The cost of a job's prompts so far (a scan of its rows)."""
+    query = select(func.coalesce(func.sum(PROMPTS.c.cost_usd), 0.0))
+    return float(session.execute(query.where(PROMPTS.c.job_id == job_id)).scalar_one())
 
 
-def _job_row(job: Any, cost: float) -> JobRow:
+def _job_row(job: Any) -> JobRow:
     fields = {
         name: getattr(job, name) for name in JobRow.__dataclass_fields__ if name != "cost_usd"
     }
     fields["mode"], fields["status"] = str(job.mode), str(job.status)
-    return JobRow(**fields, cost_usd=cost)
+    return JobRow(**fields)
 
 
 def job_row(*, session: Session, job_id: int) -> JobRow | None:
     job = session.execute(select(JOBS).where(JOBS.c.id == job_id)).first()
-    return None if job is None else _job_row(job, _costs(session, [job_id]).get(job_id, 0.0))
+    return None if job is None else _job_row(job)
 
 
 def status_counts(*, session: Session, job_id: int) -> dict[str, int]:

@@ -16,12 +16,12 @@ from typing import Any
 
 import jinja2
 from aiohttp import web
-from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from models import get_engine
 from producer.gateway.keys import ApiKeys
 from producer.ui import auth, pages
+from producer.ui.cache import JobCache
 from producer.ui.filters import BadFilter
 from producer.ui.pages import PageNotFound
 from workers.settings import Settings
@@ -44,8 +44,7 @@ SECURITY_HEADERS = {
 
 @dataclass(frozen=True)
 class Ui:
-    settings: Settings
-    engine: Engine
+    sources: pages.Sources
     keys: ApiKeys
     prefix: str  # where the app is mounted: every link starts with it
     templates: jinja2.Environment
@@ -71,8 +70,8 @@ def templates() -> jinja2.Environment:
 
 def build_ui_app(settings: Settings, *, prefix: str = "/ui") -> web.Application:
     app = web.Application(middlewares=[html_errors, secured, logged_in])
-    engine = get_engine(settings.database_url)
-    app[UI] = Ui(settings, engine, ApiKeys.from_env(settings), prefix.rstrip("/"), templates())
+    sources = pages.Sources(get_engine(settings.database_url), settings, JobCache())
+    app[UI] = Ui(sources, ApiKeys.from_env(settings), prefix.rstrip("/"), templates())
     app.router.add_get("", index)
     app.router.add_get("/", index)
     app.router.add_get("/login", login_form)
@@ -119,7 +118,7 @@ def _page(build: Callable[..., tuple[str, dict[str, Any]]]) -> Handler:
 
 
 def _build(ui: Ui, build: Callable[..., tuple[str, dict[str, Any]]], args: Any, query: Any) -> str:
-    template, context = build(ui.engine, ui.settings, query=query, **args)
+    template, context = build(ui.sources, query=query, **args)
     return ui.render(template, **context)
 
 
@@ -128,7 +127,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     its row records is ever served, never one from the request."""
     ui = request.app[UI]
     file_id, split = int(request.match_info["file_id"]), request.match_info["split"]
-    path = await asyncio.to_thread(pages.training_file_path, ui.engine, file_id, split)
+    path = await asyncio.to_thread(pages.training_file_path, ui.sources.engine, file_id, split)
     disposition = f'attachment; filename="job-file-{file_id}-{split}.jsonl"'
     return web.FileResponse(path, headers={"Content-Disposition": disposition})
 

@@ -6,7 +6,9 @@
 import json
 import math
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -19,6 +21,7 @@ from models import ui_queries as q
 from models.reports import attempt_count, prompt_usage
 from producer.report import build_report
 from producer.ui import charts
+from producer.ui.cache import JobCache
 from producer.ui.filters import BadFilter, available_filters, conditions, extra_columns
 from workers.settings import Settings
 
@@ -33,26 +36,53 @@ class PageNotFound(LookupError):
     """No such job, prompt, file or run: the page says which."""
 
 
+@dataclass(frozen=True)
+class Sources:
+    """What every page reads from: the database, the configuration (the tiers, in order,
+    for the report), and the aggregates already computed (producer.ui.cache)."""
+
+    engine: Engine
+    settings: Settings
+    cache: JobCache
+
+
 # --- jobs ----------------------------------------------------------------------------------
 
 
-def jobs_page(engine: Engine, settings: Settings, *, query: Mapping[str, str]) -> Any:
-    with Session(engine) as session:
+def jobs_page(src: Sources, *, query: Mapping[str, str]) -> Any:
+    with Session(src.engine) as session:
         jobs = q.job_rows(session=session, limit=JOBS_SHOWN)
-    return "jobs.html", {"jobs": jobs, "refresh": True}
+        costed = [replace(job, cost_usd=_cost(src, session, job)) for job in jobs]
+    return "jobs.html", {"jobs": costed, "refresh": True}
 
 
-def job_page(engine: Engine, settings: Settings, *, query: Mapping[str, str], job_id: str) -> Any:
-    with Session(engine) as session:
+def _cost(src: Sources, session: Session, job: q.JobRow) -> float:
+    compute = partial(q.job_cost, session=session, job_id=job.id)
+    return float(src.cache.get(("cost", job.id), job.version, compute).value)
+
+
+def job_page(src: Sources, *, query: Mapping[str, str], job_id: str) -> Any:
+    with Session(src.engine) as session:
         job = _job(session, int(job_id))
+    entry = src.cache.get(("job", job.id), job.version, partial(_job_aggregates, src, job))
+    return "job.html", {
+        "job": job,
+        **entry.value,
+        "as_of": datetime.fromtimestamp(entry.computed_at, UTC),
+        "refresh": job.status == "running",
+    }
+
+
+def _job_aggregates(src: Sources, job: q.JobRow) -> dict[str, Any]:
+    """Everything on the job page but the job row: its counts, curve, report and charts."""
+    with Session(src.engine) as session:
         counts = q.status_counts(session=session, job_id=job.id)
         curve = q.progress_curve(session=session, job_id=job.id, points=PROGRESS_POINTS)
         usage = prompt_usage(session=session, job_id=job.id)
         calls = attempt_count(session=session, job_id=job.id)
-        report = _report(session, settings, job)
+        report = _report(session, src.settings, job)
         files = q.training_files(session=session, limit=TRAINING_SHOWN, job_id=job.id)
     context = {
-        "job": job,
         "counts": counts,
         "usage": usage,
         "calls": calls,
@@ -60,7 +90,6 @@ def job_page(engine: Engine, settings: Settings, *, query: Mapping[str, str], jo
         "files": files,
         "progress_chart": charts.progress_over_time(curve, job.created_at),
         "status_chart": charts.counts_bars("prompts by status", counts, unit="prompts"),
-        "refresh": job.status == "running",
     }
     if report is not None:
         context |= {
@@ -71,7 +100,7 @@ def job_page(engine: Engine, settings: Settings, *, query: Mapping[str, str], jo
                 "fallbacks by reason", report["fallbacks"]["by_reason"], unit="escalations"
             ),
         }
-    return "job.html", context
+    return context
 
 
 def _job(session: Session, job_id: int) -> q.JobRow:
@@ -91,14 +120,12 @@ def _report(session: Session, settings: Settings, job: q.JobRow) -> dict[str, An
 # --- answers -------------------------------------------------------------------------------
 
 
-def prompts_page(
-    engine: Engine, settings: Settings, *, query: Mapping[str, str], job_id: str
-) -> Any:
+def prompts_page(src: Sources, *, query: Mapping[str, str], job_id: str) -> Any:
     chosen, where = conditions(query)
     after, before = _cursor(query, "after"), _cursor(query, "before")
-    with Session(engine) as session:
+    tiers = list(src.settings.tiers)  # the choices: the configured tiers, in order
+    with Session(src.engine) as session:
         job = _job(session, int(job_id))
-        tiers = q.tier_names(session=session, job_id=job.id)
         page = q.prompt_page(
             session=session,
             job_id=job.id,
@@ -127,10 +154,8 @@ def _cursor(query: Mapping[str, str], name: str) -> int | None:
     return int(value)
 
 
-def prompt_page(
-    engine: Engine, settings: Settings, *, query: Mapping[str, str], prompt_id: str
-) -> Any:
-    with Session(engine) as session:
+def prompt_page(src: Sources, *, query: Mapping[str, str], prompt_id: str) -> Any:
+    with Session(src.engine) as session:
         detail = q.prompt_detail(session=session, prompt_id=int(prompt_id))
     if detail is None:
         raise PageNotFound(f"There is no prompt {prompt_id}.")
@@ -154,18 +179,16 @@ def _role(mode: Any) -> str:
 # --- training ------------------------------------------------------------------------------
 
 
-def training_page(engine: Engine, settings: Settings, *, query: Mapping[str, str]) -> Any:
-    with Session(engine) as session:
+def training_page(src: Sources, *, query: Mapping[str, str]) -> Any:
+    with Session(src.engine) as session:
         files = q.training_files(session=session, limit=TRAINING_SHOWN)
         runs = q.fine_tunes(session=session, limit=TRAINING_SHOWN)
     rejected = [charts.counts_bars("rejected", f.rejected or {}, unit="rows") for f in files]
     return "training.html", {"files": list(zip(files, rejected, strict=True)), "runs": runs}
 
 
-def fine_tune_page(
-    engine: Engine, settings: Settings, *, query: Mapping[str, str], fine_tune_id: str
-) -> Any:
-    with Session(engine) as session:
+def fine_tune_page(src: Sources, *, query: Mapping[str, str], fine_tune_id: str) -> Any:
+    with Session(src.engine) as session:
         run = q.fine_tune(session=session, fine_tune_id=int(fine_tune_id))
     if run is None:
         raise PageNotFound(f"There is no fine-tune {fine_tune_id}.")
