@@ -299,3 +299,43 @@ def test_a_session_expires() -> None:
     assert auth.valid_session(keys, value, now=1000.0 + auth.SESSION_S - 1)
     assert not auth.valid_session(keys, value, now=1000.0 + auth.SESSION_S + 1)
     assert auth.session_for(keys, "not-k") is None
+
+
+def test_served_and_teacher_answers_side_by_side(ui: str, engine: Any) -> None:
+    """A live request and the teacher's shadow answer to it (linked as workers.shadow links
+    them), from either prompt's page."""
+    from models import Job, JobMode, Prompt, PromptStatus
+
+    messages = [{"role": "user", "content": "Is tea a drink?"}]
+    with Session(engine) as session:
+        live, shadow = Job(mode=JobMode.LIVE, name="live-x"), Job(mode=JobMode.SHADOW, name="s")
+        session.add_all([live, shadow])
+        session.flush()
+        answered = {"idx": 0, "messages": messages, "status": PromptStatus.SUCCEEDED}
+        served = Prompt(
+            job_id=live.id, final_tier="small", response="Yes <i>it is</i>.", **answered
+        )
+        session.add(served)
+        session.flush()
+        link_to_live = {"live_prompt_id": served.id, "live_job_id": live.id}
+        teacher = Prompt(
+            job_id=shadow.id,
+            final_tier="frontier",
+            response="Yes, tea is a drink.",
+            meta=link_to_live,
+            **answered,
+        )
+        session.add(teacher)
+        session.commit()
+        ids = served.id, teacher.id
+    for pid in ids:
+        html = get(ui, f"/ui/prompts/{pid}").text
+        block = re.search(r'id="side-by-side">(.*?)</div>\s*</div>\s*\n', html + "\n", re.S)
+        assert block is not None, pid
+        sides = re.findall(
+            r"<h3>([^<]*)<small>.*?<pre class=\"content\">([^<]*)</pre>", block.group(1), re.S
+        )
+        assert [(role.strip(), text) for role, text in sides] == [
+            ("served (live)", "Yes &lt;i&gt;it is&lt;/i&gt;."),
+            ("teacher (shadow)", "Yes, tea is a drink."),
+        ]

@@ -136,7 +136,7 @@ async def download(request: web.Request) -> web.StreamResponse:
 
 
 async def login_form(request: web.Request) -> web.Response:
-    return _html(request.app[UI].render("login.html", error=None))
+    return _html(request.app[UI].render("login.html", error=None, on_login_page=True))
 
 
 async def login(request: web.Request) -> web.Response:

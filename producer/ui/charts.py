@@ -79,10 +79,10 @@ def grouped_bars(
     top = _nice_max(max(values, default=0.0))
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     group_w = plot_w / max(1, len(labels))
-    bar_w = group_w * 0.8 / max(1, len(series))
+    bar_w = min(48.0, group_w * 0.8 / max(1, len(series)))
     body = _axis(top, unit)
     for i, label in enumerate(labels):
-        x0 = LEFT + i * group_w + group_w * 0.1
+        x0 = LEFT + i * group_w + (group_w - bar_w * len(series)) / 2
         for j, (name, vs, colour) in enumerate(series):
             value = vs[i]
             if not math.isfinite(value):
@@ -94,7 +94,7 @@ def grouped_bars(
                 f"<title>{escape(name)} {escape(label)}: {escape(_short(value))}</title></rect>"
             )
         body.append(
-            f'<text class="label" x="{x0 + group_w * 0.4:.1f}" y="{HEIGHT - BOTTOM + 14}" '
+            f'<text class="label" x="{LEFT + (i + 0.5) * group_w:.1f}" y="{HEIGHT - BOTTOM + 14}" '
             f'text-anchor="middle">{escape(label)}</text>'
         )
     body.extend(_legend([(name, colour) for name, _, colour in series]))
