@@ -7,7 +7,11 @@ page is computed once. A running job's changes with every answer; its page is re
 most once per `max(MIN_AGE_S, 2 * the last computation's time)`, and while one thread
 recomputes it, the others serve the previous result (the page says as of when). So a live
 refresh every 2 s of a big running job costs the database one computation at a time, not
-one per open tab."""
+one per open tab.
+
+A page never waits for a recomputation: it shows the previous result while a background
+thread computes the new one. Only a job never computed before makes someone wait — the
+job page then loads at once with its counters and fetches its aggregates as a fragment."""
 
 import threading
 import time
@@ -35,30 +39,53 @@ class JobCache:
         self._lock = threading.Lock()
         self._max = max_jobs
 
-    def get(self, job_id: Hashable, version: Hashable, compute: Callable[[], Any]) -> Entry:
+    def get(self, key: Hashable, version: Hashable, compute: Callable[[], Any]) -> Entry:
+        """The entry for `version` (or a recent or in-progress one's predecessor), computed
+        here if there is none at all."""
+        entry = self.peek(key, version, compute)
+        return entry if entry is not None else self._compute(key, version, compute)
+
+    def peek(
+        self,
+        key: Hashable,
+        version: Hashable,
+        compute: Callable[[], Any],
+        *,
+        start_if_missing: bool = False,
+    ) -> Entry | None:
+        """What is there without waiting: the entry (perhaps of an older version, which is
+        then recomputed in a background thread), or None: nothing computed yet (started in
+        the background too with `start_if_missing`)."""
         with self._lock:
-            entry = self._entries.get(job_id)
-            if entry is not None and self._usable(job_id, entry, version):
-                self._entries.move_to_end(job_id)
+            entry = self._entries.get(key)
+            if entry is not None and self._usable(key, entry, version):
                 return entry
-            self._busy.add(job_id)
+            if entry is None and (not start_if_missing or key in self._busy):
+                return None
+            self._busy.add(key)
+        threading.Thread(
+            target=self._compute, args=(key, version, compute), name="ui-cache", daemon=True
+        ).start()
+        return entry
+
+    def _compute(self, key: Hashable, version: Hashable, compute: Callable[[], Any]) -> Entry:
         try:
             started = time.perf_counter()
             value = compute()
             entry = Entry(version, value, time.time(), time.perf_counter() - started)
         finally:
             with self._lock:
-                self._busy.discard(job_id)
+                self._busy.discard(key)
         with self._lock:
-            self._entries[job_id] = entry
-            self._entries.move_to_end(job_id)
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)
         return entry
 
-    def _usable(self, job_id: Hashable, entry: Entry, version: Hashable) -> bool:
+    def _usable(self, key: Hashable, entry: Entry, version: Hashable) -> bool:
         if entry.version == version:
             return True
-        if job_id in self._busy:  # another thread is recomputing it: the last one will do
+        if key in self._busy:  # another thread is recomputing it: the last one will do
             return True
         return time.time() - entry.computed_at < max(MIN_AGE_S, 2 * entry.took_s)

@@ -21,7 +21,7 @@ from models import ui_queries as q
 from models.reports import attempt_count, prompt_usage
 from producer.report import build_report
 from producer.ui import charts
-from producer.ui.cache import JobCache
+from producer.ui.cache import Entry, JobCache
 from producer.ui.filters import BadFilter, available_filters, conditions, extra_columns
 from workers.settings import Settings
 
@@ -52,25 +52,43 @@ class Sources:
 def jobs_page(src: Sources, *, query: Mapping[str, str]) -> Any:
     with Session(src.engine) as session:
         jobs = q.job_rows(session=session, limit=JOBS_SHOWN)
-        costed = [replace(job, cost_usd=_cost(src, session, job)) for job in jobs]
+    costed = [replace(job, cost_usd=_cost(src, job)) for job in jobs]
     return "jobs.html", {"jobs": costed, "refresh": True}
 
 
-def _cost(src: Sources, session: Session, job: q.JobRow) -> float:
-    compute = partial(q.job_cost, session=session, job_id=job.id)
-    return float(src.cache.get(("cost", job.id), job.version, compute).value)
+def _cost(src: Sources, job: q.JobRow) -> float | None:
+    """The job's cost, if computed already; else None, and it is computed in the background
+    (the list refreshes itself every 2 s and shows it then)."""
+    compute = partial(_job_cost, src, job.id)
+    entry = src.cache.peek(("cost", job.id), job.version, compute, start_if_missing=True)
+    return None if entry is None else float(entry.value)
+
+
+def _job_cost(src: Sources, job_id: int) -> float:
+    with Session(src.engine) as session:
+        return q.job_cost(session=session, job_id=job_id)
 
 
 def job_page(src: Sources, *, query: Mapping[str, str], job_id: str) -> Any:
+    """The job at once (its row's counters); its aggregates inline when computed already,
+    else fetched by the page from `job_aggregates_page` (producer.ui.cache)."""
+    with Session(src.engine) as session:
+        job = _job(session, int(job_id))
+    entry = src.cache.peek(("job", job.id), job.version, partial(_job_aggregates, src, job))
+    return "job.html", {"job": job, "agg": _shown(entry), "refresh": job.status == "running"}
+
+
+def job_aggregates_page(src: Sources, *, query: Mapping[str, str], job_id: str) -> Any:
     with Session(src.engine) as session:
         job = _job(session, int(job_id))
     entry = src.cache.get(("job", job.id), job.version, partial(_job_aggregates, src, job))
-    return "job.html", {
-        "job": job,
-        **entry.value,
-        "as_of": datetime.fromtimestamp(entry.computed_at, UTC),
-        "refresh": job.status == "running",
-    }
+    return "job_aggregates_fragment.html", {"job": job, "agg": _shown(entry)}
+
+
+def _shown(entry: Entry | None) -> dict[str, Any] | None:
+    if entry is None:
+        return None
+    return {**entry.value, "as_of": datetime.fromtimestamp(entry.computed_at, UTC)}
 
 
 def _job_aggregates(src: Sources, job: q.JobRow) -> dict[str, Any]:
@@ -212,6 +230,7 @@ def training_file_path(engine: Engine, file_id: int, split: str) -> Path:
 PAGES: dict[str, Callable[..., Any]] = {
     "/jobs": jobs_page,
     "/jobs/{job_id:\\d+}": job_page,
+    "/jobs/{job_id:\\d+}/aggregates": job_aggregates_page,
     "/jobs/{job_id:\\d+}/prompts": prompts_page,
     "/prompts/{prompt_id:\\d+}": prompt_page,
     "/training": training_page,
