@@ -4,9 +4,10 @@ the same page of a 1,000-prompt job in the same run (the ratio says how it scale
 The jobs are written straight into the ledger through the models (tests.helpers.ledger_job:
 prompts, one attempt per call, a fallback per escalation), then `distillery ui` serves them
 as a separate process and each page is fetched over HTTP, whole, several times; the median
-is reported. Target: every page under a second. A job's figures (the report, the charts) are computed
-once per job version (producer.ui.cache): the job page comes at once and fetches them as a
-fragment, so that fragment's first load is the one computation, and reported as such.
+is reported. Target: every page under a second. A job's figures (the report, the charts)
+are computed once per job version (producer.ui.cache): the job page comes at once and
+fetches them as a fragment, so that fragment's first load is the one computation, and is
+reported as such.
 
     python -m bench.ui [--prompts 100000] [--quick] [--no-postgres]
 """

@@ -349,3 +349,15 @@ def test_served_and_teacher_answers_side_by_side(ui: str, engine: Any) -> None:
             ("served (live)", "Yes &lt;i&gt;it is&lt;/i&gt;."),
             ("teacher (shadow)", "Yes, tea is a drink."),
         ]
+
+
+def test_an_unreachable_database_is_a_503_page(tmp_path: Path, use_config: Any) -> None:
+    from workers.settings import get_settings
+
+    nowhere = "postgresql://postgres@127.0.0.1:9/nowhere"  # nothing listens on port 9
+    use_config(
+        write_config(tmp_path / "ui.toml", base_url="http://127.0.0.1:9/v1", database_url=nowhere)
+    )
+    with ui_server(get_settings()) as url:
+        page = get(url, "/ui/jobs")
+    assert page.status_code == 503 and "The database is unreachable" in page.text
