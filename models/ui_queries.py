@@ -313,6 +313,13 @@ def training_files(*, session: Session, limit: int, job_id: int | None = None) -
     return list(session.execute(query).all())
 
 
+def newest_training_file_id(*, session: Session, job_id: int) -> int | None:
+    """The job's newest training file (its index): a `distillery reduce` after the job
+    finished changes the job page too."""
+    query = select(func.max(TRAINING_FILES.c.id)).where(TRAINING_FILES.c.job_id == job_id)
+    return session.execute(query).scalar()
+
+
 def training_file(*, session: Session, file_id: int) -> Any | None:
     query = select(TRAINING_FILES).where(TRAINING_FILES.c.id == file_id)
     return session.execute(query).first()

@@ -74,15 +74,21 @@ def job_page(src: Sources, *, query: Mapping[str, str], job_id: str) -> Any:
     else fetched by the page from `job_aggregates_page` (producer.ui.cache)."""
     with Session(src.engine) as session:
         job = _job(session, int(job_id))
-    entry = src.cache.peek(("job", job.id), job.version, partial(_job_aggregates, src, job))
+        version = _version(session, job)
+    entry = src.cache.peek(("job", job.id), version, partial(_job_aggregates, src, job))
     return "job.html", {"job": job, "agg": _shown(entry), "refresh": job.status == "running"}
 
 
 def job_aggregates_page(src: Sources, *, query: Mapping[str, str], job_id: str) -> Any:
     with Session(src.engine) as session:
         job = _job(session, int(job_id))
-    entry = src.cache.get(("job", job.id), job.version, partial(_job_aggregates, src, job))
+        version = _version(session, job)
+    entry = src.cache.get(("job", job.id), version, partial(_job_aggregates, src, job))
     return "job_aggregates_fragment.html", {"job": job, "agg": _shown(entry)}
+
+
+def _version(session: Session, job: q.JobRow) -> tuple[Any, ...]:
+    return (*job.version, q.newest_training_file_id(session=session, job_id=job.id))
 
 
 def _shown(entry: Entry | None) -> dict[str, Any] | None:
