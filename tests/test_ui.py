@@ -4,6 +4,7 @@ that cover every row once, the filters, bad input, escaping, the login and the d
 (The browser's view is tests/test_ui_browser.py.)"""
 
 import hashlib
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -361,3 +362,35 @@ def test_an_unreachable_database_is_a_503_page(tmp_path: Path, use_config: Any) 
     with ui_server(get_settings()) as url:
         page = get(url, "/ui/jobs")
     assert page.status_code == 503 and "The database is unreachable" in page.text
+
+
+def test_distillery_ui_serves_alone(tmp_path: Path, sqlite_url: str) -> None:
+    """`distillery ui` as a user starts it: its own process, on 127.0.0.1."""
+    import subprocess
+    import sys
+
+    from tests.helpers.services import free_port
+
+    engine = make_engine(sqlite_url)
+    job = write_route_job(engine, 3, seed=1)
+    config = write_config(
+        tmp_path / "ui.toml", base_url="http://127.0.0.1:9/v1", database_url=sqlite_url
+    )
+    port = free_port()
+    env = {**os.environ, "DISTILLERY_CONFIG": str(config)}
+    env.pop("DISTILLERY_GATEWAY_KEYS", None)
+    command = [sys.executable, "-m", "producer.cli", "ui", "--port", str(port)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(300):
+            try:
+                page = httpx.get(f"http://127.0.0.1:{port}/", follow_redirects=True, timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert page.status_code == 200 and page.url.path == "/ui/jobs"
+        assert f'data-job="{job.job_id}"' in page.text
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0].decode()
+    assert f"dashboard on http://127.0.0.1:{port}/ui" in output
