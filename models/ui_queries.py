@@ -56,10 +56,6 @@ class JobRow:
     def done(self) -> int:
         return self.completed + self.failed + self.cancelled
 
-    @property
-    def progress(self) -> float:
-        return self.done / self.total if self.total else 0.0
-
 
 def job_rows(*, session: Session, limit: int) -> list[JobRow]:
     """The newest `limit` jobs, newest first (without their cost: `job_cost`)."""
@@ -243,15 +239,6 @@ def text_search(query: str) -> ColumnElement[bool]:
     return PROMPTS.c.response.icontains(query, autoescape=True) | cast(
         PROMPTS.c.messages, String
     ).icontains(query, autoescape=True)
-
-
-def tier_names(*, session: Session, job_id: int) -> list[str]:
-    """The tiers a job's prompts were routed to or answered on, for the filter's choices."""
-    tiers: set[str] = set()
-    for column in (PROMPTS.c.routed_tier, PROMPTS.c.final_tier):
-        query = select(column).where(PROMPTS.c.job_id == job_id, column.is_not(None)).distinct()
-        tiers.update(str(tier) for tier in session.execute(query).scalars())
-    return sorted(tiers)
 
 
 # --- one prompt ----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from producer.cli.common import console, engine, handle_errors, settings
 from producer.cli.ops import listen_host
 
 DEFAULT_UI_PORT = 8050
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 @click.command("ui")
@@ -21,8 +22,14 @@ def ui(host: str, port: int) -> None:
 
     conf = settings()
     engine()  # SQLite's tables are created here; PostgreSQL's by `distillery db upgrade`
-    keys = "asks for a gateway key" if conf.gateway.api_keys() else "no login: no gateway keys set"
+    keyed = bool(conf.gateway.api_keys())
+    keys = "asks for a gateway key" if keyed else "no login: no gateway keys set"
     console.print(f"dashboard on http://{host}:{port}/ui ({keys}; Ctrl-C to stop)")
+    if not keyed and host not in LOCAL_HOSTS:
+        console.print(
+            f"[yellow]warning: anyone who reaches {host}:{port} sees every prompt and answer; "
+            f"set {conf.gateway.api_keys_env} to ask for a key[/]"
+        )
     web.run_app(build_standalone_app(conf), host=host, port=port, print=None, access_log=None)
 
 

@@ -27,9 +27,8 @@ class Filter:
     kind: str  # "choice" (a select), "text" or "number" (an input)
     condition: Callable[[str], ColumnElement[bool]]
     column: str | None = None  # the prompts column it needs; None: always available
-    # Fixed choices (value, label); or None: `choices_from` the job's own values.
+    # A choice's values (value, label); None for a choice: the configured tiers.
     choices: tuple[tuple[str, str], ...] | None = None
-    choices_from: str | None = None  # "tiers": the job's tiers
 
     @property
     def available(self) -> bool:
@@ -63,7 +62,6 @@ def _column(name: str) -> Any:
 
 
 YES_NO = (("yes", "yes"), ("no", "no"))
-TIERS: dict[str, Any] = {"choices_from": "tiers"}
 FILTERS: tuple[Filter, ...] = (
     Filter(
         "status",
@@ -72,8 +70,8 @@ FILTERS: tuple[Filter, ...] = (
         _status,
         choices=tuple((s.value, s.value) for s in PromptStatus),
     ),
-    Filter("routed", "routed tier", "choice", lambda v: PROMPTS.c.routed_tier == v, **TIERS),
-    Filter("tier", "final tier", "choice", lambda v: PROMPTS.c.final_tier == v, **TIERS),
+    Filter("routed", "routed tier", "choice", lambda v: PROMPTS.c.routed_tier == v, choices=None),
+    Filter("tier", "final tier", "choice", lambda v: PROMPTS.c.final_tier == v, choices=None),
     Filter(
         "fell_back",
         "fell back",
