@@ -53,6 +53,8 @@ def pages(job_id: int, prompts: int, prompt_id: int) -> dict[str, str]:
         "answers, failed only": f"/ui/jobs/{job_id}/prompts?status=failed",
         "answers, fell back on small": f"/ui/jobs/{job_id}/prompts?fell_back=yes&routed=small",
         "answers, text search": f"/ui/jobs/{job_id}/prompts?q=from+medium",
+        # The worst case: a search that matches nothing reads every row of the job.
+        "answers, text search matching nothing": f"/ui/jobs/{job_id}/prompts?q=no+such+text",
         "a prompt": f"/ui/prompts/{prompt_id}",
     }
 
