@@ -13,15 +13,19 @@ A page never waits for a recomputation: it shows the previous result while a bac
 thread computes the new one. Only a job never computed before makes someone wait — the
 job page then loads at once with its counters and fetches its aggregates as a fragment."""
 
+import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 MIN_AGE_S = 2.0
 MAX_JOBS = 64
+BACKGROUND = 2
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,9 @@ class JobCache:
         self._busy: set[Hashable] = set()
         self._lock = threading.Lock()
         self._max = max_jobs
+        # At most BACKGROUND computations at a time, however many jobs a list shows: the
+        # rest wait their turn instead of taking every database connection at once.
+        self._pool = ThreadPoolExecutor(BACKGROUND, thread_name_prefix="ui-cache")
 
     def get(self, key: Hashable, version: Hashable, compute: Callable[[], Any]) -> Entry:
         """The entry for `version` (or a recent or in-progress one's predecessor), computed
@@ -63,24 +70,34 @@ class JobCache:
             if entry is None and (not start_if_missing or key in self._busy):
                 return None
             self._busy.add(key)
-        threading.Thread(
-            target=self._compute, args=(key, version, compute), name="ui-cache", daemon=True
-        ).start()
+        self._pool.submit(self._compute_quietly, key, version, compute)
         return entry
 
-    def _compute(self, key: Hashable, version: Hashable, compute: Callable[[], Any]) -> Entry:
+    def _compute_quietly(
+        self, key: Hashable, version: Hashable, compute: Callable[[], Any]
+    ) -> None:
+        """In the background: a failure (the database gone) leaves the old entry, and the
+        next page that asks tries again."""
         try:
-            started = time.perf_counter()
+            self._compute(key, version, compute)
+        except Exception as exc:
+            log.warning("ui: could not compute %s: %s: %s", key, type(exc).__name__, exc)
+
+    def _compute(self, key: Hashable, version: Hashable, compute: Callable[[], Any]) -> Entry:
+        started = time.perf_counter()
+        try:
             value = compute()
-            entry = Entry(version, value, time.time(), time.perf_counter() - started)
-        finally:
+        except BaseException:
             with self._lock:
                 self._busy.discard(key)
-        with self._lock:
+            raise
+        entry = Entry(version, value, time.time(), time.perf_counter() - started)
+        with self._lock:  # stored and no longer busy in one step: never seen half-done
             self._entries[key] = entry
             self._entries.move_to_end(key)
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)
+            self._busy.discard(key)
         return entry
 
     def _usable(self, key: Hashable, entry: Entry, version: Hashable) -> bool:
