@@ -34,6 +34,7 @@ from producer.gateway.wire import (
     ROUTE_MODEL,
     ApiError,
     ChatCall,
+    Relayed,
     all_failed,
     bad_request,
     completion_body,
@@ -41,13 +42,21 @@ from producer.gateway.wire import (
     parse_chat,
     sse,
     stream_chunks,
+    stream_error,
     trace_headers,
 )
 from workers import shadow
 from workers.chat import elapsed_ms
 from workers.context import WorkerContext
 from workers.job_settings import RouteSettings
-from workers.live import LiveOutcome, LiveRequest, answer_live, open_live_job
+from workers.live import (
+    LiveOutcome,
+    LiveRequest,
+    StreamBroken,
+    answer_live,
+    open_live_job,
+    relay,
+)
 from workers.routers import RouterError
 from workers.settings import Settings
 
@@ -283,12 +292,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         tier,
         meta,
         gateway.settings.gateway.max_queue_s,
+        gateway.settings.gateway.stream_holdback_tokens if call.stream else None,
     )
     with services_up():
         job_id = await _live_job(gateway, request.headers.get(JOB_HEADER))
         outcome = await _answer(live, gateway, job_id)
     if outcome.completion is None:
         raise all_failed(outcome) if outcome.failures else stopped(outcome)
+    if outcome.held is not None:
+        return await relay_answer(request, call, live, outcome, started)
     gateway.maybe_shadow(live, outcome)
     if call.stream:
         return await stream_answer(request, call, outcome, started)
@@ -305,13 +317,7 @@ async def stream_answer(
     confidence was known, so what streams is the final tier's only (an escalation is
     invisible), and the whole decision trace fits in the headers. The time it was held is
     the time to first byte (`x-distillery-held-ms`)."""
-    headers = {
-        **trace_headers(outcome),
-        "Content-Type": "text/event-stream",
-        "Cache-Control": "no-cache",
-        "x-distillery-held-ms": f"{elapsed_ms(started):.1f}",
-    }
-    response = web.StreamResponse(headers=headers)
+    response = web.StreamResponse(headers=stream_headers(outcome, started))
     await response.prepare(request)
     first_byte = elapsed_ms(started) / 1000
     # The answer is whole by now: one write of all its chunks (a write per token would cost
@@ -322,6 +328,51 @@ async def stream_answer(
     total = elapsed_ms(started) / 1000
     metrics.observe_outcome(outcome, total_s=total, first_byte_s=first_byte, stream=True)
     return response
+
+
+async def relay_answer(
+    request: web.Request, call: ChatCall, live: LiveRequest, outcome: LiveOutcome, started: float
+) -> web.StreamResponse:
+    """The hold-back cascade on the first `stream_holdback_tokens` tokens: the kept tier's
+    held tokens at once, then the rest as the tier sends it (`workers.live.relay`). If the
+    tier fails after tokens were sent, the stream ends with an error event (the SDK raises
+    `APIError`) and no `[DONE]`; the prompt is recorded failed with what came."""
+    assert outcome.held is not None
+    gateway = request.app[GATEWAY]
+    response = web.StreamResponse(headers=stream_headers(outcome, started))
+    relayed = Relayed(call, outcome)
+
+    async def send(events: list[dict[str, Any]]) -> None:
+        if not response.prepared:
+            await response.prepare(request)
+            relayed.first_byte_s = elapsed_ms(started) / 1000
+        body = b"".join(sse(chunk) for chunk in relayed.chunks(events))
+        if body:
+            await response.write(body)
+
+    with services_up():
+        try:
+            whole = await relay(gateway.ctx, outcome.held, send)
+        except StreamBroken as broken:
+            await response.write(sse(stream_error(str(broken)).body()))
+            whole = None
+        else:
+            await response.write(sse("[DONE]"))  # after the answer's commit
+    await response.write_eof()
+    total = elapsed_ms(started) / 1000
+    metrics.observe_outcome(outcome, total_s=total, first_byte_s=relayed.first_byte_s, stream=True)
+    if whole is not None:
+        gateway.maybe_shadow(live, dataclasses.replace(outcome, completion=whole))
+    return response
+
+
+def stream_headers(outcome: LiveOutcome, started: float) -> dict[str, str]:
+    return {
+        **trace_headers(outcome),
+        "Content-Type": "text/event-stream",
+        "Cache-Control": "no-cache",
+        "x-distillery-held-ms": f"{elapsed_ms(started):.1f}",
+    }
 
 
 @contextmanager
