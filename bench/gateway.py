@@ -11,6 +11,7 @@ tier by name (`model = "frontier"`: limits, ledger and trace, no router) and for
 The gateway records every request in its ledger (SQLite here, or --database postgres).
 
     python -m bench.gateway [--seconds 15] [--requests 300] [--processes 1] [--quick]
+                            [--py-spy DIR]   (then: python -m bench.pyspy_summary DIR)
 
 Targets (issue 12): added p50 <= 3 ms, p99 <= 15 ms, throughput >= 0.8x direct.
 """
@@ -46,6 +47,7 @@ from bench.common import (
     stop_process,
     write_worker_config,
 )
+from bench.pipeline_vs_direct import PySpy
 
 BENCH = "gateway"
 LATENCY_MS = 200
@@ -91,11 +93,15 @@ class GatewayProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1/chat/completions"
 
-    def cpu_seconds(self) -> float:
-        """The server's CPU: the process itself and its server processes, if any."""
+    def pids(self) -> list[int]:
+        """The process itself and its server processes, if any."""
         pid = self.process.pid
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        return sum(cpu_seconds(p) for p in [pid, *map(int, children)])
+        return [pid, *map(int, children)]
+
+    def cpu_seconds(self) -> float:
+        """The server's CPU."""
+        return sum(cpu_seconds(p) for p in self.pids())
 
     def stop(self) -> None:
         stop_process(self.process)
@@ -162,7 +168,7 @@ async def measure(
         routed = await poster(session, gateway.url, "route")
         await added_latency(direct, by_tier, routed, args.requests)
         for clients in CONCURRENCY:
-            await throughput(direct, by_tier, gateway, clients, args.seconds)
+            await throughput(direct, by_tier, gateway, clients, args.seconds, args.py_spy)
         await streaming(session, sim, gateway, holdback, 10 if args.quick else STREAM_REQUESTS)
 
 
@@ -192,13 +198,20 @@ async def added_latency(direct: Post, by_tier: Post, routed: Post, count: int) -
 
 
 async def throughput(
-    direct: Post, by_tier: Post, gateway: GatewayProcess, clients: int, seconds: float
+    direct: Post,
+    by_tier: Post,
+    gateway: GatewayProcess,
+    clients: int,
+    seconds: float,
+    py_spy: Path | None = None,
 ) -> None:
     base = await closed_loop(direct, clients, seconds)
     cpu_before = gateway.cpu_seconds()
+    profiler = PySpy(py_spy, f"gateway-c{clients}", gateway.pids())
     started = time.perf_counter()
     rate = await closed_loop(by_tier, clients, seconds)
     requests = rate * (time.perf_counter() - started)
+    profiler.stop()
     cpu_ms = (gateway.cpu_seconds() - cpu_before) / requests * 1000
     ratio = rate / base
     report(
@@ -288,6 +301,12 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--quick", action="store_true", help="5 s phases, 60 requests")
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        help="record the gateway with py-spy during the throughput runs into DIR (a profile "
+        "run: py-spy's own CPU makes its figures worse)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.requests = 5.0, 60
