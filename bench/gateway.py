@@ -1,7 +1,9 @@
 """The live gateway against the simulator at 200 ms, and the same client calling the
 simulator directly, in the same run: the latency the gateway adds (p50/p99, one request at
 a time), requests/s at 50 and 200 concurrent clients, the gateway's CPU per request, and a
-streaming run's time to first byte.
+streaming run's time to first byte (the simulator streaming at 100 tokens/s) against the
+direct stream's: the whole answer held, and `stream_holdback_tokens = 8` (a second gateway
+process, two tiers and the rules router).
 
 The client is one aiohttp session (cheap per request, so it is not what is measured), the
 same for both sides; the direct side asks for the tier's model, the gateway side for the
@@ -9,6 +11,7 @@ tier by name (`model = "frontier"`: limits, ledger and trace, no router) and for
 The gateway records every request in its ledger (SQLite here, or --database postgres).
 
     python -m bench.gateway [--seconds 15] [--requests 300] [--processes 1] [--quick]
+                            [--py-spy DIR]   (then: python -m bench.pyspy_summary DIR)
 
 Targets (issue 12): added p50 <= 3 ms, p99 <= 15 ms, throughput >= 0.8x direct.
 """
@@ -36,6 +39,7 @@ from bench.common import (
     flush_bench_redis,
     free_port,
     fresh_engine,
+    http_json,
     machine_summary,
     report,
     say,
@@ -43,22 +47,27 @@ from bench.common import (
     stop_process,
     write_worker_config,
 )
+from bench.pipeline_vs_direct import PySpy
 
 BENCH = "gateway"
 LATENCY_MS = 200
 CONCURRENCY = (50, 200)
 MESSAGES = [{"role": "user", "content": "Explain compound interest to a student, briefly."}]
 TARGET_P50_MS, TARGET_P99_MS, TARGET_THROUGHPUT = 3.0, 15.0, 0.8
+# The streaming run: the tier's pace after its first token, the tokens held back, streams.
+STREAM_TOKENS_PER_S = 100
+HOLDBACK = 8
+STREAM_REQUESTS = 40
 
 Post = Callable[[], Awaitable[float]]
 
 
 class GatewayProcess:
-    def __init__(self, config: Path, workdir: Path, processes: int) -> None:
+    def __init__(self, config: Path, workdir: Path, processes: int, name: str = "gateway") -> None:
         import os
 
         self.port = free_port()
-        self.log = (workdir / "gateway.log").open("wb")
+        self.log = (workdir / f"{name}.log").open("wb")
         env = {**os.environ, "DISTILLERY_CONFIG": str(config), "REDIS_URL": BENCH_REDIS_URL}
         env.pop("DATABASE_URL", None)
         command = [PYTHON, "-m", "producer.cli", "serve", "--port", str(self.port)]
@@ -84,11 +93,15 @@ class GatewayProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1/chat/completions"
 
-    def cpu_seconds(self) -> float:
-        """The server's CPU: the process itself and its server processes, if any."""
+    def pids(self) -> list[int]:
+        """The process itself and its server processes, if any."""
         pid = self.process.pid
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        return sum(cpu_seconds(p) for p in [pid, *map(int, children)])
+        return [pid, *map(int, children)]
+
+    def cpu_seconds(self) -> float:
+        """The server's CPU."""
+        return sum(cpu_seconds(p) for p in self.pids())
 
     def stop(self) -> None:
         stop_process(self.process)
@@ -143,7 +156,9 @@ async def closed_loop(post: Post, clients: int, seconds: float) -> float:
     return done / (time.perf_counter() - started)
 
 
-async def measure(sim: SimulatorProcess, gateway: GatewayProcess, args: Any) -> None:
+async def measure(
+    sim: SimulatorProcess, gateway: GatewayProcess, holdback: GatewayProcess, args: Any
+) -> None:
     import aiohttp
 
     connector = aiohttp.TCPConnector(limit=0)
@@ -153,8 +168,8 @@ async def measure(sim: SimulatorProcess, gateway: GatewayProcess, args: Any) -> 
         routed = await poster(session, gateway.url, "route")
         await added_latency(direct, by_tier, routed, args.requests)
         for clients in CONCURRENCY:
-            await throughput(direct, by_tier, gateway, clients, args.seconds)
-        await streaming(session, direct, gateway, args.requests)
+            await throughput(direct, by_tier, gateway, clients, args.seconds, args.py_spy)
+        await streaming(session, sim, gateway, holdback, 10 if args.quick else STREAM_REQUESTS)
 
 
 async def added_latency(direct: Post, by_tier: Post, routed: Post, count: int) -> None:
@@ -183,13 +198,20 @@ async def added_latency(direct: Post, by_tier: Post, routed: Post, count: int) -
 
 
 async def throughput(
-    direct: Post, by_tier: Post, gateway: GatewayProcess, clients: int, seconds: float
+    direct: Post,
+    by_tier: Post,
+    gateway: GatewayProcess,
+    clients: int,
+    seconds: float,
+    py_spy: Path | None = None,
 ) -> None:
     base = await closed_loop(direct, clients, seconds)
     cpu_before = gateway.cpu_seconds()
+    profiler = PySpy(py_spy, f"gateway-c{clients}", gateway.pids())
     started = time.perf_counter()
     rate = await closed_loop(by_tier, clients, seconds)
     requests = rate * (time.perf_counter() - started)
+    profiler.stop()
     cpu_ms = (gateway.cpu_seconds() - cpu_before) / requests * 1000
     ratio = rate / base
     report(
@@ -209,25 +231,67 @@ async def throughput(
     )
 
 
-async def streaming(session: Any, direct: Post, gateway: GatewayProcess, count: int) -> None:
-    """The simulator does not stream: the baseline is the direct answer's whole latency,
-    the gateway's figure the time to the first byte of its held-back stream."""
-    stream = await poster(session, gateway.url, TIER, stream=True)
-    base = statistics.median(await sequential(direct, count // 2))
-    ttfb = statistics.median(await sequential(stream, count // 2))
-    report(
-        Figure(
-            BENCH,
-            "stream time to first byte p50",
-            ttfb,
-            "ms",
-            baseline=base,
-            baseline_name="direct non-streamed answer p50",
-            ratio=ttfb / base,
-            ratio_name="ttfb/direct",
-            note="the whole answer is held back until its confidence is known",
+async def streaming(
+    session: Any,
+    sim: SimulatorProcess,
+    gateway: GatewayProcess,
+    holdback: GatewayProcess,
+    count: int,
+) -> None:
+    """Time to first byte of a streamed answer, the tier streaming at STREAM_TOKENS_PER_S:
+    the direct stream's, and the gateway's holding back the whole answer (the default), the
+    first HOLDBACK tokens (`model = route`: the routed tier can still escalate), and a
+    tier by name under the same setting (nothing to escalate to: it holds one token)."""
+    http_json(f"{sim.url}/admin/config", {"model": None, "tokens_per_s": STREAM_TOKENS_PER_S})
+    direct = await poster(session, sim.base_url + "/chat/completions", MODEL, stream=True)
+    runs = [
+        ("whole answer held", await poster(session, gateway.url, TIER, stream=True)),
+        (
+            f"first {HOLDBACK} tokens held, model=route",
+            await poster(session, holdback.url, "route", stream=True),
+        ),
+        (
+            f"stream_holdback_tokens={HOLDBACK}, model={TIER} (1 token held)",
+            await poster(session, holdback.url, TIER, stream=True),
+        ),
+    ]
+    samples = {"direct": []}  # type: dict[str, list[float]]
+    for _ in range(2):  # interleaved halves, as for the added latency
+        samples["direct"] += await sequential(direct, count // 2)
+        for name, post in runs:
+            samples.setdefault(name, [])
+            samples[name] += await sequential(post, count // 2)
+    base = statistics.median(samples["direct"])
+    for name, _ in runs:
+        ttfb = statistics.median(samples[name])
+        report(
+            Figure(
+                BENCH,
+                f"stream time to first byte p50, {name}",
+                ttfb,
+                "ms",
+                baseline=base,
+                baseline_name="direct stream p50",
+                ratio=ttfb / base,
+                ratio_name="ttfb/direct",
+                note=f"{len(samples[name])} streams one at a time; the tier at "
+                f"{LATENCY_MS} ms to its first token, then {STREAM_TOKENS_PER_S} tokens/s",
+            )
         )
+
+
+def holdback_config(workdir: Path, sim: SimulatorProcess, url: str) -> Path:
+    """Two tiers, the rules router, and `stream_holdback_tokens`: the routed tier has a
+    tier to escalate to, so its first HOLDBACK tokens are held."""
+    config = write_worker_config(
+        workdir / "holdback.toml", base_url=sim.base_url, database_url=url, tiers=("medium", TIER)
     )
+    with config.open("a", encoding="utf-8") as file:
+        file.write(
+            f'[router]\nstrategy = "rules"\nfallback = ["{TIER}"]\n'
+            f"[gateway]\nstream_holdback_tokens = {HOLDBACK}\n"
+        )
+    return config
 
 
 def main() -> None:
@@ -237,6 +301,12 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--quick", action="store_true", help="5 s phases, 60 requests")
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        help="record the gateway with py-spy during the throughput runs into DIR (a profile "
+        "run: py-spy's own CPU makes its figures worse)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.requests = 5.0, 60
@@ -252,10 +322,12 @@ def main() -> None:
                 workdir / "distillery.toml", base_url=sim.base_url, database_url=url
             )
             gateway = GatewayProcess(config, workdir, args.processes)
+            holdback = GatewayProcess(holdback_config(workdir, sim, url), workdir, 1, "holdback")
             try:
-                asyncio.run(measure(sim, gateway, args))
+                asyncio.run(measure(sim, gateway, holdback, args))
             finally:
                 gateway.stop()
+                holdback.stop()
 
 
 if __name__ == "__main__":

@@ -102,11 +102,14 @@ def admit_prompts(*, conn: Connection, rows: Sequence[AdmitRow]) -> list[Admissi
         for k, position in enumerate(positions):
             idx[position] = int(total) - len(positions) + k
     values = [_prompt_values(row, idx[n]) for n, row in enumerate(rows)]
-    inserted = conn.execute(
-        insert(PROMPTS).values(values).returning(PROMPTS.c.id, PROMPTS.c.job_id, PROMPTS.c.idx)
-    )
-    ids = {(job_id, i): int(pid) for pid, job_id, i in inserted}
-    return [Admission(ids[(row.job_id, idx[n])], idx[n]) for n, row in enumerate(rows)]
+    # An executemany of one cached statement (SQLAlchemy batches it into multi-row INSERTs
+    # with RETURNING in parameter order), not a multi-VALUES statement compiled anew for
+    # every group.
+    inserted = conn.execute(_ADMIT, values)
+    return [Admission(int(pid), idx[n]) for n, (pid,) in enumerate(inserted)]
+
+
+_ADMIT = insert(PROMPTS).returning(PROMPTS.c.id, sort_by_parameter_order=True)
 
 
 def _prompt_values(row: AdmitRow, idx: int) -> dict[str, Any]:

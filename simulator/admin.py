@@ -4,7 +4,8 @@ GET  /admin/stats    counters (see `simulator.stats`)
 POST /admin/reset    zero the counters (rate-limit windows and pending faults stay)
 GET  /admin/config   the current behaviours
 POST /admin/config   {"model": name|null, <behaviour fields>...}; null means the default
-POST /admin/fail     {"count": N, "status": 500, "retry_after": s|null, "model": name|null}
+POST /admin/fail     {"count": N, "status": 500, "retry_after": s|null, "model": name|null,
+                      "after_tokens": N|null}  (N: streams break off after N tokens)
 """
 
 from typing import Any
@@ -13,7 +14,7 @@ from aiohttp import web
 
 from simulator.responses import STATE, error_reply, json_reply, read_json_object
 
-OPTIONAL_FAULT_FIELDS = ("status", "retry_after", "model")
+OPTIONAL_FAULT_FIELDS = ("status", "retry_after", "model", "after_tokens")
 
 
 async def get_stats(request: web.Request) -> web.Response:

@@ -21,8 +21,11 @@ class ModelBehaviour:
     """Frozen so a request can keep the behaviour it started with while an admin call
     swaps in a new one."""
 
-    latency_ms: float = 0
+    latency_ms: float = 0  # to the first token (a whole answer: plus its generation)
     latency_jitter_ms: float = 0
+    # How fast tokens come after the first (a stream's chunks are spaced by 1/tokens_per_s,
+    # a whole answer waits for all of them); None: generation takes no time.
+    tokens_per_s: float | None = None
     rpm: int | None = None
     tpm: int | None = None
     # None: rpm and tpm hold over a sliding 60 s window; a number: they are enforced as a
@@ -40,6 +43,9 @@ class ModelBehaviour:
         _check_non_negative("hang_s", self.hang_s)
         if self.burst_s is not None:
             _check_non_negative("burst_s", self.burst_s)
+        rate = self.tokens_per_s
+        if rate is not None and (not _is_number(rate) or rate <= 0):
+            raise ValueError(f"tokens_per_s must be a number > 0 or null, got {rate!r}")
         for name in ("error_rate", "timeout_rate", "skill"):
             _check_fraction(name, getattr(self, name))
         for name in ("rpm", "tpm", "context_tokens"):

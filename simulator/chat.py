@@ -6,7 +6,10 @@
     4. over rpm / tpm                -> 429 with Retry-After (refused requests use no quota)
     5. error_rate                    -> 500 after the usual latency
     6. timeout_rate                  -> hang for hang_s, then answer normally
-    7. latency (+ jitter)            -> 200 with the deterministic answer
+    7. latency (+ jitter)            -> 200 with the deterministic answer, after the first
+                                        token's latency and the rest's generation time
+                                        (`tokens_per_s`); or, with `stream: true`, the
+                                        same answer as SSE chunks (`simulator.streaming`)
 
 Latency applies only to requests that reach "the model" (5-7); rejections are immediate,
 as they are from real providers' gateways.
@@ -27,12 +30,14 @@ from simulator.logprobs import logprobs_content, target_confidence
 from simulator.protocol import ChatRequest, RequestError, completion_body, parse_chat_request
 from simulator.responses import STATE, STOPPING, error_reply, json_reply
 from simulator.state import Fault, SimState
+from simulator.streaming import CLIENT_CLOSED, StreamedAnswer, generation_s
 from simulator.tokens import count_prompt_tokens
 
-Outcome = tuple[web.Response, int]  # the reply, and the tokens it used (0 unless 200)
+# The reply (or the stream to send), and the tokens it used (0 unless 200).
+Outcome = tuple[web.Response | StreamedAnswer, int]
 
 
-async def chat_completions(request: web.Request) -> web.Response:
+async def chat_completions(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     arrived = time.time()  # rate windows are about when calls arrive, not when they finish
     try:
@@ -41,13 +46,21 @@ async def chat_completions(request: web.Request) -> web.Response:
         state.stats.record(exc.model, exc.status)
         return error_reply(exc.status, exc.message, code=exc.code, param=exc.param)
     reply, tokens = await _serve(state, request.app[STOPPING], chat)
+    if isinstance(reply, StreamedAnswer):
+        try:
+            streamed, status = await reply.send(request)
+        except asyncio.CancelledError:  # the client hung up (a server that cancels handlers)
+            state.stats.record(chat.model, CLIENT_CLOSED, arrived=arrived)
+            raise
+        state.stats.record(chat.model, status, tokens if status == 200 else 0, arrived=arrived)
+        return streamed
     state.stats.record(chat.model, reply.status, tokens, arrived=arrived)
     return reply
 
 
 async def _serve(state: SimState, stopping: asyncio.Event, chat: ChatRequest) -> Outcome:
-    fault = state.take_fault(chat.model)
-    if fault is not None:
+    fault = state.take_fault(chat.model, stream=chat.stream)
+    if fault is not None and fault.after_tokens is None:
         return _fault_reply(fault), 0
     behaviour = state.behaviour_for(chat.model)
     prompt_tokens = count_prompt_tokens([text for _, text in chat.messages])
@@ -63,8 +76,14 @@ async def _serve(state: SimState, stopping: asyncio.Event, chat: ChatRequest) ->
         return error_reply(500, "The server had an error while processing your request."), 0
     if state.happens(behaviour.timeout_rate):
         await _hang(stopping, behaviour.hang_s)
-    await _sleep(state.latency_s(behaviour))
+    latency = state.latency_s(behaviour)
     logprobs = _logprobs(chat, behaviour, result) if chat.logprobs else None
+    if chat.stream:
+        streamed = StreamedAnswer(
+            chat, result, prompt_tokens, logprobs, latency, behaviour.tokens_per_s, fault
+        )
+        return streamed, total_tokens
+    await _sleep(latency + generation_s(behaviour.tokens_per_s, len(result.tokens)))
     return json_reply(completion_body(chat, result, prompt_tokens, logprobs)), total_tokens
 
 

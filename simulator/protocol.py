@@ -56,6 +56,8 @@ class ChatRequest:
     max_tokens: int | None
     logprobs: bool
     top_logprobs: int
+    stream: bool = False
+    include_usage: bool = False  # stream_options.include_usage
 
 
 def parse_chat_request(raw: bytes) -> ChatRequest:
@@ -76,8 +78,7 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
 
 
 def _parse_fields(body: dict[str, Any], model: str) -> ChatRequest:
-    if body.get("stream"):
-        raise RequestError("The simulator does not support stream=true.", param="stream")
+    stream = _optional(body, "stream", bool) or False
     if body.get("n", 1) not in (1, None):
         raise RequestError("The simulator only supports n=1.", param="n")
     logprobs = _optional(body, "logprobs", bool) or False
@@ -94,7 +95,22 @@ def _parse_fields(body: dict[str, Any], model: str) -> ChatRequest:
         max_tokens=_max_tokens(body),
         logprobs=logprobs,
         top_logprobs=top_logprobs,
+        stream=stream,
+        include_usage=_include_usage(body, stream),
     )
+
+
+def _include_usage(body: dict[str, Any], stream: bool) -> bool:
+    """`stream_options.include_usage`; like OpenAI, stream_options without stream is an error."""
+    options = _optional(body, "stream_options", dict)
+    if options is None:
+        return False
+    if not stream:
+        raise RequestError(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+        )
+    return bool(_optional(options, "include_usage", bool))
 
 
 def _optional(body: dict[str, Any], name: str, kind: type) -> Any:

@@ -97,8 +97,11 @@ class RunningSimulator:
         status: int = 500,
         retry_after: float | None = None,
         model: str | None = None,
+        after_tokens: int | None = None,
     ) -> None:
-        self._state.fail_next(count, status=status, retry_after=retry_after, model=model)
+        self._state.fail_next(
+            count, status=status, retry_after=retry_after, model=model, after_tokens=after_tokens
+        )
 
     def stop(self) -> None:
         """Idempotent; returns once the server thread has finished."""

@@ -18,12 +18,15 @@ from simulator.stats import Stats
 
 @dataclass(slots=True)
 class Fault:
-    """An injected failure for the next `remaining` chat requests (to `model`, or any)."""
+    """An injected failure for the next `remaining` chat requests (to `model`, or any).
+    With `after_tokens`, only streamed requests take it: the stream breaks off with an
+    error event after that many tokens (an upstream failure in the middle of an answer)."""
 
     remaining: int
     status: int
     retry_after: float | None
     model: str | None
+    after_tokens: int | None = None
 
 
 class SimState:
@@ -69,15 +72,23 @@ class SimState:
         status: int = 500,
         retry_after: float | None = None,
         model: str | None = None,
+        after_tokens: int | None = None,
     ) -> None:
         _check_fault(count, status, retry_after)
+        if after_tokens is not None and (
+            isinstance(after_tokens, bool) or not isinstance(after_tokens, int) or after_tokens < 0
+        ):
+            raise ValueError(f"after_tokens must be an integer >= 0 or null, got {after_tokens!r}")
         with self._lock:
-            self._faults.append(Fault(count, status, retry_after, model))
+            self._faults.append(Fault(count, status, retry_after, model, after_tokens))
 
-    def take_fault(self, model: str) -> Fault | None:
-        """Consumes one use of the oldest fault that applies to `model`."""
+    def take_fault(self, model: str, *, stream: bool = False) -> Fault | None:
+        """Consumes one use of the oldest fault that applies to `model` (a mid-stream
+        fault applies to streamed requests only)."""
         with self._lock:
             for fault in self._faults:
+                if fault.after_tokens is not None and not stream:
+                    continue
                 if fault.model is None or fault.model == model:
                     fault.remaining -= 1
                     if fault.remaining == 0:

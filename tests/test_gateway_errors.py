@@ -3,6 +3,7 @@
 (400), a body over the limit (413), keys (401), every tier failing (502), the database or
 Redis down (503). Real gateway processes, the simulator, Redis, SQLite and PostgreSQL."""
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import openai
 import pytest
 from sqlmodel import Session, select
 
-from models import Attempt, AttemptStatus, Prompt, PromptStatus
+from models import Attempt, AttemptStatus, Job, Prompt, PromptStatus
 from simulator import RunningSimulator
 from tests.helpers.config import write_config
 from tests.helpers.gateway import GatewayProcess
@@ -88,8 +89,41 @@ def test_bad_requests_are_400(gateway: GatewayProcess) -> None:
 
 def test_nothing_is_recorded_for_a_bad_request(gateway: GatewayProcess, sqlite_url: str) -> None:
     post(gateway, b'{"model": "route", "messages": []}')
+    body = json.dumps({"model": "route", "messages": USER}).encode()
+    for name in ("two words", "-leading-dash", "tab\there", "x" * 201, "a;b"):
+        response = post(gateway, body, **{"x-distillery-job": name})
+        assert response.status_code == 400, name
+        assert "x-distillery-job" in error_of(response)["message"]
     with Session(make_engine(sqlite_url)) as session:
         assert session.exec(select(Prompt)).all() == []
+        assert session.exec(select(Job)).all() == []
+
+
+def test_the_live_job_cache_is_bounded(
+    monkeypatch: pytest.MonkeyPatch, config: Path, sqlite_url: str
+) -> None:
+    """Each new `x-distillery-job` name opens a job; a process remembers only the most
+    recent MAX_CACHED_JOBS names, and a forgotten name finds its job again in the ledger."""
+    from types import SimpleNamespace
+
+    from producer.gateway import app
+    from workers.job_settings import RouteSettings
+    from workers.settings import load_settings
+
+    monkeypatch.setattr(app, "MAX_CACHED_JOBS", 3)
+    settings = load_settings(config)
+    ctx: Any = SimpleNamespace(ledger=SimpleNamespace(engine=make_engine(sqlite_url)))
+    gateway = app.Gateway(settings, ctx, RouteSettings.from_config(settings), [])
+
+    async def open_all() -> list[int]:
+        first = [await gateway.job_id(f"job-{n}") for n in range(5)]
+        return [*first, await gateway.job_id("job-0"), await gateway.job_id("job-4")]
+
+    ids = asyncio.run(open_all())
+    assert len(set(ids[:5])) == 5 and ids[5:] == [ids[0], ids[4]]
+    assert list(gateway.live_jobs) == ["job-3", "job-0", "job-4"]
+    with Session(make_engine(sqlite_url)) as session:
+        assert len(session.exec(select(Job)).all()) == 5
 
 
 def test_a_body_over_the_limit_is_413(

@@ -14,7 +14,7 @@ from sqlmodel import Session, select
 
 from models import Attempt, Fallback, FallbackReason, Prompt, PromptStatus
 from simulator import RunningSimulator
-from tests.helpers.gateway import GatewayProcess
+from tests.helpers.gateway import GatewayProcess, ledger_rows
 from tests.helpers.routing import route_config
 from tests.helpers.services import make_engine
 from tests.helpers.workers import wait_until
@@ -42,11 +42,6 @@ def paced(
     process.stop()
 
 
-def rows(engine: Any, table: Any, prompt_id: int) -> list[Any]:
-    with Session(engine) as session:
-        return list(session.exec(select(table).where(table.prompt_id == prompt_id)).all())
-
-
 def test_a_full_tier_sends_the_request_up(paced: GatewayProcess, database_url: str) -> None:
     engine = make_engine(database_url)
     client = paced.client()
@@ -58,14 +53,14 @@ def test_a_full_tier_sends_the_request_up(paced: GatewayProcess, database_url: s
         "frontier",
     )
     prompt_id = int(second.headers["x-distillery-prompt-id"])
-    [fallback] = rows(engine, Fallback, prompt_id)
+    [fallback] = ledger_rows(engine, Fallback, prompt_id)
     assert (fallback.from_tier, fallback.to_tier, fallback.reason) == (
         "small",
         "frontier",
         FallbackReason.RATE_LIMITED,
     )
     # The small tier was never called for it: no attempt, only the frontier's.
-    assert [a.tier for a in rows(engine, Attempt, prompt_id)] == ["frontier"]
+    assert [a.tier for a in ledger_rows(engine, Attempt, prompt_id)] == ["frontier"]
 
 
 def test_no_tier_left_is_429_with_retry_after(paced: GatewayProcess, database_url: str) -> None:

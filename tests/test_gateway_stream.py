@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 
 from models import Attempt, AttemptStatus, Prompt, PromptStatus
 from simulator import RunningSimulator
-from tests.helpers.gateway import GatewayProcess
+from tests.helpers.gateway import GatewayProcess, streamed_text
 from tests.helpers.routing import CASES, route_config
 from tests.helpers.services import make_engine
 from tests.helpers.workers import wait_until
@@ -50,17 +50,7 @@ def test_streams_only_the_final_tier(
         raw = client.chat.completions.with_raw_response.create(
             model="route", messages=user(text), stream=True
         )
-        assert (raw.headers["x-distillery-routed-tier"], raw.headers["x-distillery-tier"]) == (
-            routed,
-            final,
-        )
-        assert float(raw.headers["x-distillery-held-ms"]) > 0
-        chunks = list(raw.parse())
-        assert chunks[0].choices[0].delta.role == "assistant"
-        assert {c.model for c in chunks} == {final}
-        assert all(c.usage is None for c in chunks)  # not asked for
-        assert chunks[-1].choices[0].finish_reason == "stop"
-        streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+        streamed = streamed_text(raw, routed, final)
         with Session(engine) as session:
             prompt = session.get(Prompt, int(raw.headers["x-distillery-prompt-id"]))
         assert prompt is not None and prompt.response == streamed

@@ -63,3 +63,14 @@ def test_calls_in_flight_default_follows_rpm_and_timeout(
 
     tier = TierConfig(base_url="http://x/v1", model="m", **settings)  # type: ignore[arg-type]
     assert tier.calls_in_flight == expected
+
+
+def test_stream_holdback_tokens_is_unset_or_positive(tmp_path: Path) -> None:
+    from workers.settings import GatewayConfig
+
+    assert GatewayConfig().stream_holdback_tokens is None  # hold the whole answer
+    assert GatewayConfig(stream_holdback_tokens=8).stream_holdback_tokens == 8
+    path = tmp_path / "c.toml"
+    path.write_text("[gateway]\nstream_holdback_tokens = 0\n")
+    with pytest.raises(ConfigError, match=r"gateway\.stream_holdback_tokens"):
+        load_settings(path)

@@ -4,6 +4,7 @@ import asyncio
 import json
 import math
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -321,7 +322,8 @@ def test_context_tokens_limit_answers_400(sim: RunningSimulator) -> None:
 @pytest.mark.parametrize(
     "body",
     [
-        {"model": "m", "messages": BREAD, "stream": True},
+        {"model": "m", "messages": BREAD, "stream_options": {"include_usage": True}},
+        {"model": "m", "messages": BREAD, "stream": "yes"},
         {"model": "m", "messages": BREAD, "n": 2},
         {"model": "m", "messages": []},
         {"model": "m"},
@@ -350,7 +352,84 @@ def test_openai_client_sees_typed_errors(sim: RunningSimulator, client: openai.O
         chat(client, "two", model="limited")
     assert caught.value.response.headers["retry-after"]
     with pytest.raises(openai.BadRequestError):
-        chat(client, "three", stream=True)
+        chat(client, "three", stream_options={"include_usage": True})
+
+
+# --- streaming ------------------------------------------------------------------------
+
+
+def test_a_stream_is_the_same_answer_token_by_token(
+    sim: RunningSimulator, client: openai.OpenAI
+) -> None:
+    """SSE chunks through the SDK: the role, one token per chunk with its logprob, the
+    finish reason, the usage when asked for; the same text and logprobs as the whole
+    answer."""
+    whole = chat(client, "How do I bake bread?", logprobs=True)
+    chunks = list(
+        chat(
+            client,
+            "How do I bake bread?",
+            logprobs=True,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+    body = chunks[1:-2]
+    assert all(len(c.choices[0].logprobs.content) == 1 for c in body)
+    assert "".join(c.choices[0].delta.content for c in body) == whole.choices[0].message.content
+    assert [c.choices[0].logprobs.content[0].logprob for c in body] == [
+        t.logprob for t in whole.choices[0].logprobs.content
+    ]
+    assert chunks[-2].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert all(c.usage is None for c in chunks[:-1])
+    assert sim.stats()["by_model"]["gpt-big"] == {"requests": 2, "200": 2}
+
+
+def test_a_stream_is_paced_by_tokens_per_s(sim: RunningSimulator) -> None:
+    """Chunks leave the simulator one by one, not as one write (counted as separate reads
+    of the raw body; no clock is compared)."""
+    sim.configure("paced", tokens_per_s=200)
+    body = {"model": "paced", "messages": BREAD, "stream": True}
+    with httpx.stream("POST", f"{sim.base_url}/chat/completions", json=body, timeout=30) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        reads = [part for part in r.iter_raw() if part]
+    events = b"".join(reads).decode().strip().split("\n\n")
+    assert events[-1] == "data: [DONE]" and len(events) > 20
+    assert len(reads) > len(events) // 2
+    with pytest.raises(ValueError, match="tokens_per_s"):
+        sim.configure("paced", tokens_per_s=0)
+
+
+def test_a_mid_stream_fault_breaks_off_with_an_error_event(
+    sim: RunningSimulator, client: openai.OpenAI
+) -> None:
+    sim.fail_next(1, status=503, after_tokens=4)
+    assert chat(client, "not streamed: the fault waits").choices[0].message.content
+    received = []
+    with pytest.raises(openai.APIError, match="mid-stream"):
+        for chunk in chat(client, "How do I bake bread?", stream=True):
+            received.append(chunk)
+    assert len(received) == 1 + 4  # the role, then four tokens
+    assert sim.stats()["by_status"] == {"200": 1, "503": 1}
+    assert "".join(c.choices[0].delta.content or "" for c in chat(client, "x", stream=True))
+    assert post(sim, "/admin/fail", {"count": 1, "after_tokens": -1}).status_code == 400
+
+
+def test_a_client_hanging_up_is_counted_499(sim: RunningSimulator) -> None:
+    sim.configure("paced", tokens_per_s=20)
+    body = {"model": "paced", "messages": BREAD, "stream": True}
+    with httpx.stream("POST", f"{sim.base_url}/chat/completions", json=body, timeout=30) as r:
+        next(r.iter_raw())
+
+    def counted() -> bool:
+        return sim.stats()["by_model"].get("paced", {}).get("499") == 1
+
+    deadline = time.monotonic() + 30
+    while not counted() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert counted()
 
 
 # --- models list, admin endpoints and configuration -------------------------------------

@@ -41,6 +41,16 @@ class WorkItem:
     # How long a call may wait for its tier's limits before it is refused (`NotSent`) and
     # the prompt escalates (a live caller is waiting); None: as long as it takes.
     max_wait_s: float | None = None
+    # Stream the answer and decide on its first `hold_tokens` tokens (the gateway's
+    # `stream_holdback_tokens`, for a streaming caller); None: decide on the whole answer.
+    hold_tokens: int | None = None
+
+    def hold(self, escalation: str | None) -> int | None:
+        """How many tokens to hold before deciding: where nothing is left to escalate to,
+        only the first (its failure can still be retried unseen)."""
+        if self.hold_tokens is None:
+            return None
+        return self.hold_tokens if escalation else 1
 
     def chat_request(self) -> ChatRequest:
         return self.request or self.job.request(self.messages)
@@ -95,11 +105,21 @@ async def answer_message(
 class Step:
     """One prompt's step on one tier: its committed records (the last is its outcome or its
     escalation; none if the job stopped before the call), the answer the tier gave (also
-    when it escalated for low confidence), and the call's last failure, if it failed."""
+    when it escalated for low confidence), and the call's last failure, if it failed.
+
+    A streamed answer that was kept (`WorkItem.hold_tokens`) is still coming in: its
+    outcome is `held`, not yet recorded — its caller relays the rest, then records it with
+    the whole answer (`workers.live.relay`)."""
 
     records: list[Record]
     completion: Completion | None = None
     error: CallError | None = None
+    held: Record | None = None
+
+    @property
+    def outcome(self) -> Record | None:
+        """The step's last word: its held outcome, or its last record."""
+        return self.held or (self.records[-1] if self.records else None)
 
 
 async def answer_prompt(work: WorkItem, tier: TierConfig, ctx: WorkerContext) -> list[Record]:
@@ -130,6 +150,7 @@ async def answer_step(work: WorkItem, tier: TierConfig, ctx: WorkerContext) -> S
 
     completion: Completion | None = None
     failure: CallError | None = None
+    held: Record | None = None
     try:
         completion = await ctx.caller.call(
             tier,
@@ -137,6 +158,7 @@ async def answer_step(work: WorkItem, tier: TierConfig, ctx: WorkerContext) -> S
             on_failure=record_failure,
             before_call=still_wanted,
             max_wait_s=work.max_wait_s,
+            hold=work.hold(escalation),
         )
     except JobStopped:  # cancelled while this prompt waited: no call, nothing to record
         pass
@@ -144,9 +166,15 @@ async def answer_step(work: WorkItem, tier: TierConfig, ctx: WorkerContext) -> S
         failure = error
         record(_after_failure(work, tier.name, escalation, error))
     else:
-        record(accept_or_escalate(work, tier, completion, escalation))
+        decided = accept_or_escalate(work, tier, completion, escalation)
+        if completion.stream is not None and decided.finish is not None:
+            held = decided  # kept: the rest of the stream comes first
+        else:
+            if completion.stream is not None:  # escalated: the rest is not wanted
+                await completion.stream.aclose()
+            record(decided)
     # A failed write raises here: Celery retries the message (what is done skips).
-    return Step(list(await asyncio.gather(*pending)), completion, failure)
+    return Step(list(await asyncio.gather(*pending)), completion, failure, held)
 
 
 def _after_failure(work: WorkItem, tier: str, escalation: str | None, error: CallError) -> Record:

@@ -19,7 +19,7 @@ from workers.http_client import ChatClient
 from workers.ratelimit import Limits, RateLimiter, open_rate_limiter
 from workers.retry import RetryPolicy, call_with_retries
 from workers.settings import Settings, TierConfig
-from workers.tokens import call_estimate
+from workers.tokens import call_estimate, chat_tokens, counter_for
 
 T = TypeVar("T")
 # A 429 without Retry-After still pauses the tier, briefly.
@@ -59,14 +59,19 @@ class Caller:
         on_failure: OnFailure = _ignore,
         before_call: BeforeCall | None = None,
         max_wait_s: float | None = None,
+        hold: int | None = None,
     ) -> Completion:
         """The answer, after the tier's retries; `on_failure` sees each failed try as it
         happens (to record it), and the last failure is raised. With `max_wait_s` (a
         waiting caller: the gateway), neither the limits nor a 429 keep it waiting longer
-        than that: `NotSent`, or the 429 itself, is raised instead."""
+        than that: `NotSent`, or the 429 itself, is raised instead. With `hold`, the answer
+        is streamed and returned once its first `hold` tokens came (the retries cover
+        only that far): its `stream` holds the rest (`workers.held_stream`)."""
 
         async def once() -> Completion:
-            return await self.limited(tier, request, before_call=before_call, max_wait_s=max_wait_s)
+            return await self.limited(
+                tier, request, before_call=before_call, max_wait_s=max_wait_s, hold=hold
+            )
 
         return await call_with_retries(once, retry_policy(tier), on_failure=on_failure)
 
@@ -77,6 +82,7 @@ class Caller:
         *,
         before_call: BeforeCall | None = None,
         max_wait_s: float | None = None,
+        hold: int | None = None,
     ) -> Completion:
         """One try within the tier's limits; `before_call` runs after the wait for capacity,
         right before the request goes out (e.g. a cancellation check)."""
@@ -86,7 +92,13 @@ class Caller:
         if before_call is not None:
             await before_call()
         try:
-            completion = await self.client.call(tier, request)
+            if hold is None:
+                completion = await self.client.call(tier, request)
+            else:
+                prompt = chat_tokens(request.messages, counter_for(tier))
+                completion = await self.client.stream(
+                    tier, request, hold=hold, prompt_estimate=prompt
+                )
         except CallError as error:
             if error.status == AttemptStatus.RATE_LIMITED:
                 pause = error.retry_after or DEFAULT_COOLDOWN_S
@@ -96,6 +108,15 @@ class Caller:
             # An HTTP answer (even an error) was not a generation; no answer may have been one.
             await self.limiter.reconcile(tier.name, ticket, 0 if error.http_status else estimate)
             raise
+        if completion.stream is not None:  # settled when the stream ends, however it ends
+
+            async def settle(tokens: int) -> None:
+                await self.limiter.reconcile(tier.name, ticket, tokens)
+
+            completion.stream.on_end = settle
+            if completion.stream.ended:
+                await completion.stream.aclose()
+            return completion
         await self.limiter.reconcile(tier.name, ticket, completion.tokens)
         return completion
 

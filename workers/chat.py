@@ -47,6 +47,9 @@ class Completion:
     # The answer's JSON as the model sent it: what the gateway hands back to its caller
     # (tool calls, token logprobs, refusal and all), not kept by anything else.
     body: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    # A streamed answer still coming in (`workers.held_stream.HeldStream`): this is its
+    # held head; None for a whole answer.
+    stream: Any = field(default=None, repr=False, compare=False)
 
     @property
     def tokens(self) -> int:

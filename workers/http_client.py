@@ -13,6 +13,8 @@ and fine-tuning APIs (`producer.finetune`).
 import asyncio
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import aiohttp
 
@@ -27,6 +29,7 @@ from workers.chat import (
     status_error,
     timed_out,
 )
+from workers.held_stream import HeldStream
 from workers.settings import TierConfig
 
 REDACTED = "[redacted]"
@@ -65,17 +68,71 @@ class ChatClient:
         except CallError as error:
             raise without_secret(error, api_key) from None
 
+    async def stream(
+        self, tier: TierConfig, request: ChatRequest, *, hold: int, prompt_estimate: int
+    ) -> Completion:
+        """The answer streamed (`stream: true`, usage asked for), its first `hold` tokens
+        read: a `Completion` of what has come, its `stream` still open unless the whole
+        answer came (`workers.held_stream`)."""
+        api_key = tier.api_key()
+        session = self.session(str(tier.base_url).rstrip("/"), tier.timeout_s)
+        body = {
+            **request.body(tier.model),
+            "stream": True,
+            "stream_options": {"include_usage": True},  # the usage, for the ledger and limits
+        }
+        started = time.perf_counter()
+        try:
+            response = await _open(session, api_key, body, started)
+        except CallError as error:
+            raise without_secret(error, api_key) from None
+        held = HeldStream(
+            response,
+            started=started,
+            prompt_estimate=prompt_estimate,
+            redact=lambda error: without_secret(error, api_key),
+        )
+        await held.hold(hold)
+        return held.completion()
+
 
 async def _post(
     session: aiohttp.ClientSession, api_key: str, body: dict[str, object], started: float
 ) -> Completion:
     headers = {"Authorization": f"Bearer {api_key}"}
-    try:
+    with _transport_errors(started):
         async with session.post("chat/completions", json=body, headers=headers) as response:
             data = await response.read()
             if response.status >= 400:
                 message = _error_message(data)
                 raise status_error(response.status, message, response.headers, elapsed_ms(started))
+    latency = elapsed_ms(started)
+    try:
+        decoded = json.loads(data)
+    except ValueError as exc:
+        raise malformed(f"not JSON ({exc})", latency) from None
+    return completion_from_json(decoded, latency)
+
+
+async def _open(
+    session: aiohttp.ClientSession, api_key: str, body: dict[str, object], started: float
+) -> aiohttp.ClientResponse:
+    """The streamed answer's response, its headers read (an error status: `CallError`)."""
+    headers = {"Authorization": f"Bearer {api_key}", "Accept": "text/event-stream"}
+    with _transport_errors(started):
+        response = await session.post("chat/completions", json=body, headers=headers)
+        if response.status >= 400:
+            async with response:
+                message = _error_message(await response.read())
+            raise status_error(response.status, message, response.headers, elapsed_ms(started))
+    return response
+
+
+@contextmanager
+def _transport_errors(started: float) -> Iterator[None]:
+    """A timeout or a failed connection as the `CallError` it is."""
+    try:
+        yield
     except (TimeoutError, aiohttp.ServerTimeoutError):
         raise timed_out(elapsed_ms(started)) from None
     except aiohttp.ClientError as exc:
@@ -84,12 +141,6 @@ async def _post(
         else:
             text = f"{type(exc).__name__}: {exc}"
         raise CallError(text, status=AttemptStatus.ERROR, latency_ms=elapsed_ms(started)) from None
-    latency = elapsed_ms(started)
-    try:
-        decoded = json.loads(data)
-    except ValueError as exc:
-        raise malformed(f"not JSON ({exc})", latency) from None
-    return completion_from_json(decoded, latency)
 
 
 def _error_message(data: bytes) -> str:

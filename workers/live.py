@@ -10,6 +10,8 @@ committed (group commit, `workers.ledger`) before `answer_live` returns."""
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,12 +19,13 @@ from models import AttemptStatus, PromptStatus
 from models.live import Admission, AdmitRow, live_job_id
 from models.outcomes import Record
 from workers.answer import Step, WorkItem, answer_step
-from workers.attempts import attempt_from_error
+from workers.attempts import attempt_from_completion, attempt_from_error
 from workers.chat import CallError, ChatRequest, Completion, elapsed_ms
 from workers.context import WorkerContext
 from workers.job_settings import RouteSettings
 from workers.routers import Decision, decide_all
 from workers.routing import last_user_text, router_attempts
+from workers.settings import TierConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +38,8 @@ class LiveRequest:
     tier: str | None = None  # a tier asked for by name: no router, no escalation
     meta: dict[str, Any] | None = None
     max_wait_s: float | None = None  # per tier, for its limits (the gateway's max_queue_s)
+    # Stream from the tiers and decide on the first N tokens (`stream_holdback_tokens`).
+    hold_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +65,19 @@ class LiveOutcome:
     cost_usd: float
     upstream_ms: float = 0.0  # the model calls' own time (router calls included)
     failures: list[TierFailure] = field(default_factory=list)
+    # The kept answer still streaming in (`hold_tokens`): relay it with `relay`, which
+    # records it. Its call is then not in `cost_usd` and `upstream_ms` (not over yet).
+    held: "HeldAnswer | None" = None
+
+
+@dataclass(frozen=True, slots=True)
+class HeldAnswer:
+    """A tier's kept answer whose first tokens are held and whose rest is still coming."""
+
+    work: WorkItem
+    tier: TierConfig
+    outcome: Record  # the step's outcome on the held tokens, recorded once the rest came
+    head: Completion  # the held tokens (`head.stream` reads the rest)
 
 
 async def decide(live: LiveRequest, ctx: WorkerContext) -> Decision:
@@ -76,7 +94,13 @@ async def answer_live(live: LiveRequest, ctx: WorkerContext, *, job_id: int) -> 
     decision = await decide(live, ctx)
     admitted = await _admit(ctx, job_id, live, decision)
     work = WorkItem(
-        admitted.prompt_id, job_id, live.messages, live.job, live.request, live.max_wait_s
+        admitted.prompt_id,
+        job_id,
+        live.messages,
+        live.job,
+        live.request,
+        live.max_wait_s,
+        live.hold_tokens,
     )
     attempts = router_attempts(work.prompt_id, decision, ctx)
     routed = [ctx.ledger.record(Record(job_id, work.prompt_id, attempts))] if attempts else []
@@ -90,9 +114,9 @@ async def answer_live(live: LiveRequest, ctx: WorkerContext, *, job_id: int) -> 
             await asyncio.shield(_record_disconnect(ctx, work, tier, elapsed_ms(started)))
             raise
         steps.append((tier, step))
-        tier = step.records[-1].escalate_to if step.records else None
+        tier = step.outcome.escalate_to if step.outcome else None
     records = [*await asyncio.gather(*routed), *(r for _, s in steps for r in s.records)]
-    return _outcome(job_id, admitted, decision, steps, records)
+    return _outcome(work, admitted, decision, steps, records, ctx)
 
 
 DISCONNECTED = "cancelled: the client disconnected before the answer"
@@ -123,17 +147,21 @@ async def _admit(
 
 
 def _outcome(
-    job_id: int,
+    work: WorkItem,
     admitted: Admission,
     decision: Decision,
     steps: list[tuple[str, Step]],
     records: list[Record],
+    ctx: WorkerContext,
 ) -> LiveOutcome:
     final_tier, last = steps[-1]
-    finish = (last.records[-1].finish if last.records else None) or {}
+    finish = (last.outcome.finish if last.outcome else None) or {}
     succeeded = finish.get("status") == PromptStatus.SUCCEEDED
+    held = None
+    if last.held is not None and last.completion is not None:
+        held = HeldAnswer(work, ctx.settings.require_tier(final_tier), last.held, last.completion)
     return LiveOutcome(
-        job_id=job_id,
+        job_id=work.job_id,
         prompt_id=admitted.prompt_id,
         routed_tier=decision.tier,
         final_tier=final_tier,
@@ -143,11 +171,79 @@ def _outcome(
         cost_usd=sum(a["cost_usd"] for r in records for a in r.attempts),
         upstream_ms=sum(a["latency_ms"] for r in records for a in r.attempts),
         failures=[_failure(tier, s.error) for tier, s in steps if s.error is not None],
+        held=held,
     )
 
 
 def _failure(tier: str, error: CallError) -> TierFailure:
     return TierFailure(tier, str(error.status), str(error), error.retry_after)
+
+
+# --- the rest of a held answer -------------------------------------------------------------
+
+Send = Callable[[list[dict[str, Any]]], Awaitable[None]]
+DISCONNECTED_DURING = "cancelled: the client disconnected during the answer"
+
+
+class StreamBroken(Exception):
+    """The rest of an answer already partly sent failed (recorded): the caller ends its
+    stream with an error, never with another tier's answer."""
+
+
+async def relay(ctx: WorkerContext, held: HeldAnswer, send: Send) -> Completion:
+    """Hand the held events, then the rest as it comes, to `send`; then record the whole
+    answer (committed before this returns) and return it. A tier failing on the way is
+    recorded as the prompt's failure and raised as `StreamBroken`; a client gone (`send`
+    failing, or the handler cancelled) cuts the upstream call and is recorded."""
+    stream = held.head.stream
+    try:
+        async with aclosing(stream.relay()) as rest:
+            async for events in rest:
+                await send(events)
+    except CallError as error:
+        part = stream.completion()
+        reason = f"the answer broke off after {part.completion_tokens} tokens: {error}"
+        await ctx.ledger.record(_broken(held, part, reason, error.status))
+        raise StreamBroken(f"{held.tier.name}: {reason}") from None
+    except (asyncio.CancelledError, ConnectionError):
+        await asyncio.shield(_cut(ctx, held))
+        raise
+    whole = stream.completion()
+    finish = {**(held.outcome.finish or {}), "response": whole.text}
+    attempt = attempt_from_completion(
+        held.work.prompt_id, held.tier, whole, confidence=finish.get("confidence")
+    )
+    await ctx.ledger.record(Record(held.work.job_id, held.work.prompt_id, [attempt], finish=finish))
+    return whole
+
+
+async def _cut(ctx: WorkerContext, held: HeldAnswer) -> None:
+    await held.head.stream.aclose()
+    part = held.head.stream.completion()
+    reason = f"{DISCONNECTED_DURING} (after {part.completion_tokens} tokens)"
+    await ctx.ledger.record(_broken(held, part, reason, AttemptStatus.ERROR))
+
+
+def _broken(held: HeldAnswer, part: Completion, reason: str, status: AttemptStatus) -> Record:
+    """The call's attempt failed with what it had produced (its tokens are billed), and the
+    prompt failed with the text that came before the break."""
+    error = CallError(reason, status=status, latency_ms=part.latency_ms, http_status=200)
+    attempt = attempt_from_error(
+        held.work.prompt_id,
+        held.tier,
+        error,
+        prompt_tokens=part.prompt_tokens,
+        completion_tokens=part.completion_tokens,
+        cost_usd=held.tier.cost_usd(part.prompt_tokens, part.completion_tokens),
+    )
+    finish = {
+        "status": PromptStatus.FAILED,
+        "final_tier": held.tier.name,
+        "response": part.text,
+        "confidence": (held.outcome.finish or {}).get("confidence"),
+        "error": reason,
+    }
+    return Record(held.work.job_id, held.work.prompt_id, [attempt], finish=finish)
 
 
 def open_live_job(ctx: WorkerContext, name: str, job: RouteSettings) -> int:

@@ -228,6 +228,10 @@ class GatewayConfig(_Strict):
     # The share of requests answered below the teacher tier that are also sent, after
     # their answer, to the teacher tier through the workers' queue (a shadow job).
     shadow_rate: float = Field(0.0, ge=0, le=1)
+    # `stream: true`: decide on a tier's first N tokens (streamed from it) instead of its
+    # whole answer; then stream them and the rest, or drop them for the next tier
+    # (docs/gateway.md → streaming). None: hold the whole answer.
+    stream_holdback_tokens: int | None = Field(None, ge=1)
 
     def api_keys(self) -> tuple[str, ...]:
         raw = os.environ.get(self.api_keys_env, "")

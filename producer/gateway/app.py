@@ -12,7 +12,9 @@ re-check what `wire.parse_chat` checks."""
 import asyncio
 import dataclasses
 import logging
+import re
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ from sqlalchemy.exc import DBAPIError
 
 from models.live import NotALiveJob
 from models.types import utcnow
-from producer.context_window import TRUNCATION_METADATA_KEY
+from producer.context_window import TRUNCATION_METADATA_KEY, ContextLimit, context_limit
 from producer.gateway import metrics
 from producer.gateway.context import fit_request
 from producer.gateway.keys import KEY_ID, ApiKeys
@@ -34,6 +36,7 @@ from producer.gateway.wire import (
     ROUTE_MODEL,
     ApiError,
     ChatCall,
+    Relayed,
     all_failed,
     bad_request,
     completion_body,
@@ -41,14 +44,23 @@ from producer.gateway.wire import (
     parse_chat,
     sse,
     stream_chunks,
+    stream_error,
     trace_headers,
 )
 from producer.ui.app import build_ui_app
 from workers import shadow
 from workers.chat import elapsed_ms
 from workers.context import WorkerContext
+from workers.heap import settle_for_serving
 from workers.job_settings import RouteSettings
-from workers.live import LiveOutcome, LiveRequest, answer_live, open_live_job
+from workers.live import (
+    LiveOutcome,
+    LiveRequest,
+    StreamBroken,
+    answer_live,
+    open_live_job,
+    relay,
+)
 from workers.routers import RouterError
 from workers.settings import Settings
 
@@ -60,6 +72,22 @@ JOB_HEADER = "x-distillery-job"
 # with sparse traffic would otherwise read the job's row for nearly every request.
 LIVE_JOB_STATUS_TTL_S = 1.0
 MAX_JOB_NAME = 200
+# A job name a header may give: letters, digits and . _ : @ / - (no spaces or controls),
+# starting with a letter or digit. Each new name makes a job row: with keys set, only a
+# client with a key can make them.
+JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]*")
+# Live job ids a process remembers (by name, the most recent): each new `x-distillery-job`
+# would otherwise grow the cache for as long as the process runs.
+MAX_CACHED_JOBS = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPlan:
+    """What a request's `model` decides, the same for every request naming it."""
+
+    job: RouteSettings  # the live job's settings, with the model's router or tier
+    tier: str | None  # a tier by name (None: a router decides)
+    limit: ContextLimit | None  # the context its messages must fit (None: unbounded)
 
 
 @dataclass
@@ -72,11 +100,24 @@ class Gateway:
     models: list[str]
     redis: Any = None  # a client of its own for /healthz (None: no Redis configured)
     in_flight: int = 0  # chat requests being answered by this process
-    live_jobs: dict[str, int] = field(default_factory=dict)  # by name, once opened
+    # Live job ids by name, once opened: the most recent MAX_CACHED_JOBS names.
+    live_jobs: OrderedDict[str, int] = field(default_factory=OrderedDict)
     shadows: set[asyncio.Task[Any]] = field(default_factory=set)  # sent after their answers
     job_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # By (model, the caller asked for logprobs): at most twice as many as `models`.
+    plans: dict[tuple[str, bool], ModelPlan] = field(default_factory=dict)
 
-    def settings_for(self, call: ChatCall) -> tuple[RouteSettings, str | None]:
+    def plan_for(self, call: ChatCall) -> ModelPlan:
+        """The request's settings, worked out on its model's first request: a request
+        costs no settings copy, re-validation or context look-up of its own."""
+        key = (call.model, call.logprobs)
+        plan = self.plans.get(key)
+        if plan is None:
+            job, tier = self._settings_for(call)
+            plan = self.plans[key] = ModelPlan(job, tier, context_limit(job, self.settings))
+        return plan
+
+    def _settings_for(self, call: ChatCall) -> tuple[RouteSettings, str | None]:
         """The request's settings, and the tier it names (None: a router decides)."""
         if call.model == ROUTE_MODEL:
             return self.job, None
@@ -103,13 +144,21 @@ class Gateway:
             log.warning("could not send a shadow request: %s", task.exception())
 
     async def job_id(self, name: str) -> int:
-        if name not in self.live_jobs:
-            async with self.job_lock:
-                if name not in self.live_jobs:
-                    self.live_jobs[name] = await asyncio.to_thread(
-                        open_live_job, self.ctx, name, self.job
-                    )
-        return self.live_jobs[name]
+        """The live job's id; opened (made, if new) on its name's first request. Only the
+        most recent MAX_CACHED_JOBS names are remembered: a name used again after that is
+        looked up again (the job row stays the same)."""
+        known = self.live_jobs.get(name)
+        if known is not None:
+            self.live_jobs.move_to_end(name)
+            return known
+        async with self.job_lock:
+            if name not in self.live_jobs:
+                self.live_jobs[name] = await asyncio.to_thread(
+                    open_live_job, self.ctx, name, self.job
+                )
+                while len(self.live_jobs) > MAX_CACHED_JOBS:
+                    self.live_jobs.popitem(last=False)
+            return self.live_jobs[name]
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -147,6 +196,10 @@ async def _gateway_context(app: web.Application) -> Any:
             settings.redis_url, socket_connect_timeout=2, socket_timeout=2
         )
     app[GATEWAY] = gateway
+    # Start-up is over: the collector stops walking what it made (as a worker's does,
+    # workers/heap.py). Profiled under load, collections run from the allocations of
+    # accepting connections took ~11 % of the gateway's CPU.
+    settle_for_serving()
     yield
     await asyncio.gather(*gateway.shadows, return_exceptions=True)  # recorded and sent
     await ctx.aclose()
@@ -268,13 +321,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     call = parse_chat(await request.read(), models=gateway.models)
     request[MODEL] = call.model
-    job, tier = gateway.settings_for(call)
+    plan = gateway.plan_for(call)
+    job = plan.job
     meta: dict[str, Any] = {"model": call.model}
     if KEY_ID in request:
         meta["key_sha256"] = request[KEY_ID]
-    messages, cut = fit_request(
-        call.messages, job.model_copy(update={"max_tokens": call.max_tokens}), gateway.settings
-    )
+    messages, cut = fit_request(call.messages, job, plan.limit, call.max_tokens)
     if cut is not None:
         meta[TRUNCATION_METADATA_KEY] = cut
         call = dataclasses.replace(call, messages=messages)
@@ -282,15 +334,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         call.messages,
         call.request(logprobs=job.logprobs),
         job,
-        tier,
+        plan.tier,
         meta,
         gateway.settings.gateway.max_queue_s,
+        gateway.settings.gateway.stream_holdback_tokens if call.stream else None,
     )
     with services_up():
         job_id = await _live_job(gateway, request.headers.get(JOB_HEADER))
         outcome = await _answer(live, gateway, job_id)
     if outcome.completion is None:
         raise all_failed(outcome) if outcome.failures else stopped(outcome)
+    if outcome.held is not None:
+        return await relay_answer(request, call, live, outcome, started)
     gateway.maybe_shadow(live, outcome)
     if call.stream:
         return await stream_answer(request, call, outcome, started)
@@ -307,13 +362,7 @@ async def stream_answer(
     confidence was known, so what streams is the final tier's only (an escalation is
     invisible), and the whole decision trace fits in the headers. The time it was held is
     the time to first byte (`x-distillery-held-ms`)."""
-    headers = {
-        **trace_headers(outcome),
-        "Content-Type": "text/event-stream",
-        "Cache-Control": "no-cache",
-        "x-distillery-held-ms": f"{elapsed_ms(started):.1f}",
-    }
-    response = web.StreamResponse(headers=headers)
+    response = web.StreamResponse(headers=stream_headers(outcome, started))
     await response.prepare(request)
     first_byte = elapsed_ms(started) / 1000
     # The answer is whole by now: one write of all its chunks (a write per token would cost
@@ -324,6 +373,54 @@ async def stream_answer(
     total = elapsed_ms(started) / 1000
     metrics.observe_outcome(outcome, total_s=total, first_byte_s=first_byte, stream=True)
     return response
+
+
+async def relay_answer(
+    request: web.Request, call: ChatCall, live: LiveRequest, outcome: LiveOutcome, started: float
+) -> web.StreamResponse:
+    """The hold-back cascade on the first `stream_holdback_tokens` tokens: the kept tier's
+    held tokens at once, then the rest as the tier sends it (`workers.live.relay`). If the
+    tier fails after tokens were sent, the stream ends with an error event (the SDK raises
+    `APIError`) and no `[DONE]`; the prompt is recorded failed with what came."""
+    assert outcome.held is not None
+    gateway = request.app[GATEWAY]
+    response = web.StreamResponse(headers=stream_headers(outcome, started))
+    relayed = Relayed(call, outcome)
+
+    async def send(events: list[dict[str, Any]]) -> None:
+        if not response.prepared:
+            await response.prepare(request)
+            relayed.first_byte_s = elapsed_ms(started) / 1000
+        body = b"".join(sse(chunk) for chunk in relayed.chunks(events))
+        if body:
+            await response.write(body)
+
+    whole = None
+    try:
+        with services_up():
+            whole = await relay(gateway.ctx, outcome.held, send)
+        end = sse("[DONE]")  # after the answer's commit
+    except StreamBroken as broken:
+        end = sse(stream_error(str(broken)).body())
+    except ApiError as error:  # the ledger or Redis failed under the stream: say so in it
+        end = sse(error.body())
+    await send([])  # the response is started even if the tier sent nothing
+    await response.write(end)
+    await response.write_eof()
+    total = elapsed_ms(started) / 1000
+    metrics.observe_outcome(outcome, total_s=total, first_byte_s=relayed.first_byte_s, stream=True)
+    if whole is not None:
+        gateway.maybe_shadow(live, dataclasses.replace(outcome, completion=whole))
+    return response
+
+
+def stream_headers(outcome: LiveOutcome, started: float) -> dict[str, str]:
+    return {
+        **trace_headers(outcome),
+        "Content-Type": "text/event-stream",
+        "Cache-Control": "no-cache",
+        "x-distillery-held-ms": f"{elapsed_ms(started):.1f}",
+    }
 
 
 @contextmanager
@@ -360,8 +457,11 @@ def stopped(outcome: LiveOutcome) -> ApiError:
 
 async def _live_job(gateway: Gateway, named: str | None) -> int:
     name = named.strip() if named else f"live-{utcnow():%Y-%m-%d}"
-    if not name or len(name) > MAX_JOB_NAME or not name.isprintable():
-        raise bad_request(f"{JOB_HEADER} must be a printable name of 1 to {MAX_JOB_NAME} chars")
+    if len(name) > MAX_JOB_NAME or not JOB_NAME.fullmatch(name):
+        raise bad_request(
+            f"{JOB_HEADER} must be 1 to {MAX_JOB_NAME} letters, digits or . _ : @ / -, "
+            "starting with a letter or digit"
+        )
     try:
         return await gateway.job_id(name)
     except NotALiveJob as exc:

@@ -9,25 +9,29 @@ from typing import Any
 
 from producer.context_window import (
     TRUNCATION_METADATA_KEY,
+    ContextLimit,
     PromptTooLong,
-    context_limit,
     fit_to_context,
 )
 from producer.gateway.wire import ApiError
 from producer.readers import PromptInput
 from workers.job_settings import RouteSettings
-from workers.settings import Settings
 
 SOURCE = "request"
 
 
 def fit_request(
-    messages: list[dict[str, Any]], job: RouteSettings, settings: Settings
+    messages: list[dict[str, Any]],
+    job: RouteSettings,
+    limit: ContextLimit | None,
+    max_tokens: int | None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """The messages to send (cut, if the policy allows) and the record of a cut, or None."""
-    limit = context_limit(job, settings)
+    """The messages to send (cut, if the policy allows) and the record of a cut, or None.
+    `limit` is `context_limit` of the request's model (worked out once per model by the
+    gateway); the request's own `max_tokens` is reserved here."""
     if limit is None:
         return messages, None
+    limit = dataclasses.replace(limit, answer_tokens=max_tokens or 0)
     if limit.policy == "truncate" and not _cuttable(messages):
         limit = dataclasses.replace(limit, policy="reject")  # only a user's text is cut
     prompt = PromptInput(messages, None, None, 1)

@@ -289,3 +289,48 @@ def _content_pieces(
 def sse(event: dict[str, Any] | str) -> bytes:
     data = event if isinstance(event, str) else json.dumps(event, separators=(",", ":"))
     return f"data: {data}\n\n".encode()
+
+
+@dataclass(slots=True)
+class Relayed:
+    """A kept tier's streamed chunks (`stream_holdback_tokens`) as the gateway's own: its
+    id, the tier as `model`, logprobs only if the caller asked, and the usage chunk only
+    if it set `stream_options.include_usage` (the tier is always asked for it: the ledger
+    and the limits need it)."""
+
+    call: ChatCall
+    outcome: LiveOutcome
+    first_byte_s: float = 0.0
+
+    def chunks(self, events: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for event in events:
+            head = {
+                "id": completion_id(self.outcome),
+                "object": "chat.completion.chunk",
+                "created": int(event.get("created") or time.time()),
+                "model": self.outcome.final_tier,
+                "system_fingerprint": event.get("system_fingerprint"),
+            }
+            if event.get("choices"):
+                choices = [self._choice(choice) for choice in event["choices"]]
+                usage = {"usage": None} if self.call.include_usage else {}
+                yield {**head, "choices": choices, **usage}
+            if self.call.include_usage and event.get("usage"):
+                yield {**head, "choices": [], "usage": event["usage"]}
+
+    def _choice(self, choice: dict[str, Any]) -> dict[str, Any]:
+        relayed = {**choice, "index": 0}
+        if not self.call.logprobs:
+            relayed["logprobs"] = None
+        return relayed
+
+
+def stream_error(message: str) -> ApiError:
+    """What ends a stream whose tier failed after some of its answer was sent: an error
+    event in OpenAI's shape (the SDK raises `APIError` on it), never another tier's answer."""
+    return ApiError(
+        502,
+        f"the answer is incomplete: {message}",
+        type_="upstream_error",
+        code="stream_interrupted",
+    )

@@ -73,3 +73,26 @@ class GatewayProcess:
         from openai import AsyncOpenAI
 
         return AsyncOpenAI(base_url=self.base_url, api_key="unused", max_retries=0, **options)
+
+
+def streamed_text(raw: Any, routed: str, final: str) -> str:
+    """A `with_raw_response` stream's text, checked as the hold-back cascade streams it:
+    the routed and final tiers in the headers, the final tier as every chunk's `model`,
+    no usage (not asked for), and a last chunk that says `stop`."""
+    headers = raw.headers
+    assert (headers["x-distillery-routed-tier"], headers["x-distillery-tier"]) == (routed, final)
+    assert float(headers["x-distillery-held-ms"]) > 0
+    chunks = list(raw.parse())
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert {c.model for c in chunks} == {final}
+    assert all(c.usage is None for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    return "".join(c.choices[0].delta.content or "" for c in chunks)
+
+
+def ledger_rows(engine: Any, table: Any, prompt_id: int) -> list[Any]:
+    """A prompt's rows of `table` (attempts, fallbacks)."""
+    from sqlmodel import Session, select
+
+    with Session(engine) as session:
+        return list(session.exec(select(table).where(table.prompt_id == prompt_id)).all())
