@@ -10,6 +10,7 @@ from models import Job
 from models.reports import attempt_count, prompt_usage, recent_jobs
 from models.training_data import latest_training_file
 from models.types import utcnow
+from producer.batch_status import batches_summary
 from workers.errors import NotFound
 
 
@@ -43,6 +44,8 @@ def job_summary(session: Session, job_id: int) -> dict[str, Any]:
         "finished_at": _iso(job.finished_at),
         "elapsed_s": _elapsed(job),
         "training_file": _training_file(session, job_id),
+        "via": job.params.get("via", "online"),
+        **batches_summary(session, job_id),
     }
 
 
