@@ -9,7 +9,9 @@ GET  /admin/batches               the pace and the faults below
 POST /admin/batches               change them (applies to batches read from now on)
 
 A batch moves validating → in_progress → finalizing → completed, one stage every `step_s`
-seconds (default 2), or with `step_s` 0 one stage per retrieve, so a test needs no sleeps.
+seconds (default 2), or with `step_s` 0 one stage per retrieve, so a test needs no sleeps. A
+new `step_s` applies to every batch from its next read on (a test can hold batches still
+with a long step, then let them go).
 An input file that fails validation (`simulator.batch_lines`) ends the batch `failed` with
 `errors`. Every line is answered as /v1/chat/completions would answer its body (the same
 deterministic text); a model's `error_rate` makes lines fail (500s in the error file). The
@@ -106,7 +108,6 @@ class SimulatedBatch:
     metadata: dict[str, str] | None
     lines: list[InputLine]
     errors: list[dict[str, Any]] | None  # validation errors: the batch will fail
-    step_s: float
     created_at: float
     stage: int = 0
     status: str = "validating"
@@ -156,7 +157,6 @@ class BatchStore:
                 metadata=metadata,
                 lines=lines,
                 errors=errors,
-                step_s=self.faults.step_s,
                 created_at=time.time(),
                 expire_after_fraction=self.faults.expire_after_fraction,
             )
@@ -194,7 +194,7 @@ class BatchStore:
         if batch.status == "cancelling":
             self._finish_cancelled(batch)
             return
-        target = _target_stage(batch, time.time(), retrieved)
+        target = _target_stage(batch, self.faults.step_s, time.time(), retrieved)
         while not batch.done and batch.stage < target:
             self._enter(batch, batch.stage + 1)
 
@@ -218,7 +218,8 @@ class BatchStore:
 
     def _finish_cancelled(self, batch: SimulatedBatch) -> None:
         # Lines already run at cancel time are kept; at a per-call pace none had run yet.
-        self._run(batch, int(len(batch.lines) * _progress(batch, time.time())), unreached=None)
+        done = _progress(batch, self.faults.step_s, time.time())
+        self._run(batch, int(len(batch.lines) * done), unreached=None)
         batch.status = "cancelled"
         batch.times["cancelled_at"] = int(time.time())
 
@@ -254,21 +255,21 @@ class BatchStore:
         return self._files.add(name, OUTPUT_PURPOSE, to_jsonl(lines), 0).id
 
 
-def _target_stage(batch: SimulatedBatch, now: float, retrieved: bool) -> int:
+def _target_stage(batch: SimulatedBatch, step_s: float, now: float, retrieved: bool) -> int:
     last = len(STAGES) - 1
-    if batch.step_s > 0:
-        return min(last, int((now - batch.created_at) / batch.step_s))
+    if step_s > 0:
+        return max(batch.stage, min(last, int((now - batch.created_at) / step_s)))
     return min(last, batch.stage + int(retrieved))
 
 
-def _progress(batch: SimulatedBatch, now: float) -> float:
+def _progress(batch: SimulatedBatch, step_s: float, now: float) -> float:
     """How far through its lines an in-progress batch is (0..1)."""
     if batch.stage >= 2:
         return 1.0
-    if batch.stage < 1 or batch.step_s <= 0:
+    if batch.stage < 1 or step_s <= 0:
         return 0.0
-    started = batch.created_at + batch.step_s
-    return max(0.0, min(1.0, (now - started) / batch.step_s))
+    started = batch.created_at + step_s
+    return max(0.0, min(1.0, (now - started) / step_s))
 
 
 BATCHES = web.AppKey("simulator_batches", BatchStore)
@@ -303,7 +304,9 @@ async def create_batch(request: web.Request) -> web.Response:
         return error_reply(400, str(exc))
     except CreateError as exc:
         return error_reply(400, exc.message, param=exc.param)
-    return json_reply(batch_body(request.app[BATCHES].create(stored, endpoint, metadata)))
+    return json_reply(
+        batch_body(request.app[BATCHES].create(stored, endpoint, metadata), _pace(request))
+    )
 
 
 async def retrieve_batch(request: web.Request) -> web.Response:
@@ -312,18 +315,20 @@ async def retrieve_batch(request: web.Request) -> web.Response:
     batch = request.app[BATCHES].get(request.match_info["batch_id"], retrieved=True)
     if batch is None:
         return _not_found(request.match_info["batch_id"])
-    return json_reply(batch_body(batch))
+    return json_reply(batch_body(batch, _pace(request)))
 
 
 async def cancel_batch(request: web.Request) -> web.Response:
     batch = request.app[BATCHES].cancel(request.match_info["batch_id"])
     if batch is None:
         return _not_found(request.match_info["batch_id"])
-    return json_reply(batch_body(batch))
+    return json_reply(batch_body(batch, _pace(request)))
 
 
 async def list_batches(request: web.Request) -> web.Response:
-    return page_reply(request, [batch_body(b) for b in request.app[BATCHES].newest_first()])
+    return page_reply(
+        request, [batch_body(b, _pace(request)) for b in request.app[BATCHES].newest_first()]
+    )
 
 
 async def get_faults(request: web.Request) -> web.Response:
@@ -337,6 +342,10 @@ async def post_faults(request: web.Request) -> web.Response:
     except ValueError as exc:
         return error_reply(400, str(exc))
     return json_reply(faults.to_dict())
+
+
+def _pace(request: web.Request) -> float:
+    return request.app[BATCHES].faults.step_s
 
 
 def _not_found(batch_id: str) -> web.Response:
@@ -374,12 +383,12 @@ def _create_fields(
     return stored, endpoint, metadata
 
 
-def batch_body(batch: SimulatedBatch) -> dict[str, Any]:
+def batch_body(batch: SimulatedBatch, step_s: float) -> dict[str, Any]:
     """The Batch object as openai-python's `types.Batch` reads it."""
     total = len(batch.lines)
     completed, failed = batch.completed, batch.failed
     if not batch.done and batch.stage == 1:  # lines finish steadily while in progress
-        completed = int(total * _progress(batch, time.time()))
+        completed = int(total * _progress(batch, step_s, time.time()))
     stamps = (
         "in_progress_at",
         "finalizing_at",
