@@ -2,68 +2,21 @@
 simulator's /v1/files and /v1/batches over real HTTP → SQL → reducer. And its faults."""
 
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import openai
 import pytest
-from sqlmodel import Session, select
 
-from models import AttemptStatus, Batch, BatchStatus, JobStatus, PromptStatus
-from simulator import ModelBehaviour, RunningSimulator, SimConfig, start_in_thread
-from tests.helpers.config import PRICES, write_config
+from models import AttemptStatus, BatchStatus, JobStatus, PromptStatus
+from simulator import RunningSimulator
+from tests.helpers.batches import batches_of, provider_batches, start_job
+from tests.helpers.config import PRICES
 from tests.helpers.pipeline import (
     attempts_of,
     prompts_of,
-    submit_file,
     wait_for_job,
     wait_for_training_file,
-    write_jsonl,
 )
-
-FAST_POLLS = {"batch_poll_s": 0.05, "batch_poll_max_s": 0.2}
-
-
-@pytest.fixture
-def batch_sim() -> Iterator[RunningSimulator]:
-    with start_in_thread(SimConfig(default=ModelBehaviour(latency_ms=1))) as running:
-        running.configure_batches(step_s=0)  # one stage per poll
-        yield running
-
-
-def rows(count: int) -> list[dict[str, Any]]:
-    return [
-        {"prompt": f"Explain topic number {i} to a student.", "custom_id": f"u{i}"}
-        for i in range(count)
-    ]
-
-
-def start_job(
-    tmp_path: Path, sim: RunningSimulator, database_url: str, workers: Any, count: int, **tier: Any
-) -> tuple[int, Any, Any]:
-    fallback = tier.pop("fallback", None)
-    config = write_config(
-        tmp_path / "distillery.toml",
-        base_url=sim.base_url,
-        database_url=database_url,
-        extra="[reducer]\nmin_length = 0\n",
-        **{**FAST_POLLS, **tier},
-    )
-    workers.start(config, concurrency=4)
-    source = write_jsonl(tmp_path / "prompts.jsonl", rows(count))
-    overrides = {"via": "batch", "batch_fallback": fallback}
-    return submit_file(source, config, overrides=overrides)
-
-
-def batches_of(engine: Any, job_id: int) -> list[Batch]:
-    with Session(engine) as session:
-        return list(session.exec(select(Batch).where(Batch.job_id == job_id).order_by(Batch.id)))
-
-
-def provider_batches(sim: RunningSimulator) -> list[Any]:
-    client = openai.OpenAI(base_url=sim.base_url, api_key="x", max_retries=0)
-    return list(client.batches.list(limit=100).data)
 
 
 def assert_answered_once(engine: Any, job_id: int) -> list[Any]:

@@ -11,15 +11,9 @@ from typing import Any
 
 from models import BatchStatus, JobStatus, PromptStatus, get_write_engine
 from simulator import RunningSimulator
+from tests.helpers.batches import batches_of, provider_batches, rows, start_job
 from tests.helpers.pipeline import attempts_of, prompts_of, submit_file, wait_for_job, write_jsonl
 from tests.helpers.workers import wait_until
-from tests.test_batch_pipeline import (  # noqa: F401 (the fixture)
-    batch_sim,
-    batches_of,
-    provider_batches,
-    rows,
-    start_job,
-)
 
 HOLD = 3600.0  # a batch step this long keeps batches still until a test lets them go
 

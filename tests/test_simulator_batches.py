@@ -1,20 +1,12 @@
 """The simulator's Batch API, driven by the official `openai` SDK over real HTTP."""
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
 
-from simulator import ModelBehaviour, RunningSimulator, SimConfig, start_in_thread
-
-
-@pytest.fixture
-def batch_sim() -> Iterator[RunningSimulator]:
-    with start_in_thread(SimConfig(default=ModelBehaviour())) as running:
-        running.configure_batches(step_s=0)  # one stage per retrieve: no sleeps
-        yield running
+from simulator import RunningSimulator
 
 
 def client_for(sim: RunningSimulator) -> openai.OpenAI:

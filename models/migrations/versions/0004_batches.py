@@ -54,16 +54,18 @@ def upgrade() -> None:
     )
     op.create_index("ix_batches_job_id", "batches", ["job_id"])
     op.create_index("ix_batches_provider_batch_id", "batches", ["provider_batch_id"])
+    # batch mode: SQLite cannot ALTER a table to add a foreign key (alembic copies it)
     for table in ("prompts", "attempts"):
-        op.add_column(
-            table,
-            sa.Column("batch_id", sa.Integer(), sa.ForeignKey("batches.id"), nullable=True),
-        )
-        op.create_index(f"ix_{table}_batch_id", table, ["batch_id"])
+        with op.batch_alter_table(table) as batch:
+            batch.add_column(sa.Column("batch_id", sa.Integer(), nullable=True))
+            batch.create_foreign_key(f"fk_{table}_batch_id", "batches", ["batch_id"], ["id"])
+            batch.create_index(f"ix_{table}_batch_id", ["batch_id"])
 
 
 def downgrade() -> None:
     for table in ("attempts", "prompts"):
-        op.drop_index(f"ix_{table}_batch_id", table_name=table)
-        op.drop_column(table, "batch_id")
+        with op.batch_alter_table(table) as batch:
+            batch.drop_index(f"ix_{table}_batch_id")
+            batch.drop_constraint(f"fk_{table}_batch_id", type_="foreignkey")
+            batch.drop_column("batch_id")
     op.drop_table("batches")
