@@ -7,6 +7,7 @@ prompts that still need an answer, in the same transaction, so they can be claim
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
@@ -21,6 +22,14 @@ from models.tables import (
     BatchStatus,
 )
 from models.types import utcnow
+
+# Ids per IN list: a batch holds up to 50,000 prompts, more than SQLite's 32,766 variables
+# per statement allow (and long IN lists cost PostgreSQL's planner too).
+CHUNK = 2000
+
+
+def chunks(ids: Sequence[int], size: int = CHUNK) -> list[list[int]]:
+    return [list(ids[start : start + size]) for start in range(0, len(ids), size)]
 
 
 def unclaimed_prompts(*, conn: Connection, job_id: int) -> list[int]:
@@ -61,15 +70,16 @@ def claim_batch(
     ).inserted_primary_key
     assert inserted is not None
     batch_id = int(inserted[0])
-    conn.execute(
-        update(PROMPTS)
-        .where(
-            PROMPTS.c.id.in_(list(prompt_ids)),
-            PROMPTS.c.batch_id.is_(None),
-            PROMPTS.c.status.not_in(TERMINAL_PROMPT_STATUSES),
+    for chunk in chunks(prompt_ids):
+        conn.execute(
+            update(PROMPTS)
+            .where(
+                PROMPTS.c.id.in_(chunk),
+                PROMPTS.c.batch_id.is_(None),
+                PROMPTS.c.status.not_in(TERMINAL_PROMPT_STATUSES),
+            )
+            .values(batch_id=batch_id)
         )
-        .values(batch_id=batch_id)
-    )
     held = held_prompts(conn=conn, batch_id=batch_id)
     conn.execute(update(BATCHES).where(BATCHES.c.id == batch_id).values(lines=len(held)))
     return batch_id, held
@@ -105,26 +115,29 @@ def count_poll(*, conn: Connection, batch_id: int, **values: Any) -> None:
 
 def release_prompts(*, conn: Connection, batch_id: int, prompt_ids: Sequence[int]) -> None:
     """Let `prompt_ids` (still open) be claimed by a later batch."""
-    if prompt_ids:
+    for chunk in chunks(prompt_ids):
         conn.execute(
             update(PROMPTS)
-            .where(PROMPTS.c.batch_id == batch_id, PROMPTS.c.id.in_(list(prompt_ids)))
+            .where(PROMPTS.c.batch_id == batch_id, PROMPTS.c.id.in_(chunk))
             .values(batch_id=None)
         )
 
 
 def failed_batch_tries(*, conn: Connection, prompt_ids: Sequence[int]) -> dict[int, int]:
     """How many batch lines of each prompt did not come back answered (errors, expiries)."""
-    query = (
-        select(ATTEMPTS.c.prompt_id, func.count())
-        .where(
-            ATTEMPTS.c.prompt_id.in_(list(prompt_ids)),
-            ATTEMPTS.c.batch_id.is_not(None),
-            ATTEMPTS.c.status != AttemptStatus.OK,
+    tries: dict[int, int] = {}
+    for chunk in chunks(prompt_ids):
+        query = (
+            select(ATTEMPTS.c.prompt_id, func.count())
+            .where(
+                ATTEMPTS.c.prompt_id.in_(chunk),
+                ATTEMPTS.c.batch_id.is_not(None),
+                ATTEMPTS.c.status != AttemptStatus.OK,
+            )
+            .group_by(ATTEMPTS.c.prompt_id)
         )
-        .group_by(ATTEMPTS.c.prompt_id)
-    )
-    return {int(pid): int(n) for pid, n in conn.execute(query)}
+        tries.update({int(pid): int(n) for pid, n in conn.execute(query)})
+    return tries
 
 
 def job_params(*, conn: Connection, job_id: int) -> tuple[str, str, dict[str, Any]] | None:
@@ -135,19 +148,35 @@ def job_params(*, conn: Connection, job_id: int) -> tuple[str, str, dict[str, An
     return None if row is None else (row.mode, row.status, dict(row.params))
 
 
-def batch_share(*, conn: Connection, job_id: int) -> dict[str, Any]:
-    """Answer calls of a job through batches and online: counts and cost of each."""
+@dataclass(frozen=True, slots=True)
+class PathUsage:
+    """A job's answers on one tier by one path (batch or online)."""
+
+    batched: bool
+    tier: str
+    answers: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+
+
+def answer_paths(*, conn: Connection, job_id: int) -> list[PathUsage]:
+    """A job's answered calls, batch and online apart, per tier: counts, tokens and cost."""
+    batched = ATTEMPTS.c.batch_id.is_not(None).label("batched")
     query = (
         select(
-            ATTEMPTS.c.batch_id.is_not(None).label("batched"),
+            batched,
+            ATTEMPTS.c.tier,
             func.count(),
+            func.coalesce(func.sum(ATTEMPTS.c.prompt_tokens), 0),
+            func.coalesce(func.sum(ATTEMPTS.c.completion_tokens), 0),
             func.coalesce(func.sum(ATTEMPTS.c.cost_usd), 0.0),
         )
         .join(PROMPTS, PROMPTS.c.id == ATTEMPTS.c.prompt_id)
         .where(PROMPTS.c.job_id == job_id, ATTEMPTS.c.status == AttemptStatus.OK)
-        .group_by("batched")
+        .group_by(batched, ATTEMPTS.c.tier)
     )
-    share = {"batch": {"answers": 0, "cost_usd": 0.0}, "online": {"answers": 0, "cost_usd": 0.0}}
-    for batched, count, cost in conn.execute(query):
-        share["batch" if batched else "online"] = {"answers": int(count), "cost_usd": float(cost)}
-    return share
+    return [
+        PathUsage(bool(b), tier, int(n), int(p), int(c), float(cost))
+        for b, tier, n, p, c, cost in conn.execute(query)
+    ]

@@ -21,9 +21,10 @@ from workers.errors import ExitCode
 from workers.settings import Settings
 
 
-def summary(engine: Engine, job_id: int) -> dict[str, Any]:
+def summary(engine: Engine, job_id: int, settings: Settings | None = None) -> dict[str, Any]:
+    """The job's summary; with `settings`, priced by its tiers (what batches saved)."""
     with Session(engine) as session:
-        return job_summary(session, job_id)
+        return job_summary(session, job_id, settings.tiers if settings else None)
 
 
 def _worker_context(settings: Settings) -> AbstractContextManager[Any]:
@@ -73,7 +74,7 @@ def submit_and_maybe_wait(
             job = wait_for_job(engine, submitted.job_id, console=console)
             if job.mode == JobMode.TEACHER and job.status == JobStatus.FINISHED:
                 wait_for_training_file(engine, submitted.job_id)
-    return summary(engine, submitted.job_id)
+    return summary(engine, submitted.job_id, settings)
 
 
 def reduce(

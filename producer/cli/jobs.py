@@ -125,7 +125,7 @@ def status(job_id: int, watch: bool, as_json: bool) -> None:
     db = engine()
     if watch:
         wait_for_job(db, job_id, console=None if as_json else console)
-    summary = jobs.summary(db, job_id)
+    summary = jobs.summary(db, job_id, settings())
     if as_json:
         emit_json(summary)
     else:

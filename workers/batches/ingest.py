@@ -23,7 +23,9 @@ from sqlalchemy.engine import Engine
 
 from models import AttemptStatus, BatchStatus, PromptStatus
 from models.batches import (
+    CHUNK,
     batch_row,
+    chunks,
     failed_batch_tries,
     held_prompts,
     release_prompts,
@@ -64,6 +66,11 @@ def answered_record(
     return record
 
 
+def load_held_work(engine: Engine, prompt_ids: Sequence[int], tier: str) -> list[WorkItem]:
+    """`load_work` for a batch's prompts, a chunk of ids at a time (up to 50,000 of them)."""
+    return [item for chunk in chunks(prompt_ids) for item in load_work(engine, chunk, tier)]
+
+
 def ingest(
     engine: Engine,
     batch_id: int,
@@ -76,7 +83,7 @@ def ingest(
     """Commit a terminal batch's results (`files`: its output and error files' bytes)."""
     with engine.connect() as conn:
         held = held_prompts(conn=conn, batch_id=batch_id)
-    work = load_work(engine, held, tier.name)
+    work = load_held_work(engine, held, tier.name)
     results = read_results(*files, expected=set(held), latency_ms=latency_ms)
     with engine.begin() as conn:
         row = batch_row(conn=conn, batch_id=batch_id, lock=True)
@@ -84,7 +91,8 @@ def ingest(
             return Ingested(already=True)
         tries = failed_batch_tries(conn=conn, prompt_ids=held)
         outcome = _sort_lines(work, results, provider, tier, batch_id, tries)
-        write_records(conn, outcome.records)
+        for start in range(0, len(outcome.records), CHUNK):  # IN lists within SQLite's limit
+            write_records(conn, outcome.records[start : start + CHUNK])
         release_prompts(conn=conn, batch_id=batch_id, prompt_ids=outcome.retry_in_batch)
         update_batch(conn=conn, batch_id=batch_id, **_row_values(provider, outcome, results))
     return outcome

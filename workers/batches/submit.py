@@ -17,8 +17,9 @@ from sqlalchemy.engine import Engine
 from models import BatchStatus
 from models.batches import claim_batch, held_prompts, job_batches, unclaimed_prompts, update_batch
 from models.types import utcnow
-from workers.answer import WorkItem, load_work
+from workers.answer import WorkItem
 from workers.batches.client import BatchClient, BatchRejected, ProviderBatch
+from workers.batches.ingest import load_held_work
 from workers.batches.lines import Line, pack, request_line
 from workers.settings import TierConfig
 
@@ -53,7 +54,7 @@ def start_job_batches(
         unclaimed = unclaimed_prompts(conn=conn, job_id=job_id)
     for batch_id in preparing:
         _start(engine, job_id, batch_id, _lines_held(engine, batch_id, tier), client, started)
-    lines = request_lines(load_work(engine, unclaimed, tier.name), tier)
+    lines = request_lines(load_held_work(engine, unclaimed, tier.name), tier)
     limits = {"max_requests": tier.batch_max_requests, "max_bytes": tier.batch_max_bytes}
     for group in pack(lines, **limits):
         with engine.begin() as conn:
@@ -73,7 +74,7 @@ def start_job_batches(
 def _lines_held(engine: Engine, batch_id: int, tier: TierConfig) -> list[Line]:
     with engine.connect() as conn:
         held = held_prompts(conn=conn, batch_id=batch_id)
-    return request_lines(load_work(engine, held, tier.name), tier)
+    return request_lines(load_held_work(engine, held, tier.name), tier)
 
 
 def _start(
