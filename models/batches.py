@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 
 from models.tables import (
     ATTEMPTS,
@@ -81,6 +81,9 @@ def claim_batch(
             .values(batch_id=batch_id)
         )
     held = held_prompts(conn=conn, batch_id=batch_id)
+    if not held:  # a racing packer took them all: no empty row in `status`
+        conn.execute(delete(BATCHES).where(BATCHES.c.id == batch_id))
+        return batch_id, held
     conn.execute(update(BATCHES).where(BATCHES.c.id == batch_id).values(lines=len(held)))
     return batch_id, held
 

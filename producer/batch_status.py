@@ -90,8 +90,7 @@ def print_batches(out: Console, summary: dict[str, Any]) -> None:
             table.add_row(
                 str(b["id"]),
                 b["provider_batch_id"] or "-",
-                b["status"]
-                + ("" if b["committed"] or b["status"] == "preparing" else " (polling)"),
+                _shown_status(b),
                 f"{b['done']}/{b['lines']}",
                 str(b["answered"]),
                 str(b["errored"]),
@@ -105,6 +104,14 @@ def print_batches(out: Console, summary: dict[str, Any]) -> None:
     answers = summary.get("answers")
     if answers and (answers["batch"]["answers"] or batches):
         out.print(answer_paths_line(answers))
+
+
+def _shown_status(batch: dict[str, Any]) -> str:
+    if batch["committed"] or batch["status"] == "preparing":
+        return str(batch["status"])
+    if batch["status"] in TERMINAL_BATCH_STATUSES:
+        return f"{batch['status']} (results being committed)"
+    return f"{batch['status']} (polling)"
 
 
 def answer_paths_line(answers: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ from models import AttemptStatus, BatchStatus, JobStatus, PromptStatus
 from simulator import RunningSimulator
 from tests.helpers.batches import batches_of, provider_batches, start_job
 from tests.helpers.config import PRICES
+from tests.helpers.faults import run_cli
 from tests.helpers.pipeline import (
     attempts_of,
     prompts_of,
@@ -58,6 +59,10 @@ def test_batch_job_end_to_end(
     shown = summary(engine, job_id)
     assert shown["via"] == "batch" and shown["answers"]["batch"]["answers"] == 60
     assert [b["done"] for b in shown["batches"]] == [25, 25, 10]
+    config = tmp_path / "distillery.toml"
+    status = run_cli(config, "status", str(job_id))
+    assert "answers: 60 by batch (100%" in status and "completed" in status
+    assert "answers: 60 by batch" in run_cli(config, "report", str(job_id))
 
 
 def test_errored_lines_retried_in_new_batches(
@@ -149,6 +154,8 @@ def test_rejected_input_fails_its_lines_with_the_providers_errors(
     from producer.jobs import summary
 
     assert summary(engine, job_id)["batches"][0]["errors"][0]["line"] == 1
+    status = run_cli(tmp_path / "distillery.toml", "status", str(job_id))
+    assert "refused:" in status and "simulated rejection" in status
 
 
 def test_provider_unreachable_while_polling(

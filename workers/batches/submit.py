@@ -65,6 +65,8 @@ def start_job_batches(
                 model=tier.model,
                 prompt_ids=[pid for pid, _ in group],
             )
+        if not held:
+            continue
         kept = set(held)
         lines_kept = [line for line in group if line[0] in kept]
         _start(engine, job_id, batch_id, lines_kept, client, started)
