@@ -198,12 +198,14 @@ def write_worker_config(
     calls_in_flight: int | None = None,
     tiers: tuple[str, ...] = (TIER,),
     teacher: str = TIER,
+    tier_extra: str = "",
 ) -> Path:
     """A worker's config: the tiers on the simulator (each with the same limits), the run's
     database, and the teacher tier that jobs submitted with it go to.
     `calls_in_flight` is each tier's `concurrency`: each worker process answers that many
-    of the tier's prompts at once (its call loop); None keeps the project's default."""
-    tier_extra = f"rpm = {rpm}\n" if rpm else ""
+    of the tier's prompts at once (its call loop); None keeps the project's default.
+    `tier_extra`: more settings for every tier, as TOML lines."""
+    tier_extra += f"rpm = {rpm}\n" if rpm else ""
     tier_extra += f"concurrency = {calls_in_flight}\n" if calls_in_flight else ""
     tier_tables = "".join(
         f'\n[tiers.{tier}]\nbase_url = "{base_url}"\nmodel = "{TIER_MODELS[tier]}"\n'

@@ -21,8 +21,10 @@ from typing import Any
 from bench.common import PYTHON, REPO, RESULTS_ENV, machine_summary
 
 # Cheapest first, so a broken setup shows up early; rate_limit is the long one (~3 min).
-BENCHMARKS = ("submit", "reducer", "ui", "worker_memory", "pipeline_vs_direct", "rate_limit")
-TAKES_NO_POSTGRES = {"submit", "reducer", "ui", "pipeline_vs_direct"}
+BENCHMARKS = (
+    "submit", "reducer", "ui", "worker_memory", "pipeline_vs_direct", "rate_limit", "batch",
+)  # fmt: skip
+TAKES_NO_POSTGRES = {"submit", "reducer", "ui", "pipeline_vs_direct", "batch"}
 
 
 def command_for(name: str, quick: bool, no_postgres: bool) -> list[str]:

@@ -50,6 +50,27 @@ class AttemptStatus(StrEnum):
     RATE_LIMITED = "rate_limited"
 
 
+class BatchStatus(StrEnum):
+    """A provider batch's status as the provider reports it, plus `preparing`: the row and
+    its lines are claimed, the input file is not at the provider yet."""
+
+    PREPARING = "preparing"
+    VALIDATING = "validating"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+# The provider is done with these: their files are final and can be read.
+TERMINAL_BATCH_STATUSES = frozenset(
+    {BatchStatus.COMPLETED, BatchStatus.EXPIRED, BatchStatus.CANCELLED, BatchStatus.FAILED}
+)
+
+
 class AttemptPurpose(StrEnum):
     ANSWER = "answer"
     ROUTE = "route"
@@ -131,6 +152,9 @@ class Prompt(SQLModel, table=True):
     latency_ms: float | None = None
     error: str | None = Field(default=None, sa_column=Column(Text))
     finished_at: datetime | None = _time()
+    # The provider batch this prompt is in right now (teacher jobs `--via batch`); cleared
+    # when that batch's results are committed and the prompt still needs an answer.
+    batch_id: int | None = Field(default=None, foreign_key="batches.id", index=True)
 
 
 class Attempt(SQLModel, table=True):
@@ -157,6 +181,44 @@ class Attempt(SQLModel, table=True):
     started_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
     )
+    # The provider batch whose output line this is; None: an online call.
+    batch_id: int | None = Field(default=None, foreign_key="batches.id", index=True)
+
+
+class Batch(SQLModel, table=True):
+    """One provider batch (OpenAI Batch API) of a job's prompts: its files, its status as
+    last polled, the provider's counts and what the ledger took from its results."""
+
+    __tablename__ = "batches"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    tier: str
+    model: str
+    provider_batch_id: str | None = Field(default=None, index=True)
+    input_file_id: str | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    status: BatchStatus = _enum(BatchStatus, default=BatchStatus.PREPARING)
+    lines: int = 0
+    # The provider's request_counts, as last polled.
+    provider_completed: int = 0
+    provider_failed: int = 0
+    # What the ledger took from the output: lines answered, lines errored (retried),
+    # lines ignored (unknown or repeated custom_id), and the answered lines' cost.
+    answered: int = 0
+    errored: int = 0
+    ignored: int = 0
+    cost_usd: float = 0.0
+    # The provider's errors when it refused the input file (validation failed).
+    errors: list[dict[str, Any]] | None = _json()
+    polls: int = 0
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
+    submitted_at: datetime | None = _time()
+    finished_at: datetime | None = _time()  # the provider reached a terminal status
+    ingested_at: datetime | None = _time()  # its results are committed (exactly once)
 
 
 class Fallback(SQLModel, table=True):
@@ -262,3 +324,4 @@ FALLBACKS: Table = SQLModel.metadata.tables["fallbacks"]
 JOBS: Table = SQLModel.metadata.tables["jobs"]
 TRAINING_FILES: Table = SQLModel.metadata.tables["training_files"]
 FINE_TUNES: Table = SQLModel.metadata.tables["fine_tunes"]
+BATCHES: Table = SQLModel.metadata.tables["batches"]

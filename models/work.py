@@ -87,9 +87,14 @@ def open_work(*, conn: Connection) -> OpenWork:
     """Two indexed queries (prompts by job and status; jobs by status): the sweeper's look
     at the ledger (workers.sweeper). A live job's open prompt is a request in flight in a
     gateway (or one that died with it, whose caller got an error): never re-sent."""
-    running = select(JOBS.c.id).where(
-        JOBS.c.status == JobStatus.RUNNING, JOBS.c.mode != JobMode.LIVE
+    jobs = conn.execute(
+        select(JOBS.c.id, JOBS.c.params).where(
+            JOBS.c.status == JobStatus.RUNNING, JOBS.c.mode != JobMode.LIVE
+        )
     )
+    # A batch job's prompts wait at the provider, held by no message: its batches are
+    # polled from countdown tasks, and `distillery resume` restarts them (workers.batches).
+    running = [job.id for job in jobs if (job.params or {}).get("via") != "batch"]
     rows = conn.execute(
         select(PROMPTS.c.job_id, PROMPTS.c.id).where(
             PROMPTS.c.job_id.in_(running), PROMPTS.c.status.not_in(TERMINAL_PROMPT_STATUSES)

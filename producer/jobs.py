@@ -12,17 +12,19 @@ from sqlmodel import Session
 
 from models import JobMode, JobStatus, session_scope
 from models.queries import cancel_job
+from producer.batch_status import cancel_provider_batches, print_batches
 from producer.errors import UserError
 from producer.progress import wait_for_job, wait_for_training_file
 from producer.status import get_job, job_summary, list_jobs
-from producer.submit import resume_job, submit_job
+from producer.submit import print_notice, resume_job, submit_job
 from workers.errors import ExitCode
 from workers.settings import Settings
 
 
-def summary(engine: Engine, job_id: int) -> dict[str, Any]:
+def summary(engine: Engine, job_id: int, settings: Settings | None = None) -> dict[str, Any]:
+    """The job's summary; with `settings`, priced by its tiers (what batches saved)."""
     with Session(engine) as session:
-        return job_summary(session, job_id)
+        return job_summary(session, job_id, settings.tiers if settings else None)
 
 
 def _worker_context(settings: Settings) -> AbstractContextManager[Any]:
@@ -72,7 +74,7 @@ def submit_and_maybe_wait(
             job = wait_for_job(engine, submitted.job_id, console=console)
             if job.mode == JobMode.TEACHER and job.status == JobStatus.FINISHED:
                 wait_for_training_file(engine, submitted.job_id)
-    return summary(engine, submitted.job_id)
+    return summary(engine, submitted.job_id, settings)
 
 
 def reduce(
@@ -126,10 +128,18 @@ def resume(job_id: int, *, settings: Settings, engine: Engine) -> int:
     return resume_job(job=job, settings=settings, engine=engine, app=app).total
 
 
-def cancel(job_id: int, *, engine: Engine) -> int:
+def cancel(job_id: int, *, engine: Engine, settings: Settings | None = None) -> int:
+    """Cancel the job's unfinished prompts, then its provider batches (with `settings`)."""
     with session_scope(engine) as session:
         get_job(session, job_id)
-        return cancel_job(session=session, job_id=job_id)
+        cancelled = cancel_job(session=session, job_id=job_id)
+    if settings is not None:
+        for provider_id in cancel_provider_batches(engine, job_id, settings):
+            print_notice(
+                f"could not reach the provider to cancel batch {provider_id}; the next poll "
+                "of it tries again"
+            )
+    return cancelled
 
 
 def recent(engine: Engine, limit: int) -> list[dict[str, Any]]:
@@ -179,6 +189,7 @@ def print_summary(out: Console, s: dict[str, Any]) -> None:
     table.add_row("cost", f"${s['cost_usd']:.4f}")
     table.add_row("elapsed", f"{s['elapsed_s']:.1f} s")
     out.print(table)
+    print_batches(out, s)
     training = s.get("training_file")
     if training:
         print_reduction(out, {**training, "warnings": []})

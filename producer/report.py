@@ -30,6 +30,7 @@ from models.reports import (
     router_latency,
     usage_by_tier,
 )
+from producer.batch_status import answer_paths_line, answers_by_path
 from producer.status import get_job
 from workers.settings import TierConfig
 
@@ -63,6 +64,7 @@ def build_report(
             router_latency(session=session, job_id=job_id, percentiles=PERCENTILES), "count"
         ),
         "shadow": _shadow(session, job) if job.mode == JobMode.LIVE else None,
+        "answers_by_path": answers_by_path(session, job_id, tiers),
     }
 
 
@@ -229,6 +231,8 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
     _print_fallbacks(console, report["fallbacks"])
     console.print(_cost_table(report["cost"]))
     _print_router_latency(console, report["router_latency_ms"])
+    if report["answers_by_path"]["batch"]["answers"]:
+        console.print(answer_paths_line(report["answers_by_path"]))
     if report.get("shadow") and report["shadow"]["sent"]:
         shadow = report["shadow"]
         agreement = "-" if shadow["agreement"] is None else f"{shadow['agreement']:.1%}"

@@ -1,6 +1,7 @@
 """What a job looks like now: counts, cost, tokens, its training file. Plain data, so the
 CLI can print it as a table or as JSON."""
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -10,7 +11,9 @@ from models import Job
 from models.reports import attempt_count, prompt_usage, recent_jobs
 from models.training_data import latest_training_file
 from models.types import utcnow
+from producer.batch_status import batches_summary
 from workers.errors import NotFound
+from workers.settings import TierConfig
 
 
 class JobNotFound(NotFound):
@@ -24,7 +27,9 @@ def get_job(session: Session, job_id: int) -> Job:
     return job
 
 
-def job_summary(session: Session, job_id: int) -> dict[str, Any]:
+def job_summary(
+    session: Session, job_id: int, tiers: Mapping[str, TierConfig] | None = None
+) -> dict[str, Any]:
     job = get_job(session, job_id)
     return {
         "id": job.id,
@@ -43,6 +48,8 @@ def job_summary(session: Session, job_id: int) -> dict[str, Any]:
         "finished_at": _iso(job.finished_at),
         "elapsed_s": _elapsed(job),
         "training_file": _training_file(session, job_id),
+        "via": job.params.get("via", "online"),
+        **batches_summary(session, job_id, tiers),
     }
 
 

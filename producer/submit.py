@@ -59,7 +59,8 @@ def job_settings(
     if mode == JobMode.TEACHER:
         job = TeacherSettings.from_config(settings, **overrides)
     else:
-        overrides = {k: v for k, v in overrides.items() if k != "tier"}
+        teacher_only = ("tier", "via", "batch_fallback")
+        overrides = {k: v for k, v in overrides.items() if k not in teacher_only}
         job = RouteSettings.from_config(settings, router=router, **overrides)
         validate_router(job.router, settings=settings, classifier_path=job.classifier)
     for name in job.tiers:

@@ -6,6 +6,7 @@ POST /v1/files        multipart form: `purpose` and `file`; a `fine-tune` file i
                       it cannot train on
 GET  /v1/files        every file, newest first
 GET  /v1/files/{id}   the file object
+GET  /v1/files/{id}/content   the file's bytes (batch input, output and error files)
 """
 
 import itertools
@@ -88,6 +89,7 @@ def register(app: web.Application) -> None:
     app.router.add_post("/v1/files", create_file)
     app.router.add_get("/v1/files", list_files)
     app.router.add_get("/v1/files/{file_id}", retrieve_file)
+    app.router.add_get("/v1/files/{file_id}/content", file_content)
 
 
 async def create_file(request: web.Request) -> web.Response:
@@ -111,6 +113,14 @@ async def retrieve_file(request: web.Request) -> web.Response:
     if stored is None:
         return error_reply(404, f"No such File object: {file_id}", param="id")
     return json_reply(stored.to_dict())
+
+
+async def file_content(request: web.Request) -> web.Response:
+    file_id = request.match_info["file_id"]
+    stored = request.app[FILES].get(file_id)
+    if stored is None:
+        return error_reply(404, f"No such File object: {file_id}", param="id")
+    return web.Response(body=stored.content, content_type="application/octet-stream")
 
 
 async def _read_upload(request: web.Request) -> tuple[str, str, bytes]:

@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from simulator.files import FILES, FINE_TUNE, StoredFile
-from simulator.responses import STATE, error_reply, json_reply, read_json_object
+from simulator.responses import STATE, error_reply, json_reply, page_reply, read_json_object
 
 STAGES = ("validating_files", "queued", "running", "succeeded")
 LAST_STAGE = len(STAGES) - 1
@@ -35,8 +35,6 @@ MIN_EXAMPLES = 10  # OpenAI's minimum; fewer fails the job at validation
 DEFAULT_STEP_S = 2.0
 DEFAULT_EPOCHS = 3
 MAX_SUFFIX_CHARS = 64
-DEFAULT_PAGE = 20
-MAX_PAGE = 100
 ORGANIZATION = "distillery"
 
 StageEvents = dict[str, list[tuple[str, str]]]  # stage → (level, message) pairs
@@ -168,14 +166,14 @@ async def retrieve_job(request: web.Request) -> web.Response:
 
 async def list_jobs(request: web.Request) -> web.Response:
     jobs = [job_body(job) for job in request.app[FINE_TUNING].newest_first()]
-    return _page_reply(request, jobs)
+    return page_reply(request, jobs)
 
 
 async def list_events(request: web.Request) -> web.Response:
     job = request.app[FINE_TUNING].get(request.match_info["job_id"])
     if job is None:
         return _job_not_found(request.match_info["job_id"])
-    return _page_reply(request, list(reversed(job.events)))
+    return page_reply(request, list(reversed(job.events)))
 
 
 async def get_pace(request: web.Request) -> web.Response:
@@ -369,23 +367,3 @@ def job_body(job: SimulatedJob) -> dict[str, Any]:
         "user_provided_suffix": job.suffix,
         "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
     }
-
-
-def _page_reply(request: web.Request, items: list[dict[str, Any]]) -> web.Response:
-    """A cursor page, as OpenAI lists: `after` is the id of the last item already seen."""
-    try:
-        limit = int(request.query.get("limit", DEFAULT_PAGE))
-    except ValueError:
-        return error_reply(400, "limit must be an integer", param="limit")
-    if not 1 <= limit <= MAX_PAGE:
-        return error_reply(400, f"limit must be between 1 and {MAX_PAGE}", param="limit")
-    start = _start_after(items, request.query.get("after"))
-    data = items[start : start + limit]
-    return json_reply({"object": "list", "data": data, "has_more": start + limit < len(items)})
-
-
-def _start_after(items: list[dict[str, Any]], after: str | None) -> int:
-    if after is None:
-        return 0
-    ids = [item["id"] for item in items]
-    return ids.index(after) + 1 if after in ids else len(items)

@@ -45,3 +45,27 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ValueError("the body must be a JSON object")
     return body
+
+
+DEFAULT_PAGE = 20
+MAX_PAGE = 100
+
+
+def page_reply(request: web.Request, items: list[dict[str, Any]]) -> web.Response:
+    """A cursor page, as OpenAI lists: `after` is the id of the last item already seen."""
+    try:
+        limit = int(request.query.get("limit", DEFAULT_PAGE))
+    except ValueError:
+        return error_reply(400, "limit must be an integer", param="limit")
+    if not 1 <= limit <= MAX_PAGE:
+        return error_reply(400, f"limit must be between 1 and {MAX_PAGE}", param="limit")
+    start = _start_after(items, request.query.get("after"))
+    data = items[start : start + limit]
+    return json_reply({"object": "list", "data": data, "has_more": start + limit < len(items)})
+
+
+def _start_after(items: list[dict[str, Any]], after: str | None) -> int:
+    if after is None:
+        return 0
+    ids = [item["id"] for item in items]
+    return ids.index(after) + 1 if after in ids else len(items)

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from simulator.batches import BATCHES
 from simulator.behaviour import ModelBehaviour, SimConfig
 from simulator.responses import STATE
 from simulator.server import build_app
@@ -90,6 +91,13 @@ class RunningSimulator:
 
     def configure(self, model: str | None = None, **changes: Any) -> ModelBehaviour:
         return self._state.configure(model, **changes)
+
+    def configure_batches(self, **changes: Any) -> dict[str, Any]:
+        """The Batch API's pace and faults (simulator.batches): step_s,
+        expire_after_fraction, duplicate_lines, unknown_lines, unavailable_next."""
+        faults = self._app[BATCHES].faults
+        faults.update(changes)
+        return faults.to_dict()
 
     def fail_next(
         self,

@@ -6,6 +6,7 @@ GET  /v1/models             the configured model names; any other name also work
 GET  /health                liveness, for docker-compose health checks
 /v1/files...                uploads for fine-tuning (see `simulator.files`)
 /v1/fine_tuning/jobs...     simulated fine-tuning jobs (see `simulator.fine_tuning`)
+/v1/batches...              simulated Batch API (see `simulator.batches`)
 /admin/...                  see `simulator.admin`
 """
 
@@ -13,7 +14,7 @@ import asyncio
 
 from aiohttp import web
 
-from simulator import admin, files, fine_tuning
+from simulator import admin, batches, files, fine_tuning
 from simulator.behaviour import SimConfig
 from simulator.chat import chat_completions
 from simulator.responses import STATE, STOPPING, json_reply
@@ -38,6 +39,7 @@ def build_app(config: SimConfig) -> web.Application:
     app.router.add_post("/admin/fail", admin.post_fail)
     files.register(app)
     fine_tuning.register(app)  # after files: its jobs read the uploads
+    batches.register(app)  # after files, likewise
     return app
 
 

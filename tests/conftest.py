@@ -85,6 +85,13 @@ def tiered_sim() -> Iterator[RunningSimulator]:
 
 
 @pytest.fixture
+def batch_sim() -> Iterator[RunningSimulator]:
+    with start_in_thread(SimConfig(default=ModelBehaviour(latency_ms=1))) as running:
+        running.configure_batches(step_s=0)  # one stage per poll
+        yield running
+
+
+@pytest.fixture
 def workers(tmp_path: Path, clean_redis: Any) -> Iterator[Workers]:
     pool = Workers(tmp_path)
     yield pool

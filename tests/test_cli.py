@@ -179,3 +179,16 @@ def test_demo_then_job_commands(tmp_path: Path) -> None:
     assert summary["examples"] + summary["validation_examples"] == training["examples"]
     assert summary["validation_examples"] > 0
     assert len(read_jsonl(tmp_path / "t.validation.jsonl")) == summary["validation_examples"]
+
+
+def test_via_batch_is_for_teacher_jobs(tmp_path: Path) -> None:
+    source = tmp_path / "p.jsonl"
+    source.write_text('{"prompt": "hi"}\n', encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    for args in (
+        ["--mode", "route", "--via", "batch"],
+        ["--via", "online", "--batch-fallback", "online"],
+    ):
+        result = run_cli("submit", str(source), *args, "--wait", env=env, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert "--via" in result.stderr or "--batch-fallback" in result.stderr

@@ -98,3 +98,21 @@ def test_a_corrupt_row_is_refused_when_loaded() -> None:
         load_job_settings(JobMode.TEACHER, {"tier": "frontier", "temperature": "hot"})
     with pytest.raises(ValidationError):
         load_job_settings(JobMode.ROUTE, {**OLD_ROUTE_ROW, "surprise": 1})
+
+
+def test_a_batch_tier_sends_teacher_jobs_via_batch_unless_told_otherwise() -> None:
+    online = Settings()
+    assert TeacherSettings.from_config(online).via == "online"
+    tiers = {
+        name: {**tier.model_dump(mode="json"), "batch": name == "frontier"}
+        for name, tier in online.tiers.items()
+    }
+    settings = Settings(tiers=tiers)
+    assert TeacherSettings.from_config(settings).batched
+    assert TeacherSettings.from_config(settings, via="online").via == "online"
+    assert not TeacherSettings.from_config(settings, tier="small").batched
+    assert (
+        TeacherSettings.from_config(online, via="batch", batch_fallback="online").batch_fallback
+        == "online"
+    )
+    assert load_job_settings(JobMode.TEACHER, OLD_TEACHER_ROW).via == "online"  # old rows

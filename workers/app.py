@@ -7,10 +7,19 @@ from kombu import Queue
 
 from workers.leases import record_publish
 from workers.settings import Settings, get_settings
-from workers.task_names import ANSWER_TASK, REDUCE_TASK, ROUTE_TASK, TRAIN_TASK
+from workers.task_names import (
+    ANSWER_TASK,
+    BATCH_POLL_TASK,
+    BATCH_SUBMIT_TASK,
+    REDUCE_TASK,
+    ROUTE_TASK,
+    TRAIN_TASK,
+)
 
 __all__ = [
     "ANSWER_TASK",
+    "BATCH_POLL_TASK",
+    "BATCH_SUBMIT_TASK",
     "CONTROL_QUEUE",
     "REDUCE_TASK",
     "ROUTE_TASK",

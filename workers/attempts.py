@@ -23,6 +23,7 @@ def _attempt(prompt_id: int, tier: TierConfig, latency_ms: float, **fields: Any)
         "cost_usd": 0.0,
         "confidence": None,
         "error": None,
+        "batch_id": None,  # an online call (workers/batches sets its batch's id)
         # The call's start: it ended now, after its latency.
         "started_at": utcnow() - timedelta(milliseconds=latency_ms),
     }

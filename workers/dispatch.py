@@ -6,11 +6,14 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from celery import Celery
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from models import Job, session_scope
+from models import TERMINAL_PROMPT_STATUSES, Job, session_scope
+from models.batches import job_batches
 from models.queries import unfinished_prompts
-from workers.app import ANSWER_TASK, CONTROL_QUEUE, ROUTE_TASK
+from models.tables import PROMPTS
+from workers.app import ANSWER_TASK, BATCH_POLL_TASK, BATCH_SUBMIT_TASK, CONTROL_QUEUE, ROUTE_TASK
 from workers.job_settings import TeacherSettings, load_job_settings
 
 Progress = Callable[[int], None]
@@ -54,6 +57,11 @@ def send_unfinished(
         targets = unfinished_prompts(session=session, job_id=job_id)
     if only is not None:
         targets = [(pid, tier) for pid, tier in targets if pid in only]
+    if isinstance(settings_of_job, TeacherSettings) and settings_of_job.batched:
+        send_batch_work(app, engine, job_id, tier=settings_of_job.tier, batch=batch)
+        if progress:
+            progress(len(targets))
+        return len(targets), CONTROL_QUEUE
     teacher = settings_of_job.tier if isinstance(settings_of_job, TeacherSettings) else None
     by_queue: dict[str | None, list[int]] = defaultdict(list)
     for prompt_id, tier in targets:
@@ -72,3 +80,32 @@ def send_unfinished(
                 progress=progress,
             )
     return len(targets), teacher or CONTROL_QUEUE
+
+
+def send_batch_work(app: Celery, engine: Engine, job_id: int, *, tier: str, batch: int) -> None:
+    """What a batch job needs to go on, from the ledger alone (after a Redis flush too): a
+    poll for each of its batches whose results are not committed (their provider ids are in
+    the `batches` table: nothing is sent again), online calls for the prompts a batch handed
+    to online fallback, and a packer for the prompts no batch holds (and the batches left
+    preparing)."""
+    with engine.connect() as conn:
+        rows = job_batches(conn=conn, job_id=job_id)
+        handed_online = _handed_online(conn, [r.id for r in rows if r.ingested_at is not None])
+    for row in rows:
+        if row.ingested_at is None and row.provider_batch_id is not None:
+            app.send_task(BATCH_POLL_TASK, (row.id, 1.0), queue=CONTROL_QUEUE)
+    if handed_online:
+        enqueue(app, ANSWER_TASK, handed_online, queue=tier, batch=batch, extra_args=(tier,))
+    app.send_task(BATCH_SUBMIT_TASK, (job_id,), queue=CONTROL_QUEUE)
+
+
+def _handed_online(conn: Any, ingested_batches: list[int]) -> list[int]:
+    """Open prompts still marked with a batch whose results are committed: that batch gave
+    them to online calls (`batch_fallback = "online"`)."""
+    if not ingested_batches:
+        return []
+    query = select(PROMPTS.c.id).where(
+        PROMPTS.c.batch_id.in_(ingested_batches),
+        PROMPTS.c.status.not_in(TERMINAL_PROMPT_STATUSES),
+    )
+    return list(conn.execute(query).scalars())

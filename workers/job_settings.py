@@ -65,6 +65,11 @@ class TeacherSettings(JobSettings):
 
     tier: str
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
+    # "batch": through the provider's Batch API (workers/batches), at its price.
+    via: Literal["online", "batch"] = "online"
+    # Where a batch's errored, expired or cancelled lines are retried: a new batch, or
+    # online calls to the same tier.
+    batch_fallback: Literal["batch", "online"] = "batch"
 
     @classmethod
     def from_config(cls, settings: Settings, **overrides: Any) -> "TeacherSettings":
@@ -75,7 +80,14 @@ class TeacherSettings(JobSettings):
             "temperature": config.temperature,
             "max_tokens": config.max_tokens,
         }
-        return cls(**_overridden(values, overrides))
+        values = _overridden(values, overrides)
+        tier = settings.tiers.get(str(values["tier"]))
+        values.setdefault("via", "batch" if tier is not None and tier.batch else "online")
+        return cls(**values)
+
+    @property
+    def batched(self) -> bool:
+        return self.via == "batch"
 
     @property
     def tiers(self) -> tuple[str, ...]:

@@ -78,6 +78,30 @@ class TierConfig(_Strict):
     # reducer (workers/tokens.py): the model's tiktoken encoding, ~4 characters a token, or
     # "auto": tiktoken where the model's encoding is installed, characters otherwise.
     tokenizer: Literal["auto", "tiktoken", "chars"] = "auto"
+    # The provider's Batch API (workers/batches): teacher jobs on this tier go through it
+    # by default (`submit --via batch` asks for it on any tier).
+    batch: bool = False
+    # The share taken off the online price for a batch line (OpenAI: half price).
+    batch_discount: float = Field(0.5, ge=0, le=1)
+    # One input file's limits (OpenAI: 50,000 requests, 200 MB, one model per file).
+    batch_max_requests: int = Field(50_000, gt=0)
+    batch_max_bytes: int = Field(200 * 1024 * 1024, gt=0)
+    # A batch's first poll comes after batch_poll_s; each later one waits 1.5 times longer,
+    # up to batch_poll_max_s (and twice as long after a failed poll).
+    batch_poll_s: float = Field(30.0, gt=0)
+    batch_poll_max_s: float = Field(600.0, gt=0)
+    # A line that errored (or was not reached) in this many batches ends failed.
+    batch_max_tries: int = Field(3, ge=1)
+
+    def at_batch_price(self) -> "TierConfig":
+        """This tier priced as its batch lines are billed."""
+        keep = 1.0 - self.batch_discount
+        return self.model_copy(
+            update={
+                "input_per_1k": self.input_per_1k * keep,
+                "output_per_1k": self.output_per_1k * keep,
+            }
+        )
 
     @property
     def calls_in_flight(self) -> int:

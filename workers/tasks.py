@@ -17,14 +17,29 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from models import Job, JobMode, JobStatus, session_scope
+from models.batches import batch_row, job_params
 from models.outcomes import Record
 from models.queries import has_training_file, unreduced_teacher_jobs
 from workers import reducer
 from workers.answer import answer_message, load_work
-from workers.app import ANSWER_TASK, CONTROL_QUEUE, REDUCE_TASK, ROUTE_TASK, TRAIN_TASK, app
+from workers.app import (
+    ANSWER_TASK,
+    BATCH_POLL_TASK,
+    BATCH_SUBMIT_TASK,
+    CONTROL_QUEUE,
+    REDUCE_TASK,
+    ROUTE_TASK,
+    TRAIN_TASK,
+    app,
+)
+from workers.batches.client import BatchClient, BatchProviderError
+from workers.batches.ingest import Ingested, ingest
+from workers.batches.poll import poll_batch
+from workers.batches.submit import start_job_batches
 from workers.context import start_worker_context, stop_worker_context, worker_context
 from workers.errors import DistilleryError
 from workers.heap import settle_for_serving
+from workers.job_settings import TeacherSettings, load_job_settings
 from workers.recovery import recovering, start_recovery, stop_recovery
 from workers.routing import route_message
 from workers.settings import get_settings
@@ -121,6 +136,65 @@ def reduce(job_id: int) -> None:
     config = ctx.settings.reducer
     result = reducer.reduce_job(engine=ctx.engine, job_id=job_id, out=out, config=config, once=True)
     log.info("job %s: %d training examples in %s", job_id, result.record.examples, out)
+
+
+def send_batch_poll(batch_id: int, delay_s: float) -> None:
+    batch_poll.apply_async((batch_id, delay_s), countdown=delay_s, queue=CONTROL_QUEUE)
+
+
+def send_batch_follow_ups(ingested: Ingested, job_id: int, tier: str) -> None:
+    """After a batch's results are committed: the reducer of a finished job, and the
+    lines to try again (online, or in a new batch)."""
+    send_follow_ups(ingested.records)
+    if ingested.retry_online:
+        send_answer(ingested.retry_online, tier)
+    if ingested.retry_in_batch:
+        batch_submit.apply_async((job_id,), queue=CONTROL_QUEUE)
+
+
+# A provider that cannot be reached while files are uploaded: the message is retried (the
+# claimed prompts wait in their `preparing` row, which the retry finishes).
+BATCH_RELIABLE = {**RELIABLE, "autoretry_for": (*RELIABLE["autoretry_for"], BatchProviderError)}  # type: ignore[misc]
+
+
+@app.task(name=BATCH_SUBMIT_TASK, **BATCH_RELIABLE)
+def batch_submit(job_id: int) -> None:
+    """Pack a batch job's unanswered prompts that no batch holds into provider batches,
+    and send each one's first poll."""
+    ctx = worker_context()
+    engine = ctx.ledger.engine
+    with engine.connect() as conn:
+        found = job_params(conn=conn, job_id=job_id)
+    if found is None or found[1] != JobStatus.RUNNING:
+        return
+    job = load_job_settings(found[0], found[2])
+    assert isinstance(job, TeacherSettings)
+    tier = ctx.settings.require_tier(job.tier)
+    with BatchClient(tier) as client:
+        started = start_job_batches(engine, job_id, tier, client)
+    for batch_id in started.polling:
+        send_batch_poll(batch_id, tier.batch_poll_s)
+    for batch_id, refused in started.refused:
+        ingested = ingest(engine, batch_id, refused, (b"", b""), tier=tier, latency_ms=0.0)
+        send_batch_follow_ups(ingested, job_id, tier.name)
+
+
+@app.task(name=BATCH_POLL_TASK, **RELIABLE)
+def batch_poll(batch_id: int, delay_s: float) -> None:
+    """One look at a provider batch; the next look, or its results, follow."""
+    ctx = worker_context()
+    engine = ctx.ledger.engine
+    with engine.connect() as conn:
+        row = batch_row(conn=conn, batch_id=batch_id)
+    if row is None:
+        return
+    tier = ctx.settings.require_tier(row.tier)
+    with BatchClient(tier) as client:
+        polled = poll_batch(engine, batch_id, delay_s, tier, client)
+    if polled.next_delay_s is not None:
+        send_batch_poll(batch_id, polled.next_delay_s)
+    if polled.ingested is not None:
+        send_batch_follow_ups(polled.ingested, row.job_id, tier.name)
 
 
 @app.task(name=TRAIN_TASK, acks_late=True, reject_on_worker_lost=True)

@@ -30,6 +30,17 @@ from workers.errors import ExitCode
 @click.option("--system-prompt", help="a system prompt for this job's calls")
 @click.option("--temperature", type=click.FloatRange(0, 2), help="sampling temperature")
 @click.option("--max-tokens", type=click.IntRange(1), help="cap on answer tokens")
+@click.option(
+    "--via",
+    type=click.Choice(["online", "batch"]),
+    help="teacher jobs: online calls, or the provider's Batch API at its price "
+    "(default: the tier's `batch` setting)",
+)
+@click.option(
+    "--batch-fallback",
+    type=click.Choice(["batch", "online"]),
+    help="--via batch: retry errored or expired lines in a new batch (default) or online",
+)
 @click.option("--wait", is_flag=True, help="show progress until the job ends, then a summary")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @handle_errors
@@ -44,6 +55,8 @@ def submit(
     system_prompt: str | None,
     temperature: float | None,
     max_tokens: int | None,
+    via: str | None,
+    batch_fallback: str | None,
     wait: bool,
     as_json: bool,
 ) -> None:
@@ -58,6 +71,10 @@ def submit(
         raise UserError(
             "--tier is for teacher jobs; route jobs pick tiers per prompt", ExitCode.USAGE
         )
+    if job_mode == JobMode.ROUTE and (via or batch_fallback):
+        raise UserError("--via and --batch-fallback are for teacher jobs", ExitCode.USAGE)
+    if batch_fallback and via == "online":
+        raise UserError("--batch-fallback needs --via batch", ExitCode.USAGE)
     overrides = {
         "tier": tier,
         "system_prompt": system_prompt,
@@ -66,6 +83,8 @@ def submit(
         "threshold": threshold,
         "classifier": str(classifier) if classifier else None,
     }
+    if job_mode == JobMode.TEACHER:
+        overrides.update(via=via, batch_fallback=batch_fallback)
     conf = settings()
     if conf.redis_url is None and not wait:
         raise UserError(
@@ -106,7 +125,7 @@ def status(job_id: int, watch: bool, as_json: bool) -> None:
     db = engine()
     if watch:
         wait_for_job(db, job_id, console=None if as_json else console)
-    summary = jobs.summary(db, job_id)
+    summary = jobs.summary(db, job_id, settings())
     if as_json:
         emit_json(summary)
     else:
@@ -247,7 +266,7 @@ def cancel(job_id: int) -> None:
     """Stop JOB: its unfinished prompts are cancelled and no further calls are made."""
     from producer import jobs
 
-    count = jobs.cancel(job_id, engine=engine())
+    count = jobs.cancel(job_id, engine=engine(), settings=settings())
     out.print(f"job {job_id}: cancelled {count} unfinished prompts")
 
 
