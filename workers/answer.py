@@ -12,7 +12,7 @@ committed records; the task (`workers.tasks`) sends what follows from them.
 """
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,11 +22,16 @@ from models import FallbackReason, PromptStatus
 from models.outcomes import Record
 from models.types import utcnow
 from models.work import open_prompts
-from workers.attempts import attempt_from_completion, attempt_from_error
+from workers.attempts import attempt_from_cache, attempt_from_completion, attempt_from_error
+from workers.budget import BudgetSpent, Spend, job_caps
 from workers.chat import CallError, ChatRequest, Completion, NotSent
 from workers.context import WorkerContext
 from workers.job_settings import AnyJobSettings, load_job_settings
+from workers.response_cache import CachedAnswer, cache_key, cache_row, caches
 from workers.settings import TierConfig
+
+# How an answer becomes its attempt row: a call's (`attempt_from_completion`), or the cache's.
+AttemptOf = Callable[..., dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +114,15 @@ async def answer_prompt(work: WorkItem, tier: TierConfig, ctx: WorkerContext) ->
 
 
 async def answer_step(work: WorkItem, tier: TierConfig, ctx: WorkerContext) -> Step:
-    """`answer_prompt`, keeping what the live gateway hands back to its caller."""
+    """`answer_prompt`, keeping what the live gateway hands back to its caller. A request
+    the response cache knows is answered from it, with no call; otherwise the call is made
+    within the job's budget, and its answer goes into the cache."""
     request = work.chat_request()
     escalation = work.job.next_tier(tier.name)
+    key = cache_key(tier, request) if caches(tier, work.job.cache) else None
+    cached = await ctx.cache.find(key) if key is not None else None
+    if cached is not None:
+        return await _answer_from_cache(work, tier, cached, escalation, ctx)
     pending: list[asyncio.Future[Record]] = []
 
     def record(step: Record) -> None:
@@ -137,16 +148,54 @@ async def answer_step(work: WorkItem, tier: TierConfig, ctx: WorkerContext) -> S
             on_failure=record_failure,
             before_call=still_wanted,
             max_wait_s=work.max_wait_s,
+            spend=_spend(work, tier, ctx),
         )
     except JobStopped:  # cancelled while this prompt waited: no call, nothing to record
         pass
+    except BudgetSpent as spent:  # no call: the job's budget could not pay for it
+        record(finish(work, [], status=PromptStatus.CANCELLED, error=str(spent)))
     except CallError as error:  # its attempt is already recorded by record_failure
         failure = error
         record(_after_failure(work, tier.name, escalation, error))
     else:
-        record(accept_or_escalate(work, tier, completion, escalation))
+        outcome = accept_or_escalate(work, tier, completion, escalation)
+        if key is not None:
+            outcome.cache = cache_row(tier, key, completion, outcome.attempts[-1]["cost_usd"])
+        record(outcome)
     # A failed write raises here: Celery retries the message (what is done skips).
     return Step(list(await asyncio.gather(*pending)), completion, failure)
+
+
+def _spend(work: WorkItem, tier: TierConfig, ctx: WorkerContext) -> Spend | None:
+    if not work.job.budgeted:
+        return None
+    caps = job_caps(work.job.max_cost_usd, work.job.tier_max_cost_usd, tier.name)
+    return Spend(ctx.budgets, work.job_id, caps) if caps else None
+
+
+async def _answer_from_cache(
+    work: WorkItem,
+    tier: TierConfig,
+    cached: CachedAnswer,
+    escalation: str | None,
+    ctx: WorkerContext,
+) -> Step:
+    """The step as the original call's answer decides it (the same confidence, so the same
+    escalation), recorded as a `cached` attempt instead of a call."""
+    if not await ctx.jobs.running(work.job_id):
+        return Step([])
+    completion = cached.completion()
+    outcome = accept_or_escalate(
+        work, tier, completion, escalation, attempt_of=_cached_attempt(cached)
+    )
+    return Step([await ctx.ledger.record(outcome)], completion)
+
+
+def _cached_attempt(cached: CachedAnswer) -> AttemptOf:
+    def attempt(prompt_id: int, tier: TierConfig, _: Completion, **fields: Any) -> dict[str, Any]:
+        return attempt_from_cache(prompt_id, tier, cached.attempt_id, **fields)
+
+    return attempt
 
 
 def _after_failure(work: WorkItem, tier: str, escalation: str | None, error: CallError) -> Record:
@@ -156,10 +205,15 @@ def _after_failure(work: WorkItem, tier: str, escalation: str | None, error: Cal
 
 
 def accept_or_escalate(
-    work: WorkItem, tier: TierConfig, completion: Completion, escalation: str | None
+    work: WorkItem,
+    tier: TierConfig,
+    completion: Completion,
+    escalation: str | None,
+    *,
+    attempt_of: AttemptOf = attempt_from_completion,
 ) -> Record:
     score = work.job.confidence(completion)
-    attempt = attempt_from_completion(work.prompt_id, tier, completion, confidence=score)
+    attempt = attempt_of(work.prompt_id, tier, completion, confidence=score)
     threshold = work.job.escalation_threshold
     if escalation and score is not None and threshold is not None and score < threshold:
         return escalate(

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from models import AttemptStatus
+from workers.budget import Spend, call_cost_estimate
 from workers.callloop import call_loop
 from workers.chat import CallError, ChatRequest, Completion
 from workers.http_client import ChatClient
@@ -59,16 +60,59 @@ class Caller:
         on_failure: OnFailure = _ignore,
         before_call: BeforeCall | None = None,
         max_wait_s: float | None = None,
+        spend: Spend | None = None,
     ) -> Completion:
         """The answer, after the tier's retries; `on_failure` sees each failed try as it
         happens (to record it), and the last failure is raised. With `max_wait_s` (a
         waiting caller: the gateway), neither the limits nor a 429 keep it waiting longer
-        than that: `NotSent`, or the 429 itself, is raised instead."""
+        than that: `NotSent`, or the 429 itself, is raised instead. With `spend`, each try
+        first reserves its estimated cost in the job's budget (`BudgetSpent` if it could
+        pass a cap) and settles it with the real cost after."""
 
         async def once() -> Completion:
-            return await self.limited(tier, request, before_call=before_call, max_wait_s=max_wait_s)
+            if spend is None:
+                return await self.limited(
+                    tier, request, before_call=before_call, max_wait_s=max_wait_s
+                )
+            return await self.budgeted(tier, request, spend, before_call, max_wait_s)
 
         return await call_with_retries(once, retry_policy(tier), on_failure=on_failure)
+
+    async def budgeted(
+        self,
+        tier: TierConfig,
+        request: ChatRequest,
+        spend: Spend,
+        before_call: BeforeCall | None,
+        max_wait_s: float | None,
+    ) -> Completion:
+        """`limited`, within the job's budget: reserved before the limiter is asked (a call
+        the budget refuses takes no slot of the tier's schedule), settled with the cost of
+        the usage returned; a try that got no HTTP answer may have been billed, so it keeps
+        its estimate, and one that never went out costs nothing."""
+        estimate = call_cost_estimate(tier, request)
+        hold = await spend.reserve(estimate)
+        sent = False
+
+        async def mark_sent() -> None:
+            nonlocal sent
+            if before_call is not None:
+                await before_call()
+            sent = True
+
+        cost = 0.0
+        try:
+            completion = await self.limited(
+                tier, request, before_call=mark_sent, max_wait_s=max_wait_s
+            )
+        except CallError as error:
+            cost = estimate if sent and not error.http_status else 0.0
+            raise
+        else:
+            cost = tier.cost_usd(completion.prompt_tokens, completion.completion_tokens)
+            return completion
+        finally:
+            await spend.settle(hold, cost)
 
     async def limited(
         self,
