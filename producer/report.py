@@ -30,7 +30,7 @@ from models.reports import (
     router_latency,
     usage_by_tier,
 )
-from producer.status import get_job
+from producer.status import cache_and_budget, cache_and_budget_rows, get_job
 from workers.settings import TierConfig
 
 SAVINGS_FALLBACK_TARGET = 0.15
@@ -63,6 +63,7 @@ def build_report(
             router_latency(session=session, job_id=job_id, percentiles=PERCENTILES), "count"
         ),
         "shadow": _shadow(session, job) if job.mode == JobMode.LIVE else None,
+        **cache_and_budget(session, job),
     }
 
 
@@ -228,6 +229,8 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
     _print_route_calls(console, report["route_calls"])
     _print_fallbacks(console, report["fallbacks"])
     console.print(_cost_table(report["cost"]))
+    for label, value in cache_and_budget_rows(report):
+        console.print(f"{label}: {value}")
     _print_router_latency(console, report["router_latency_ms"])
     if report.get("shadow") and report["shadow"]["sent"]:
         shadow = report["shadow"]

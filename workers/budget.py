@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from models.savings import BUDGET_PREFIX
 from workers.chat import ChatRequest
 from workers.settings import TierConfig
 from workers.tokens import DEFAULT_COMPLETION_ESTIMATE, chat_tokens, counter_for
@@ -43,7 +44,6 @@ PREFIX = "distillery:budget"
 TTL_S = 7 * 24 * 3600  # a budget unused this long is forgotten (re-read from the ledger)
 # How long a call that might fit waits for the calls in flight before asking again.
 WAIT_S = 0.05
-BUDGET_REASON = "budget"
 
 # KEYS: the caps' hashes (fields spent, reserved, epoch). ARGV: estimate, then each cap.
 # Returns {1, epoch...} reserved; {0, i} cap i can never fit it; {2, i} wait for cap i;
@@ -119,7 +119,7 @@ class BudgetSpent(Exception):
     def __init__(self, job_id: int, cap: Cap, estimate_usd: float) -> None:
         which = "the job's" if cap.tier is None else f"tier {cap.tier!r}'s"
         super().__init__(
-            f"{BUDGET_REASON}: {which} cap of ${cap.usd:g} is spent (this call could cost "
+            f"{BUDGET_PREFIX} {which} cap of ${cap.usd:g} is spent (this call could cost "
             f"${estimate_usd:.6f} more)"
         )
         self.job_id = job_id
