@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from sqlmodel import Session, select
 
-from models import Attempt, AttemptStatus, CachedResponse, JobStatus, PromptStatus
+from models import AttemptStatus, CachedResponse, JobStatus, PromptStatus
 from producer.cli import main as cli
 from tests.helpers.config import write_config
 from tests.helpers.pipeline import attempts_of, prompts_of, submit_file, wait_for_job, write_jsonl
