@@ -180,15 +180,20 @@ async def _answer_from_cache(
     escalation: str | None,
     ctx: WorkerContext,
 ) -> Step:
-    """The step as the original call's answer decides it (the same confidence, so the same
-    escalation), recorded as a `cached` attempt instead of a call."""
     if not await ctx.jobs.running(work.job_id):
         return Step([])
-    completion = cached.completion()
-    outcome = accept_or_escalate(
-        work, tier, completion, escalation, attempt_of=_cached_attempt(cached)
-    )
-    return Step([await ctx.ledger.record(outcome)], completion)
+    record = record_from_cache(work, tier, cached, escalation)
+    return Step([await ctx.ledger.record(record)], cached.completion())
+
+
+def record_from_cache(
+    work: WorkItem, tier: TierConfig, cached: CachedAnswer, escalation: str | None
+) -> Record:
+    """A prompt's step answered by the cache, as the original call's answer decides it (the
+    same confidence, so the same escalation), with a `cached` attempt instead of a call:
+    what any path that found a prompt in the cache writes (a batch path included)."""
+    attempt_of = _cached_attempt(cached)
+    return accept_or_escalate(work, tier, cached.completion(), escalation, attempt_of=attempt_of)
 
 
 def _cached_attempt(cached: CachedAnswer) -> AttemptOf:
