@@ -39,15 +39,19 @@ async def budgets_for(spent_in_ledger: dict[str, float]) -> RedisBudgets:
     return RedisBudgets(redis.asyncio.Redis.from_url(TEST_REDIS_URL), ledger)
 
 
+HOLD_S = 60.0
+
+
 def test_reserve_refuses_waits_and_settles(clean_redis: Any) -> None:
     async def scenario() -> None:
         budgets = await budgets_for({"all": 0.0})
         caps = [Cap("all", 1.0)]
-        first = await budgets.reserve(1, caps, 0.6)
+        first = await budgets.reserve(1, caps, 0.6, HOLD_S)
         # 0.6 + 0.6 > 1 even if the first came back free: it could pass the cap, so no wait.
         with pytest.raises(BudgetSpent, match="budget: the job's cap of \\$1 is spent"):
-            await budgets.reserve(1, caps, 1.2)
-        waiting = asyncio.ensure_future(budgets.reserve(1, caps, 0.5))  # fits once settled
+            await budgets.reserve(1, caps, 1.2, HOLD_S)
+        await budgets.check(1, caps, 0.5)  # could fit: the check does not wait or reserve
+        waiting = asyncio.ensure_future(budgets.reserve(1, caps, 0.5, HOLD_S))
         await asyncio.sleep(0.2)
         assert not waiting.done()
         await budgets.settle(first, 0.3)  # cheaper than reserved
@@ -55,7 +59,24 @@ def test_reserve_refuses_waits_and_settles(clean_redis: Any) -> None:
         await budgets.settle(second, 0.5)
         assert await budgets.spent(1, caps[0]) == pytest.approx(0.8)
         with pytest.raises(BudgetSpent):
-            await budgets.reserve(1, caps, 0.25)
+            await budgets.check(1, caps, 0.25)
+        await budgets.close()
+
+    run(scenario())
+
+
+def test_a_reservation_never_settled_expires(clean_redis: Any) -> None:
+    """A worker killed between reserve and settle: its hold is released by itself."""
+
+    async def scenario() -> None:
+        budgets = await budgets_for({"all": 0.0})
+        caps = [Cap("all", 1.0)]
+        await budgets.reserve(4, caps, 0.9, 0.3)  # never settled
+        started = time.monotonic()
+        hold = await asyncio.wait_for(budgets.reserve(4, caps, 0.9, HOLD_S), 10)
+        assert time.monotonic() - started >= 0.2
+        await budgets.settle(hold, 0.9)
+        assert await budgets.spent(4, caps[0]) == pytest.approx(0.9)
         await budgets.close()
 
     run(scenario())
@@ -65,10 +86,10 @@ def test_a_tier_cap_and_the_job_cap_both_hold(clean_redis: Any) -> None:
     async def scenario() -> None:
         budgets = await budgets_for({"all": 0.0})
         caps = [Cap("all", 10.0), Cap("tier:frontier", 1.0)]
-        hold = await budgets.reserve(2, caps, 0.9)
+        hold = await budgets.reserve(2, caps, 0.9, HOLD_S)
         await budgets.settle(hold, 0.9)
         with pytest.raises(BudgetSpent, match="tier 'frontier'"):
-            await budgets.reserve(2, caps, 0.2)
+            await budgets.reserve(2, caps, 0.2, HOLD_S)
         assert await budgets.spent(2, Cap("all", 10.0)) == pytest.approx(0.9)
         await budgets.close()
 
@@ -80,19 +101,23 @@ def test_flushed_budget_is_read_again_from_the_ledger(clean_redis: Any) -> None:
         ledger = {"all": 0.0}
         budgets = await budgets_for(ledger)
         caps = [Cap("all", 1.0)]
-        before = await budgets.reserve(3, caps, 0.4)
+        before = await budgets.reserve(3, caps, 0.4, HOLD_S)
         clean_redis.flushdb()
         ledger["all"] = 0.5  # what the committed attempts say
-        after = await budgets.reserve(3, caps, 0.3)  # seeded: 0.5 spent, a new epoch
+        after = await budgets.reserve(3, caps, 0.3, HOLD_S)  # seeded: 0.5 spent
         assert await budgets.spent(3, caps[0]) == pytest.approx(0.5)
-        # The call reserved before the flush comes back: its cost counts, its reservation
-        # (of the old epoch) does not release the new epoch's.
+        # The call reserved before the flush comes back: its cost counts, and it does not
+        # release what the new budget holds for the others.
         await budgets.settle(before, 0.1)
         assert await budgets.spent(3, caps[0]) == pytest.approx(0.6)
-        with pytest.raises(BudgetSpent):  # 0.6 spent + 0.3 held + 0.2 could pass 1.0
-            await budgets.reserve(3, caps, 0.45)
-        await budgets.settle(after, 0.3)
-        assert await budgets.spent(3, caps[0]) == pytest.approx(0.9)
+        with pytest.raises(BudgetSpent):  # 0.6 spent + 0.45 could pass 1.0
+            await budgets.check(3, caps, 0.45)
+        waiting = asyncio.ensure_future(budgets.reserve(3, caps, 0.2, HOLD_S))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # 0.6 + 0.3 held + 0.2 > 1: still held for `after`
+        await budgets.settle(after, 0.2)
+        await budgets.settle(await asyncio.wait_for(waiting, 5), 0.2)
+        assert await budgets.spent(3, caps[0]) == pytest.approx(1.0)
         await budgets.close()
 
     run(scenario())

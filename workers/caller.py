@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from models import AttemptStatus
-from workers.budget import Spend, call_cost_estimate
+from workers.budget import HOLD_MARGIN_S, Hold, Spend, call_cost_estimate
 from workers.callloop import call_loop
 from workers.chat import CallError, ChatRequest, Completion
 from workers.http_client import ChatClient
@@ -86,33 +86,35 @@ class Caller:
         before_call: BeforeCall | None,
         max_wait_s: float | None,
     ) -> Completion:
-        """`limited`, within the job's budget: reserved before the limiter is asked (a call
-        the budget refuses takes no slot of the tier's schedule), settled with the cost of
-        the usage returned; a try that got no HTTP answer may have been billed, so it keeps
-        its estimate, and one that never went out costs nothing."""
+        """`limited`, within the job's budget. Checked before the limiter is asked (a call
+        the budget can no longer pay takes no slot of the tier's schedule), reserved right
+        before the request goes out (held for at most the call's timeout and a margin) and
+        settled with the cost of the usage returned; a try that got no HTTP answer may have
+        been billed, so it keeps its estimate, and one that never went out costs nothing."""
         estimate = call_cost_estimate(tier, request)
-        hold = await spend.reserve(estimate)
-        sent = False
+        await spend.check(estimate)
+        hold: Hold | None = None
 
-        async def mark_sent() -> None:
-            nonlocal sent
+        async def reserve() -> None:
+            nonlocal hold
             if before_call is not None:
                 await before_call()
-            sent = True
+            hold = await spend.reserve(estimate, tier.timeout_s + HOLD_MARGIN_S)
 
         cost = 0.0
         try:
             completion = await self.limited(
-                tier, request, before_call=mark_sent, max_wait_s=max_wait_s
+                tier, request, before_call=reserve, max_wait_s=max_wait_s
             )
         except CallError as error:
-            cost = estimate if sent and not error.http_status else 0.0
+            cost = estimate if not error.http_status else 0.0
             raise
         else:
             cost = tier.cost_usd(completion.prompt_tokens, completion.completion_tokens)
             return completion
         finally:
-            await spend.settle(hold, cost)
+            if hold is not None:
+                await spend.settle(hold, cost)
 
     async def limited(
         self,
