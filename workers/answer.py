@@ -9,6 +9,11 @@ A message's prompts are loaded with three queries (`load_work`) and answered con
 as coroutines in the worker's call loop (`answer_message`); what they produce goes to the
 ledger writer as `Record`s (`workers.ledger`), committed in groups. The step returns the
 committed records; the task (`workers.tasks`) sends what follows from them.
+
+Before a call, the step asks the response cache (`workers.response_cache`): a request
+answered before becomes a `cached` attempt and no call. A call of a job with a budget
+(`workers.budget`) is reserved against it first; one that could pass the cap is not made,
+and its prompt ends cancelled, reason budget.
 """
 
 import asyncio
