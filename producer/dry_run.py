@@ -137,33 +137,30 @@ def _has_cache_table(engine: Engine) -> bool:
     return inspect(engine).has_table("response_cache")
 
 
+ROWS = (
+    ("prompts", "prompts", "{:,}"),
+    ("prompt tokens", "prompt_tokens", "{:,}"),
+    ("completion tokens", "completion_tokens", "{:,}"),
+    ("online $", "online_usd", "{:,.4f}"),
+    ("batch $", "batch_usd", "{:,.4f}"),
+    ("answered by the cache", "cached", "{:,}"),
+    ("online $ after the cache", "online_after_cache_usd", "{:,.4f}"),
+    ("batch $ after the cache", "batch_after_cache_usd", "{:,.4f}"),
+)
+
+
 def print_preview(out: Any, data: dict[str, Any]) -> None:
     from rich.table import Table
 
+    # A column per tier, then the total: narrow enough for any terminal.
+    columns = [*data["tiers"], {"tier": "total", **data["total"]}]
     table = Table(
-        "tier",
-        "prompts",
-        "prompt tokens",
-        "completion tokens",
-        "online $",
-        "batch $",
-        "cached",
-        "online $ after cache",
-        "batch $ after cache",
-        title=f"dry run: {data['file']} ({data['prompts']} prompts; nothing stored)",
+        "",
+        *(column["tier"] for column in columns),
+        title=f"dry run: {data['file']} ({data['prompts']:,} prompts; nothing stored)",
     )
-    for row in [*data["tiers"], {"tier": "total", **data["total"]}]:
-        table.add_row(
-            row["tier"],
-            f"{row['prompts']:,}",
-            f"{row['prompt_tokens']:,}",
-            f"{row['completion_tokens']:,}",
-            f"{row['online_usd']:.4f}",
-            f"{row['batch_usd']:.4f}",
-            f"{row['cached']:,}",
-            f"{row['online_after_cache_usd']:.4f}",
-            f"{row['batch_after_cache_usd']:.4f}",
-        )
+    for label, key, form in ROWS:
+        table.add_row(label, *(form.format(column[key]) for column in columns))
     out.print(table)
     per = data["completion_estimate_per_prompt"]
     if data["completion_is_bound"]:
