@@ -80,7 +80,7 @@ class JobSettings(BaseModel):
         raise NotImplementedError
 
     def to_params(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        return _without_unset_extras(self.model_dump(mode="json"))
 
 
 class TeacherSettings(JobSettings):
@@ -164,10 +164,28 @@ class RouteSettings(JobSettings):
         return self.threshold
 
     def to_params(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True)
+        return _without_unset_extras(self.model_dump(mode="json", by_alias=True))
 
 
 AnyJobSettings = TeacherSettings | RouteSettings
+
+
+# Settings added after jobs were first stored: left out of `jobs.params` at their defaults,
+# so a stored row written before them is stored again unchanged.
+_LATER_DEFAULTS: dict[str, Any] = {
+    "seed": None,
+    "cache": True,
+    "max_cost_usd": None,
+    "tier_max_cost_usd": {},
+}
+
+
+def _without_unset_extras(params: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: value
+        for key, value in params.items()
+        if key not in _LATER_DEFAULTS or value != _LATER_DEFAULTS[key]
+    }
 
 
 def _overridden(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
