@@ -10,7 +10,7 @@ from sqlalchemy import Connection, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from models.tables import RESPONSE_CACHE
+from models.tables import ATTEMPTS, RESPONSE_CACHE
 
 # Keys per lookup query: bounds the IN list (SQLite allows 32,766 parameters).
 LOOKUP_CHUNK = 500
@@ -26,9 +26,13 @@ class CachedRow:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float
+    prompt_id: int  # the prompt whose call paid for it
 
 
-_COLUMNS = [RESPONSE_CACHE.c[name] for name in CachedRow.__slots__]
+_COLUMNS = [
+    *(RESPONSE_CACHE.c[name] for name in CachedRow.__slots__ if name != "prompt_id"),
+    ATTEMPTS.c.prompt_id,
+]
 
 
 def lookup_responses(*, conn: Connection, keys: Sequence[str]) -> dict[str, CachedRow]:
@@ -37,7 +41,11 @@ def lookup_responses(*, conn: Connection, keys: Sequence[str]) -> dict[str, Cach
     found: dict[str, CachedRow] = {}
     for start in range(0, len(unique), LOOKUP_CHUNK):
         chunk = unique[start : start + LOOKUP_CHUNK]
-        rows = conn.execute(select(*_COLUMNS).where(RESPONSE_CACHE.c.key.in_(chunk)))
+        rows = conn.execute(
+            select(*_COLUMNS)
+            .join(ATTEMPTS, ATTEMPTS.c.id == RESPONSE_CACHE.c.attempt_id)
+            .where(RESPONSE_CACHE.c.key.in_(chunk))
+        )
         found.update({row.key: CachedRow(*row) for row in rows})
     return found
 

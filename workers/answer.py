@@ -185,6 +185,10 @@ async def _answer_from_cache(
     escalation: str | None,
     ctx: WorkerContext,
 ) -> Step:
+    if cached.row.prompt_id == work.prompt_id:
+        # This prompt's own answer: a redelivered message met it after it was committed
+        # (attempt and outcome commit together), so there is nothing left to do.
+        return Step([])
     if not await ctx.jobs.running(work.job_id):
         return Step([])
     record = record_from_cache(work, tier, cached, escalation)
