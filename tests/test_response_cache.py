@@ -195,3 +195,35 @@ def cli_ok(args: list[str], config: Path) -> str:
     result = run_cli(args, config)
     assert result.exit_code == 0, result.output
     return str(result.output)
+
+
+def test_a_route_job_again_escalates_the_same_way_without_a_call(
+    tmp_path: Path, tiered_sim: Any, sqlite_url: str, workers: Any
+) -> None:
+    """A route job's cached answers keep their logprobs: the same confidence, so the same
+    escalation, and no tier is called."""
+    from models import Fallback, JobMode
+    from tests.helpers.routing import CASES, route_config, start_tier_workers
+
+    rows = [{"prompt": f"{text} (case {n})"} for n, (text, _, _) in enumerate(CASES)]
+    config = route_config(tmp_path, tiered_sim, sqlite_url)
+    start_tier_workers(workers, config)
+    source = write_jsonl(tmp_path / "q.jsonl", rows)
+    first, engine, _ = submit_file(source, config, mode=JobMode.ROUTE, router="rules")
+    wait_for_job(engine, first, workers)
+    calls = sim_requests(tiered_sim)
+    second, _, _ = submit_file(source, config, mode=JobMode.ROUTE, router="rules")
+    job = wait_for_job(engine, second, workers)
+    assert job.completed == len(rows) and sim_requests(tiered_sim) == calls
+
+    def trace(job_id: int) -> list[tuple[Any, ...]]:
+        return [
+            (p.routed_tier, p.final_tier, p.fell_back, p.confidence, p.response)
+            for p in prompts_of(engine, job_id)
+        ]
+
+    assert trace(second) == trace(first)
+    assert {a.status for a in attempts_of(engine, second)} == {AttemptStatus.CACHED}
+    with Session(engine) as session:
+        fell_back = session.exec(select(Fallback).where(Fallback.job_id == second)).all()
+    assert len(fell_back) == job.fell_back > 0
