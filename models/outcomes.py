@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, insert, select, update
 
+from models.response_cache import store_responses
 from models.tables import (
     ATTEMPTS,
     FALLBACKS,
@@ -30,7 +31,11 @@ from models.types import utcnow
 # What a final outcome sets on its prompt (every one, so one executemany UPDATE fits all).
 OUTCOME_FIELDS = ("final_tier", "response", "confidence", "error")
 TOTAL_FIELDS = ("prompt_tokens", "completion_tokens", "cost_usd", "latency_ms", "fell_back")
-_COUNTERS = {PromptStatus.SUCCEEDED: "completed", PromptStatus.FAILED: "failed"}
+_COUNTERS = {
+    PromptStatus.SUCCEEDED: "completed",
+    PromptStatus.FAILED: "failed",
+    PromptStatus.CANCELLED: "cancelled",  # e.g. its job's budget was spent (reason "budget")
+}
 
 
 @dataclass(slots=True)
@@ -43,8 +48,11 @@ class Record:
     prompt_id: int
     attempts: list[dict[str, Any]] = field(default_factory=list)
     fallback: dict[str, Any] | None = None
-    # The final outcome: `status` (succeeded or failed) and any of OUTCOME_FIELDS.
+    # The final outcome: `status` (succeeded, failed or cancelled) and any of OUTCOME_FIELDS.
     finish: dict[str, Any] | None = None
+    # The answer of the record's last attempt, for the response cache: a response_cache row
+    # without its `attempt_id`, which the insert fills in.
+    cache: dict[str, Any] | None = None
     # Set by `write_records`:
     finished: bool = False  # this record made its prompt terminal
     job_finished: bool = False  # ... and that finished its job (one record per job says so)
@@ -59,9 +67,7 @@ def write_records(conn: Connection, records: Sequence[Record]) -> Sequence[Recor
     marks count only once the transaction commits)."""
     for record in records:  # a group that failed and is written again starts unmarked
         record.finished = record.job_finished = False
-    attempts = [row for record in records for row in record.attempts]
-    if attempts:
-        conn.execute(insert(ATTEMPTS), attempts)
+    _insert_attempts(conn, records)
     fallbacks = [record.fallback for record in records if record.fallback]
     if fallbacks:
         conn.execute(insert(FALLBACKS), fallbacks)
@@ -77,6 +83,28 @@ def write_records(conn: Connection, records: Sequence[Record]) -> Sequence[Recor
             record.job_finished = True
             finished_jobs.discard(record.job_id)
     return records
+
+
+def _insert_attempts(conn: Connection, records: Sequence[Record]) -> None:
+    """One INSERT for every attempt of the group; when some answers go to the response
+    cache, the INSERT returns the new ids (in parameter order), so each cache row points
+    at its attempt."""
+    attempts = [row for record in records for row in record.attempts]
+    if not attempts:
+        return
+    if not any(record.cache and record.attempts for record in records):
+        conn.execute(insert(ATTEMPTS), attempts)
+        return
+    returning = insert(ATTEMPTS).returning(ATTEMPTS.c.id, sort_by_parameter_order=True)
+    ids = iter(conn.execute(returning, attempts).scalars())
+    cache_rows = []
+    for record in records:
+        last = None
+        for _ in record.attempts:
+            last = next(ids)
+        if record.cache and last is not None:
+            cache_rows.append({**record.cache, "attempt_id": last})
+    store_responses(conn=conn, rows=cache_rows)
 
 
 def _finish_prompts(conn: Connection, records: list[Record]) -> list[tuple[Record, bool]]:

@@ -173,6 +173,7 @@ def answer_latency(
         col(Prompt.job_id) == job_id,
         col(Attempt.purpose) == AttemptPurpose.ANSWER,
         col(Attempt.tier) == tier,
+        col(Attempt.status) != AttemptStatus.CACHED,  # no call, no latency
     )
     return _latency(session, col(Attempt.latency_ms), _attempts_of_job(), where, percentiles)
 
@@ -242,7 +243,7 @@ def usage_by_tier(*, session: Session, job_id: int) -> list[TierUsage]:
             func.coalesce(func.sum(Attempt.cost_usd), 0.0),
         )
         .select_from(_attempts_of_job())
-        .where(col(Prompt.job_id) == job_id)
+        .where(col(Prompt.job_id) == job_id, col(Attempt.status) != AttemptStatus.CACHED)
         .group_by(tier, purpose)
     )
     return [
@@ -252,12 +253,13 @@ def usage_by_tier(*, session: Session, job_id: int) -> list[TierUsage]:
 
 
 def attempt_count(*, session: Session, job_id: int) -> int:
-    """Every call made for the job's prompts (answers, retries, escalations, routing)."""
+    """Every call made for the job's prompts (answers, retries, escalations, routing);
+    answers from the response cache were no call (`cache_savings`)."""
     query = (
         select(func.count())
         .select_from(Attempt)
         .join(Prompt, col(Prompt.id) == col(Attempt.prompt_id))
-        .where(col(Prompt.job_id) == job_id)
+        .where(col(Prompt.job_id) == job_id, col(Attempt.status) != AttemptStatus.CACHED)
     )
     return int(session.execute(query).scalar_one())
 

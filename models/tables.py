@@ -48,6 +48,8 @@ class AttemptStatus(StrEnum):
     ERROR = "error"
     TIMEOUT = "timeout"
     RATE_LIMITED = "rate_limited"
+    # Answered from the response cache: no call, cost 0, `cached_from` the original attempt.
+    CACHED = "cached"
 
 
 class BatchStatus(StrEnum):
@@ -183,6 +185,9 @@ class Attempt(SQLModel, table=True):
     )
     # The provider batch whose output line this is; None: an online call.
     batch_id: int | None = Field(default=None, foreign_key="batches.id", index=True)
+    # A `cached` attempt: the attempt whose answer it reused (what it would have cost is
+    # that attempt's cost_usd: the money the cache saved).
+    cached_from: int | None = Field(default=None, foreign_key="attempts.id")
 
 
 class Batch(SQLModel, table=True):
@@ -219,6 +224,29 @@ class Batch(SQLModel, table=True):
     submitted_at: datetime | None = _time()
     finished_at: datetime | None = _time()  # the provider reached a terminal status
     ingested_at: datetime | None = _time()  # its results are committed (exactly once)
+
+
+class CachedResponse(SQLModel, table=True):
+    """The response cache: one row per request answered (models/response_cache.py). The key
+    is a hash of what decides the answer (model, messages, every sampling parameter, seed:
+    workers/response_cache.py), so a lookup is one primary-key probe, whatever the size."""
+
+    __tablename__ = "response_cache"
+
+    key: str = Field(primary_key=True, max_length=64)
+    attempt_id: int = Field(foreign_key="attempts.id")
+    tier: str
+    model: str
+    response: str = Field(sa_column=Column(Text, nullable=False))
+    # Token logprobs of the answer (route jobs' confidence), when it was asked with them.
+    logprobs: list[float] | None = _json()
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0  # what the original call cost: what each reuse saves
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
 
 
 class Fallback(SQLModel, table=True):
@@ -325,3 +353,4 @@ JOBS: Table = SQLModel.metadata.tables["jobs"]
 TRAINING_FILES: Table = SQLModel.metadata.tables["training_files"]
 FINE_TUNES: Table = SQLModel.metadata.tables["fine_tunes"]
 BATCHES: Table = SQLModel.metadata.tables["batches"]
+RESPONSE_CACHE: Table = SQLModel.metadata.tables["response_cache"]

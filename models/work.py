@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from models.tables import (
     ATTEMPTS,
@@ -15,6 +15,7 @@ from models.tables import (
     PROMPTS,
     TERMINAL_PROMPT_STATUSES,
     TRAINING_FILES,
+    AttemptPurpose,
     JobMode,
     JobStatus,
 )
@@ -149,3 +150,17 @@ def record_route_decisions(
                 for d in decisions
             ],
         )
+
+
+def answer_spend(*, conn: Connection, job_id: int) -> dict[str, float]:
+    """What a job's committed answer calls cost, in all ("all") and per tier ("tier:NAME"):
+    the ledger's side of its budget (workers/budget.py), read when Redis has none."""
+    rows = conn.execute(
+        select(ATTEMPTS.c.tier, func.sum(ATTEMPTS.c.cost_usd))
+        .join(PROMPTS, PROMPTS.c.id == ATTEMPTS.c.prompt_id)
+        .where(PROMPTS.c.job_id == job_id, ATTEMPTS.c.purpose == AttemptPurpose.ANSWER)
+        .group_by(ATTEMPTS.c.tier)
+    )
+    spend = {f"tier:{tier}": float(cost or 0.0) for tier, cost in rows}
+    spend["all"] = sum(spend.values())
+    return spend

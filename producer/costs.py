@@ -528,6 +528,24 @@ def print_simulation(console: Console, data: dict[str, Any], *, source: str) -> 
         console.print(f"[yellow]skipped {entry['strategy']}:[/] {entry['reason']}")
     if data["by_category"]:
         console.print(_category_table(data))
+    recorded = data.get("recorded")
+    if recorded:
+        _print_recorded(console, recorded, data["monthly_requests"])
+
+
+def _print_recorded(console: Console, recorded: dict[str, Any], monthly: int) -> None:
+    """The job's own cache hits and budget, beside the strategies' projections."""
+    cache, budget = recorded["cache"], recorded["budget"]
+    console.print(
+        f"response cache: {cache['hits']:,} hits ({percent(cache['hit_rate'] * 100, 1)} of the "
+        f"job), saved {usd(cache['saved_usd'])}; at that rate {usd(cache['monthly_saved_usd'])} "
+        f"a month over {monthly:,} requests"
+    )
+    if budget["max_cost_usd"] is not None:
+        console.print(
+            f"budget: {usd(budget['spent_usd'])} of {usd(budget['max_cost_usd'])} spent, "
+            f"{budget['cancelled']:,} prompts cancelled for budget"
+        )
 
 
 def _strategy_table(data: dict[str, Any]) -> Table:

@@ -15,7 +15,7 @@ from models.queries import cancel_job
 from producer.batch_status import cancel_provider_batches, print_batches
 from producer.errors import UserError
 from producer.progress import wait_for_job, wait_for_training_file
-from producer.status import get_job, job_summary, list_jobs
+from producer.status import cache_and_budget_rows, get_job, job_summary, list_jobs
 from producer.submit import print_notice, resume_job, submit_job
 from workers.errors import ExitCode
 from workers.settings import Settings
@@ -187,6 +187,8 @@ def print_summary(out: Console, s: dict[str, Any]) -> None:
         "tokens (prompt / completion)", f"{s['prompt_tokens']:,} / {s['completion_tokens']:,}"
     )
     table.add_row("cost", f"${s['cost_usd']:.4f}")
+    for label, value in cache_and_budget_rows(s):
+        table.add_row(label, value)
     table.add_row("elapsed", f"{s['elapsed_s']:.1f} s")
     out.print(table)
     print_batches(out, s)

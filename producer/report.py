@@ -31,7 +31,7 @@ from models.reports import (
     usage_by_tier,
 )
 from producer.batch_status import answer_paths_line, answers_by_path
-from producer.status import get_job
+from producer.status import cache_and_budget, cache_and_budget_rows, get_job
 from workers.settings import TierConfig
 
 SAVINGS_FALLBACK_TARGET = 0.15
@@ -65,6 +65,7 @@ def build_report(
         ),
         "shadow": _shadow(session, job) if job.mode == JobMode.LIVE else None,
         "answers_by_path": answers_by_path(session, job_id, tiers),
+        **cache_and_budget(session, job),
     }
 
 
@@ -230,6 +231,8 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
     _print_route_calls(console, report["route_calls"])
     _print_fallbacks(console, report["fallbacks"])
     console.print(_cost_table(report["cost"]))
+    for label, value in cache_and_budget_rows(report):
+        console.print(f"{label}: {value}")
     _print_router_latency(console, report["router_latency_ms"])
     if report["answers_by_path"]["batch"]["answers"]:
         console.print(answer_paths_line(report["answers_by_path"]))

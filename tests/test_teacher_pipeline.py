@@ -135,8 +135,10 @@ def test_retries_on_500_and_429(tmp_path: Path, sim: Any, sqlite_url: str, worke
     workers.start(config, concurrency=4)
     wait_for_job(engine, job_id, workers)
     sim.fail_next(10, status=429, retry_after=1)
-    # A second job right after meets the 429s.
-    job2, _, _ = submit_file(write_jsonl(tmp_path / "q.jsonl", rows), config)
+    # A second job right after meets the 429s (other prompts: the same ones would be
+    # answered from the response cache, with no call).
+    again = [{"prompt": row["prompt"] + " Once more."} for row in rows]
+    job2, _, _ = submit_file(write_jsonl(tmp_path / "q.jsonl", again), config)
     for jid in (job_id, job2):
         job = wait_for_job(engine, jid, workers)
         assert (job.completed, job.failed) == (40, 0)

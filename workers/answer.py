@@ -9,10 +9,15 @@ A message's prompts are loaded with three queries (`load_work`) and answered con
 as coroutines in the worker's call loop (`answer_message`); what they produce goes to the
 ledger writer as `Record`s (`workers.ledger`), committed in groups. The step returns the
 committed records; the task (`workers.tasks`) sends what follows from them.
+
+Before a call, the step asks the response cache (`workers.response_cache`): a request
+answered before becomes a `cached` attempt and no call. A call of a job with a budget
+(`workers.budget`) is reserved against it first; one that could pass the cap is not made,
+and its prompt ends cancelled, reason budget.
 """
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,11 +27,16 @@ from models import FallbackReason, PromptStatus
 from models.outcomes import Record
 from models.types import utcnow
 from models.work import open_prompts
-from workers.attempts import attempt_from_completion, attempt_from_error
+from workers.attempts import attempt_from_cache, attempt_from_completion, attempt_from_error
+from workers.budget import BudgetSpent, Spend, job_caps
 from workers.chat import CallError, ChatRequest, Completion, NotSent
 from workers.context import WorkerContext
 from workers.job_settings import AnyJobSettings, load_job_settings
+from workers.response_cache import CachedAnswer, cache_key, cache_row, caches
 from workers.settings import TierConfig
+
+# How an answer becomes its attempt row: a call's (`attempt_from_completion`), or the cache's.
+AttemptOf = Callable[..., dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +139,15 @@ async def answer_prompt(work: WorkItem, tier: TierConfig, ctx: WorkerContext) ->
 
 
 async def answer_step(work: WorkItem, tier: TierConfig, ctx: WorkerContext) -> Step:
-    """`answer_prompt`, keeping what the live gateway hands back to its caller."""
+    """`answer_prompt`, keeping what the live gateway hands back to its caller. A request
+    the response cache knows is answered from it, with no call; otherwise the call is made
+    within the job's budget, and its answer goes into the cache."""
     request = work.chat_request()
     escalation = work.job.next_tier(tier.name)
+    key = cache_key(tier, request) if caches(tier, work.job.cache) else None
+    cached = await ctx.cache.find(key) if key is not None else None
+    if cached is not None:
+        return await _answer_from_cache(work, tier, cached, escalation, ctx)
     pending: list[asyncio.Future[Record]] = []
 
     def record(step: Record) -> None:
@@ -159,22 +175,69 @@ async def answer_step(work: WorkItem, tier: TierConfig, ctx: WorkerContext) -> S
             before_call=still_wanted,
             max_wait_s=work.max_wait_s,
             hold=work.hold(escalation),
+            spend=_spend(work, tier, ctx),
         )
     except JobStopped:  # cancelled while this prompt waited: no call, nothing to record
         pass
+    except BudgetSpent as spent:  # no call: the job's budget could not pay for it
+        record(finish(work, [], status=PromptStatus.CANCELLED, error=str(spent)))
     except CallError as error:  # its attempt is already recorded by record_failure
         failure = error
         record(_after_failure(work, tier.name, escalation, error))
     else:
         decided = accept_or_escalate(work, tier, completion, escalation)
         if completion.stream is not None and decided.finish is not None:
-            held = decided  # kept: the rest of the stream comes first
+            held = decided  # kept: the rest of the stream comes first (uncached: unfinished)
         else:
             if completion.stream is not None:  # escalated: the rest is not wanted
                 await completion.stream.aclose()
+            elif key is not None:  # a whole answer: the cache may keep it
+                cost = decided.attempts[-1]["cost_usd"]
+                decided.cache = cache_row(tier, key, completion, cost)
             record(decided)
     # A failed write raises here: Celery retries the message (what is done skips).
     return Step(list(await asyncio.gather(*pending)), completion, failure, held)
+
+
+def _spend(work: WorkItem, tier: TierConfig, ctx: WorkerContext) -> Spend | None:
+    if not work.job.budgeted:
+        return None
+    caps = job_caps(work.job.max_cost_usd, work.job.tier_max_cost_usd, tier.name)
+    return Spend(ctx.budgets, work.job_id, caps) if caps else None
+
+
+async def _answer_from_cache(
+    work: WorkItem,
+    tier: TierConfig,
+    cached: CachedAnswer,
+    escalation: str | None,
+    ctx: WorkerContext,
+) -> Step:
+    if cached.row.prompt_id == work.prompt_id:
+        # This prompt's own answer: a redelivered message met it after it was committed
+        # (attempt and outcome commit together), so there is nothing left to do.
+        return Step([])
+    if not await ctx.jobs.running(work.job_id):
+        return Step([])
+    record = record_from_cache(work, tier, cached, escalation)
+    return Step([await ctx.ledger.record(record)], cached.completion())
+
+
+def record_from_cache(
+    work: WorkItem, tier: TierConfig, cached: CachedAnswer, escalation: str | None
+) -> Record:
+    """A prompt's step answered by the cache, as the original call's answer decides it (the
+    same confidence, so the same escalation), with a `cached` attempt instead of a call:
+    what any path that found a prompt in the cache writes (a batch path included)."""
+    attempt_of = _cached_attempt(cached)
+    return accept_or_escalate(work, tier, cached.completion(), escalation, attempt_of=attempt_of)
+
+
+def _cached_attempt(cached: CachedAnswer) -> AttemptOf:
+    def attempt(prompt_id: int, tier: TierConfig, _: Completion, **fields: Any) -> dict[str, Any]:
+        return attempt_from_cache(prompt_id, tier, cached.attempt_id, **fields)
+
+    return attempt
 
 
 def _after_failure(work: WorkItem, tier: str, escalation: str | None, error: CallError) -> Record:
@@ -184,10 +247,15 @@ def _after_failure(work: WorkItem, tier: str, escalation: str | None, error: Cal
 
 
 def accept_or_escalate(
-    work: WorkItem, tier: TierConfig, completion: Completion, escalation: str | None
+    work: WorkItem,
+    tier: TierConfig,
+    completion: Completion,
+    escalation: str | None,
+    *,
+    attempt_of: AttemptOf = attempt_from_completion,
 ) -> Record:
     score = work.job.confidence(completion)
-    attempt = attempt_from_completion(work.prompt_id, tier, completion, confidence=score)
+    attempt = attempt_of(work.prompt_id, tier, completion, confidence=score)
     threshold = work.job.escalation_threshold
     if escalation and score is not None and threshold is not None and score < threshold:
         return escalate(

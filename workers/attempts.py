@@ -24,6 +24,7 @@ def _attempt(prompt_id: int, tier: TierConfig, latency_ms: float, **fields: Any)
         "confidence": None,
         "error": None,
         "batch_id": None,  # an online call (workers/batches sets its batch's id)
+        "cached_from": None,
         # The call's start: it ended now, after its latency.
         "started_at": utcnow() - timedelta(milliseconds=latency_ms),
     }
@@ -57,5 +58,20 @@ def attempt_from_error(
         status=error.status,
         http_status=error.http_status,
         error=str(error),
+        **fields,
+    )
+
+
+def attempt_from_cache(
+    prompt_id: int, tier: TierConfig, original_attempt_id: int, **fields: Any
+) -> dict[str, Any]:
+    """An answer the response cache gave: no call, no tokens billed, cost 0, and a pointer
+    to the attempt that paid for it."""
+    return _attempt(
+        prompt_id,
+        tier,
+        0.0,
+        status=AttemptStatus.CACHED,
+        cached_from=original_attempt_id,
         **fields,
     )

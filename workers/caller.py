@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from models import AttemptStatus
+from workers.budget import HOLD_MARGIN_S, Hold, Spend, call_cost_estimate
 from workers.callloop import call_loop
 from workers.chat import CallError, ChatRequest, Completion
 from workers.http_client import ChatClient
@@ -60,20 +61,66 @@ class Caller:
         before_call: BeforeCall | None = None,
         max_wait_s: float | None = None,
         hold: int | None = None,
+        spend: Spend | None = None,
     ) -> Completion:
         """The answer, after the tier's retries; `on_failure` sees each failed try as it
         happens (to record it), and the last failure is raised. With `max_wait_s` (a
         waiting caller: the gateway), neither the limits nor a 429 keep it waiting longer
         than that: `NotSent`, or the 429 itself, is raised instead. With `hold`, the answer
         is streamed and returned once its first `hold` tokens came (the retries cover
-        only that far): its `stream` holds the rest (`workers.held_stream`)."""
+        only that far): its `stream` holds the rest (`workers.held_stream`). With `spend`,
+        each try first reserves its estimated cost in the job's budget (`BudgetSpent` if it
+        could pass a cap) and settles it with the real cost after. A held stream's cost is
+        known only when it ends, so the two do not combine (the gateway has no budgets)."""
+        if hold is not None and spend is not None:
+            raise ValueError("a held stream cannot be budgeted: its cost comes at its end")
 
         async def once() -> Completion:
-            return await self.limited(
-                tier, request, before_call=before_call, max_wait_s=max_wait_s, hold=hold
-            )
+            if spend is None:
+                return await self.limited(
+                    tier, request, before_call=before_call, max_wait_s=max_wait_s, hold=hold
+                )
+            return await self.budgeted(tier, request, spend, before_call, max_wait_s)
 
         return await call_with_retries(once, retry_policy(tier), on_failure=on_failure)
+
+    async def budgeted(
+        self,
+        tier: TierConfig,
+        request: ChatRequest,
+        spend: Spend,
+        before_call: BeforeCall | None,
+        max_wait_s: float | None,
+    ) -> Completion:
+        """`limited`, within the job's budget. Checked before the limiter is asked (a call
+        the budget can no longer pay takes no slot of the tier's schedule), reserved right
+        before the request goes out (held for at most the call's timeout and a margin) and
+        settled with the cost of the usage returned; a try that got no HTTP answer may have
+        been billed, so it keeps its estimate, and one that never went out costs nothing."""
+        estimate = call_cost_estimate(tier, request)
+        await spend.check(estimate)
+        hold: Hold | None = None
+
+        async def reserve() -> None:
+            nonlocal hold
+            if before_call is not None:
+                await before_call()
+            hold = await spend.reserve(estimate, tier.timeout_s + HOLD_MARGIN_S)
+
+        cost = 0.0
+        try:
+            completion = await self.limited(
+                tier, request, before_call=reserve, max_wait_s=max_wait_s
+            )
+        except CallError as error:
+            cost = estimate if not error.http_status else 0.0
+            raise
+        else:
+            cost = tier.cost_usd(completion.prompt_tokens, completion.completion_tokens)
+            return completion
+        finally:
+            if hold is not None:
+                await spend.settle(hold, cost)
 
     async def limited(
         self,

@@ -6,15 +6,19 @@ the embedded worker's own start and stop)."""
 import asyncio
 import logging
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
 from models import get_engine, get_write_engine
+from models.work import answer_spend
+from workers.budget import Budgets, open_budgets
 from workers.caller import Caller
 from workers.callloop import CallLoop
 from workers.job_settings import RouteSettings
 from workers.ledger import LedgerWriter
+from workers.response_cache import ResponseCache
 from workers.routers import Router, make_router
 from workers.running_jobs import RunningJobs
 from workers.settings import Settings
@@ -31,6 +35,8 @@ class WorkerContext:
     caller: Caller
     ledger: LedgerWriter
     jobs: RunningJobs
+    cache: ResponseCache
+    budgets: Budgets
     # Loading a classifier takes a moment: one router per job configuration per process.
     routers: dict[RouterKey, Router] = field(default_factory=dict)
 
@@ -38,17 +44,21 @@ class WorkerContext:
     def start(cls, settings: Settings) -> "WorkerContext":
         loop = CallLoop()
 
-        async def open_caller() -> Caller:  # in the loop: its connections belong there
-            return Caller.open(settings)
-
         engine = get_engine(settings.database_url)
+
+        async def open_clients() -> tuple[Caller, Budgets]:  # in the loop: theirs
+            return Caller.open(settings), open_budgets(settings.redis_url, ledger_spend(engine))
+
+        caller, budgets = loop.run(open_clients())
         return cls(
             settings=settings,
             engine=engine,
             loop=loop,
-            caller=loop.run(open_caller()),
+            caller=caller,
             ledger=LedgerWriter(get_write_engine(settings.database_url)),
             jobs=RunningJobs(engine),
+            cache=ResponseCache(engine),
+            budgets=budgets,
         )
 
     @classmethod
@@ -64,17 +74,21 @@ class WorkerContext:
             caller=Caller.open(settings),
             ledger=LedgerWriter(get_write_engine(settings.database_url)),
             jobs=RunningJobs(engine, ttl_s=job_status_ttl_s),
+            cache=ResponseCache(engine),
+            budgets=open_budgets(settings.redis_url, ledger_spend(engine)),
         )
 
     async def aclose(self) -> None:
         """`close` for a context opened with `open_here`, from its loop."""
         await asyncio.to_thread(self.ledger.close)
         await self.caller.close()
+        await self.budgets.close()
 
     def close(self) -> None:
         """Finish writing what is queued, then close the connections and the loop."""
         self.ledger.close()
         self.loop.run(self.caller.close())
+        self.loop.run(self.budgets.close())
         self.loop.close()
 
     def router_for(self, job: RouteSettings) -> Router:
@@ -89,6 +103,19 @@ class WorkerContext:
                 caller=self.caller,
             )
         return self.routers[key]
+
+
+def ledger_spend(engine: Engine) -> Callable[[int], Awaitable[dict[str, float]]]:
+    """What a job's answer calls have cost so far, per cap, read from the ledger."""
+
+    def read(job_id: int) -> dict[str, float]:
+        with engine.connect() as conn:
+            return answer_spend(conn=conn, job_id=job_id)
+
+    async def spend(job_id: int) -> dict[str, float]:
+        return await asyncio.to_thread(read, job_id)
+
+    return spend
 
 
 _current: WorkerContext | None = None

@@ -4,7 +4,7 @@ step of a job reads these, never the live config, so a config edit mid-job chang
 
 Rows written before these models existed hold the same keys, so they load unchanged."""
 
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,6 +29,14 @@ class JobSettings(BaseModel):
     temperature: float = Field(DEFAULT_TEMPERATURE, ge=0, le=2)
     max_tokens: int | None = Field(None, gt=0)
     logprobs: bool = False
+    # Sent as the request's `seed`, and part of its cache key: another seed, another sample.
+    seed: int | None = None
+    # Answer a request seen before from the response cache (`submit --no-cache`: False).
+    cache: bool = True
+    # Caps in USD on what the job's answer calls may cost, all together and per tier
+    # (workers/budget.py); None / absent: no cap.
+    max_cost_usd: float | None = Field(None, gt=0)
+    tier_max_cost_usd: dict[str, float] = Field(default_factory=dict)
 
     def request(self, messages: list[dict[str, Any]]) -> ChatRequest:
         """The request a prompt becomes: the job's system prompt first, unless the prompt
@@ -36,7 +44,22 @@ class JobSettings(BaseModel):
         system = self.system_prompt
         if system and not any(m.get("role") in ("system", "developer") for m in messages):
             messages = [{"role": "system", "content": system}, *messages]
-        return ChatRequest(messages, self.temperature, self.max_tokens, self.logprobs)
+        extra = {"seed": self.seed} if self.seed is not None else {}
+        return ChatRequest(messages, self.temperature, self.max_tokens, self.logprobs, extra)
+
+    @property
+    def budgeted(self) -> bool:
+        return self.max_cost_usd is not None or bool(self.tier_max_cost_usd)
+
+    def with_tier_caps(self, settings: Settings) -> "Self":
+        """These settings with the per-tier caps of the tiers they call (`max_cost_usd` on
+        a tier), frozen like the rest."""
+        caps = {
+            name: tier.max_cost_usd
+            for name in self.tiers
+            if (tier := settings.tiers.get(name)) is not None and tier.max_cost_usd is not None
+        }
+        return self.model_copy(update={"tier_max_cost_usd": caps}) if caps else self
 
     def next_tier(self, tier: str) -> str | None:
         """Where a prompt goes when `tier` gives up on it: nowhere, unless routed."""
@@ -57,7 +80,7 @@ class JobSettings(BaseModel):
         raise NotImplementedError
 
     def to_params(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        return _without_unset_extras(self.model_dump(mode="json"))
 
 
 class TeacherSettings(JobSettings):
@@ -79,11 +102,12 @@ class TeacherSettings(JobSettings):
             "system_prompt": config.system_prompt,
             "temperature": config.temperature,
             "max_tokens": config.max_tokens,
+            "max_cost_usd": config.max_cost_usd,
         }
         values = _overridden(values, overrides)
         tier = settings.tiers.get(str(values["tier"]))
         values.setdefault("via", "batch" if tier is not None and tier.batch else "online")
-        return cls(**values)
+        return cls(**values).with_tier_caps(settings)
 
     @property
     def batched(self) -> bool:
@@ -121,8 +145,10 @@ class RouteSettings(JobSettings):
             "confidence_method": config.confidence_method,
             "unknown_confidence": config.unknown_confidence,
             "classifier": config.classifier,
+            "max_cost_usd": config.max_cost_usd,
         }
-        return cls(**_overridden(values, overrides))
+        job = cls(**_overridden(values, overrides))
+        return job.with_tier_caps(settings)
 
     @property
     def tiers(self) -> tuple[str, ...]:
@@ -149,10 +175,28 @@ class RouteSettings(JobSettings):
         return self.threshold
 
     def to_params(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True)
+        return _without_unset_extras(self.model_dump(mode="json", by_alias=True))
 
 
 AnyJobSettings = TeacherSettings | RouteSettings
+
+
+# Settings added after jobs were first stored: left out of `jobs.params` at their defaults,
+# so a stored row written before them is stored again unchanged.
+_LATER_DEFAULTS: dict[str, Any] = {
+    "seed": None,
+    "cache": True,
+    "max_cost_usd": None,
+    "tier_max_cost_usd": {},
+}
+
+
+def _without_unset_extras(params: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: value
+        for key, value in params.items()
+        if key not in _LATER_DEFAULTS or value != _LATER_DEFAULTS[key]
+    }
 
 
 def _overridden(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

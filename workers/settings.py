@@ -78,6 +78,11 @@ class TierConfig(_Strict):
     # reducer (workers/tokens.py): the model's tiktoken encoding, ~4 characters a token, or
     # "auto": tiktoken where the model's encoding is installed, characters otherwise.
     tokenizer: Literal["auto", "tiktoken", "chars"] = "auto"
+    # The response cache (workers/response_cache.py): false, and this tier's calls neither
+    # read nor write it (e.g. a model whose answers must be fresh every time).
+    cache: bool = True
+    # A cap on what one job may spend on this tier, in USD (workers/budget.py); None: none.
+    max_cost_usd: float | None = Field(None, gt=0)
     # The provider's Batch API (workers/batches): teacher jobs on this tier go through it
     # by default (`submit --via batch` asks for it on any tier).
     batch: bool = False
@@ -133,12 +138,18 @@ class TierConfig(_Strict):
         """Priced by this tier's config, from the usage the provider returned."""
         return (prompt_tokens * self.input_per_1k + completion_tokens * self.output_per_1k) / 1000
 
+    def batch_cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """The same usage at this tier's Batch API price."""
+        return self.cost_usd(prompt_tokens, completion_tokens) * (1 - self.batch_discount)
+
 
 class TeacherConfig(_Strict):
     tier: str = "frontier"
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
     temperature: float = Field(DEFAULT_TEMPERATURE, ge=0, le=2)
     max_tokens: int | None = Field(None, gt=0)
+    # A teacher job's default cap in USD (`submit --max-cost` overrides it); None: none.
+    max_cost_usd: float | None = Field(None, gt=0)
 
 
 class ReducerConfig(_Strict):
@@ -177,6 +188,8 @@ class RouterConfig(_Strict):
         "pros and cons", "critique", "assess", "implications", "reasoning",
     ]  # fmt: skip
     llm_router_tier: str | None = None  # None: the first (cheapest) tier
+    # A route job's default cap in USD on its answer calls (`submit --max-cost`); None: none.
+    max_cost_usd: float | None = Field(None, gt=0)
     llm_router_prompt: str = DEFAULT_LLM_ROUTER_PROMPT
 
     @field_validator("thresholds")
@@ -256,6 +269,9 @@ class GatewayConfig(_Strict):
     # whole answer; then stream them and the rest, or drop them for the next tier
     # (docs/gateway.md → streaming). None: hold the whole answer.
     stream_holdback_tokens: int | None = Field(None, ge=1)
+    # Answer a request seen before from the response cache (no call, cost 0). Off by
+    # default: a live caller that samples at temperature > 0 expects a fresh answer.
+    cache: bool = False
 
     def api_keys(self) -> tuple[str, ...]:
         raw = os.environ.get(self.api_keys_env, "")

@@ -119,7 +119,26 @@ def cost_simulate(
             classifier_path=classifier,
         )
     data["source"] = source
+    if job_id is not None:
+        data["recorded"] = _recorded(job_id, monthly_requests)
     finish(data, as_json, plot_path, costs.plot_simulation, costs.print_simulation)
+
+
+def _recorded(job_id: int, monthly_requests: int) -> dict[str, Any]:
+    """What the job itself recorded beside its routing: its cache hits and what they saved
+    (and that saving at the same hit rate over `monthly_requests`), its budget used."""
+    from sqlmodel import Session
+
+    from producer.status import cache_and_budget, get_job
+
+    with Session(engine()) as session:
+        job = get_job(session, job_id)
+        recorded = cache_and_budget(session, job)
+    cache = recorded["cache"]
+    per_request = cache["saved_usd"] / job.total if job.total else 0.0
+    cache["hit_rate"] = round(cache["hits"] / job.total, 4) if job.total else 0.0
+    cache["monthly_saved_usd"] = round(per_request * monthly_requests, 2)
+    return recorded
 
 
 def _traffic(

@@ -41,6 +41,20 @@ from workers.errors import ExitCode
     type=click.Choice(["batch", "online"]),
     help="--via batch: retry errored or expired lines in a new batch (default) or online",
 )
+@click.option("--seed", type=int, help="the requests' seed (another seed: other cached samples)")
+@click.option(
+    "--no-cache", is_flag=True, help="call the model even for requests the cache has answered"
+)
+@click.option(
+    "--max-cost",
+    type=float,
+    metavar="USD",
+    help="stop calling once the job's calls could cost more (default: [teacher]/[router] "
+    "max_cost_usd)",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="validate FILE and estimate tokens and cost; store nothing"
+)
 @click.option("--wait", is_flag=True, help="show progress until the job ends, then a summary")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @handle_errors
@@ -57,10 +71,15 @@ def submit(
     max_tokens: int | None,
     via: str | None,
     batch_fallback: str | None,
+    seed: int | None,
+    no_cache: bool,
+    max_cost: float | None,
+    dry_run: bool,
     wait: bool,
     as_json: bool,
 ) -> None:
-    """Validate FILE (JSONL or CSV), store its prompts and enqueue them."""
+    """Validate FILE (JSONL or CSV), store its prompts and enqueue them (--dry-run: only
+    validate and estimate)."""
     from models import JobMode
     from producer import jobs
 
@@ -82,10 +101,25 @@ def submit(
         "max_tokens": max_tokens,
         "threshold": threshold,
         "classifier": str(classifier) if classifier else None,
+        "seed": seed,
+        "cache": False if no_cache else None,
+        "max_cost_usd": _positive_cost(max_cost),
     }
     if job_mode == JobMode.TEACHER:
         overrides.update(via=via, batch_fallback=batch_fallback)
     conf = settings()
+    if dry_run:
+        from models import get_engine
+        from producer.dry_run import preview, print_preview
+
+        # Not `engine()`: that makes SQLite's tables, and a dry run stores nothing.
+        db = get_engine(conf.database_url)
+        estimate = preview(file, mode=job_mode, settings=conf, engine=db, overrides=overrides)
+        if as_json:
+            emit_json(estimate)
+        else:
+            print_preview(out, estimate)
+        return
     if conf.redis_url is None and not wait:
         raise UserError(
             "REDIS_URL is not set, so there is no broker for separate workers.\n"
@@ -110,6 +144,15 @@ def submit(
     else:
         out.print(f"submitted job [bold]{summary['id']}[/]: {summary['total']} prompts")
         out.print(f"follow it with: distillery status {summary['id']} --watch")
+
+
+def _positive_cost(max_cost: float | None) -> float | None:
+    if max_cost is not None and not max_cost > 0:  # `not >` also refuses NaN
+        raise UserError(
+            f"--max-cost must be more than 0 USD (got {max_cost:g}); leave it out for no cap",
+            ExitCode.USAGE,
+        )
+    return max_cost
 
 
 @click.command()

@@ -187,7 +187,8 @@ async def _gateway_context(app: web.Application) -> Any:
     closed after the last request (the ledger flushed)."""
     settings = app[SETTINGS]
     ctx = await WorkerContext.open_here(settings, job_status_ttl_s=LIVE_JOB_STATUS_TTL_S)
-    job = RouteSettings.from_config(settings)
+    # The response cache only when the config asks for it ([gateway] cache = true).
+    job = RouteSettings.from_config(settings, cache=settings.gateway.cache)
     gateway = Gateway(settings, ctx, job, model_names(list(settings.tiers)))
     if settings.redis_url:
         import redis.asyncio

@@ -18,7 +18,7 @@ def write_config(
     **tier: Any,
 ) -> Path:
     """A worker config: the three test tiers on the given server."""
-    tier_lines = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in tier.items())
+    tier_lines = "".join(f"{k} = {_toml(v)}\n" for k, v in tier.items())
     top = f'database_url = "{database_url}"\noutput_dir = "{path.parent / "output"}"\n'
     if enqueue_batch is not None:
         top += f"enqueue_batch = {enqueue_batch}\n"
@@ -30,3 +30,9 @@ def write_config(
     ]
     path.write_text("\n".join(blocks) + "\n" + extra, encoding="utf-8")
     return path
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value).replace("'", '"')
