@@ -81,7 +81,7 @@ def reduce(
     *,
     settings: Settings,
     engine: Engine,
-    out: Path | None,
+    out: Path | str | None,
     changes: dict[str, Any] | None = None,
     min_length: int | None = None,
     validation_fraction: float | None = None,

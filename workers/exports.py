@@ -29,7 +29,13 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False)
 
 
 def jsonl_line(example: dict[str, Any]) -> bytes:
-    return (_ENCODER.encode(example) + "\n").encode()
+    """One UTF-8 line. U+2028 and U+2029 are valid raw inside JSON strings, but Python's
+    str.splitlines() and JavaScript readers take them for line ends and cut the example in
+    two: escaped, they decode to the same text."""
+    text = _ENCODER.encode(example)
+    if "\u2028" in text or "\u2029" in text:
+        text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return (text + "\n").encode()
 
 
 def prompt_completion(example: dict[str, Any]) -> dict[str, Any]:

@@ -167,12 +167,12 @@ def validation_path_for(out: Path) -> Path:
     return out.with_name(out.stem + ".validation" + out.suffix)
 
 
-def output_path(out: Path, job_id: int, fmt: str) -> Path:
-    """`out` as given, or `train<suffix>` inside it when it is a directory (an existing
-    one, or a path written with a trailing slash)."""
-    if out.is_dir() or str(out).endswith(("/", os.sep)):
-        return out / f"job-{job_id}{SUFFIXES[fmt]}"
-    return out
+def output_path(out: Path | str, job_id: int, fmt: str) -> Path:
+    """`out` as given, or `job-ID<suffix>` inside it when it is a directory (an existing
+    one, or a path written with a trailing slash, as a str: Path drops the slash)."""
+    if str(out).endswith(("/", os.sep)) or Path(out).is_dir():
+        return Path(out) / f"job-{job_id}{SUFFIXES[fmt]}"
+    return Path(out)
 
 
 def check_writable(directory: Path) -> None:
@@ -193,7 +193,7 @@ def reduce_job(
     *,
     engine: Engine,
     job_id: int,
-    out: Path,
+    out: Path | str,
     config: ReducerConfig,
     counter: TokenCounter | None = None,
     once: bool = False,
@@ -205,8 +205,8 @@ def reduce_job(
 
     Every row left out is recorded (a `rejections` row: reason, the row it duplicates, its
     score); when every row is, no file is written and the record says 0 examples."""
-    out = output_path(out, job_id, config.format)
-    check_writable(out.parent)
+    path = output_path(out, job_id, config.format)
+    check_writable(path.parent)
     with Session(engine) as session:
         job = session.get(Job, job_id)
         if job is None:
@@ -215,9 +215,9 @@ def reduce_job(
         params = reducible_params(job, get_settings())
         counter = counter or teacher_counter(params, get_settings())
         scores = latest_scores(session=session, job_id=job_id)
-        check = FormatCheck(out) if config.format == "openai" else None
-        train = writer_for(config.format, out, check)
-        valid = writer_for(config.format, validation_path_for(out))
+        check = FormatCheck(path) if config.format == "openai" else None
+        train = writer_for(config.format, path, check)
+        valid = writer_for(config.format, validation_path_for(path))
         rows = answer_rows(session=session, job_id=job_id)
         if job.mode == JobMode.LIVE:  # its teacher answers, then its shadows' (teacher too)
             own = answer_rows(session=session, job_id=job_id, final_tier=params["tier"])

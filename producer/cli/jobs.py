@@ -187,8 +187,9 @@ def results(
 @click.option(
     "--out",
     "out_path",
-    type=click.Path(path_type=Path),
-    help="training file path, or a directory (job-ID.jsonl / .parquet inside it)",
+    # a str: a trailing slash (a directory to create) must survive
+    type=click.Path(),
+    help="training file path, or a directory (DIR/: job-ID.jsonl or .parquet inside it)",
 )
 @click.option(
     "--min-length", type=click.IntRange(0), help="drop answers shorter than this (characters)"
@@ -219,7 +220,7 @@ def results(
 @handle_errors
 def reduce(
     job_id: int,
-    out_path: Path | None,
+    out_path: str | None,
     min_length: int | None,
     validation_fraction: float | None,
     near_duplicates: float | None,
