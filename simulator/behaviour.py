@@ -30,6 +30,8 @@ class ModelBehaviour:
     burst_s: float | None = None
     error_rate: float = 0
     timeout_rate: float = 0
+    # Share of 200 answers whose content is junk no parser reads (a model gone wrong).
+    garbage_rate: float = 0
     hang_s: float = 30
     skill: float = 0.9
     context_tokens: int | None = None
@@ -40,7 +42,7 @@ class ModelBehaviour:
         _check_non_negative("hang_s", self.hang_s)
         if self.burst_s is not None:
             _check_non_negative("burst_s", self.burst_s)
-        for name in ("error_rate", "timeout_rate", "skill"):
+        for name in ("error_rate", "timeout_rate", "garbage_rate", "skill"):
             _check_fraction(name, getattr(self, name))
         for name in ("rpm", "tpm", "context_tokens"):
             _check_optional_positive_int(name, getattr(self, name))

@@ -7,6 +7,7 @@
     5. error_rate                    -> 500 after the usual latency
     6. timeout_rate                  -> hang for hang_s, then answer normally
     7. latency (+ jitter)            -> 200 with the deterministic answer
+       (garbage_rate of them: 200 with junk content instead, GARBAGE)
 
 Latency applies only to requests that reach "the model" (5-7); rejections are immediate,
 as they are from real providers' gateways.
@@ -20,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from simulator.answers import Answer, answer
+from simulator.answers import Answer, answer, garbage_answer
 from simulator.behaviour import ModelBehaviour
 from simulator.limits import LimitRefusal
 from simulator.logprobs import logprobs_content, target_confidence
@@ -64,6 +65,8 @@ async def _serve(state: SimState, stopping: asyncio.Event, chat: ChatRequest) ->
     if state.happens(behaviour.timeout_rate):
         await _hang(stopping, behaviour.hang_s)
     await _sleep(state.latency_s(behaviour))
+    if state.happens(behaviour.garbage_rate):
+        result = garbage_answer(result)
     logprobs = _logprobs(chat, behaviour, result) if chat.logprobs else None
     return json_reply(completion_body(chat, result, prompt_tokens, logprobs)), total_tokens
 

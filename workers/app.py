@@ -7,11 +7,12 @@ from kombu import Queue
 
 from workers.leases import record_publish
 from workers.settings import Settings, get_settings
-from workers.task_names import ANSWER_TASK, REDUCE_TASK, ROUTE_TASK, TRAIN_TASK
+from workers.task_names import ANSWER_TASK, JUDGE_TASK, REDUCE_TASK, ROUTE_TASK, TRAIN_TASK
 
 __all__ = [
     "ANSWER_TASK",
     "CONTROL_QUEUE",
+    "JUDGE_TASK",
     "REDUCE_TASK",
     "ROUTE_TASK",
     "TRAINING_QUEUE",

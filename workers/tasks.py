@@ -21,10 +21,19 @@ from models.outcomes import Record
 from models.queries import has_training_file, unreduced_teacher_jobs
 from workers import reducer
 from workers.answer import answer_message, load_work
-from workers.app import ANSWER_TASK, CONTROL_QUEUE, REDUCE_TASK, ROUTE_TASK, TRAIN_TASK, app
+from workers.app import (
+    ANSWER_TASK,
+    CONTROL_QUEUE,
+    JUDGE_TASK,
+    REDUCE_TASK,
+    ROUTE_TASK,
+    TRAIN_TASK,
+    app,
+)
 from workers.context import start_worker_context, stop_worker_context, worker_context
 from workers.errors import DistilleryError
 from workers.heap import settle_for_serving
+from workers.judge import judge_message, load_judge_work
 from workers.recovery import recovering, start_recovery, stop_recovery
 from workers.routing import route_message
 from workers.settings import get_settings
@@ -121,6 +130,17 @@ def reduce(job_id: int) -> None:
     config = ctx.settings.reducer
     result = reducer.reduce_job(engine=ctx.engine, job_id=job_id, out=out, config=config, once=True)
     log.info("job %s: %d training examples in %s", job_id, result.record.examples, out)
+
+
+@app.task(name=JUDGE_TASK, **RELIABLE)
+def judge(run_id: int, prompt_ids: list[int], tier: str) -> None:
+    """Score a batch of a job's answers on the judge tier (workers.judge); sent to that
+    tier's queue, so its workers, limits and retries apply."""
+    ctx = worker_context()
+    tier_config = ctx.settings.require_tier(tier)
+    work = load_judge_work(ctx.engine, run_id, prompt_ids)
+    if work:
+        ctx.loop.run(judge_message(run_id, work, tier_config, ctx))
 
 
 @app.task(name=TRAIN_TASK, acks_late=True, reject_on_worker_lost=True)

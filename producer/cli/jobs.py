@@ -159,6 +159,7 @@ def results(
     --rejected, every row its reduce left out and why)."""
     from sqlmodel import Session
 
+    from producer.report import judge_scores, print_scores
     from producer.results import REJECTED_WRITERS, WRITERS, records, rejected_records
     from producer.status import get_job
 
@@ -176,10 +177,13 @@ def results(
             writer = WRITERS[fmt]
         if out_path is None:
             writer(rows, sys.stdout)
-            return
-        with out_path.open("w", encoding="utf-8", newline="") as handle:
-            count = writer(rows, handle)
-    console.print(f"wrote {count} rows to {out_path}")
+        else:
+            with out_path.open("w", encoding="utf-8", newline="") as handle:
+                count = writer(rows, handle)
+            console.print(f"wrote {count} rows to {out_path}")
+        judged = judge_scores(session, job_id)
+    if judged:  # on stderr, beside the rows: scripts reading stdout get only the rows
+        print_scores(console, judged)
 
 
 @click.command()
@@ -322,4 +326,38 @@ def jobs(limit: int, as_json: bool) -> None:
         job_commands.print_jobs(out, rows)
 
 
-COMMANDS = [submit, status, results, report, reduce, resume, cancel, jobs]
+@click.command()
+@click.argument("job_id", type=JOB)
+@click.option("--tier", required=True, help="the judge tier (its queue, limits and prices)")
+@click.option(
+    "--rubric",
+    "rubric_path",
+    type=click.Path(path_type=Path),
+    help="what a good answer is (default: a general rubric, see docs/training-data.md)",
+)
+@click.option("--wait", is_flag=True, help="show progress until every answer is judged")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def judge(job_id: int, tier: str, rubric_path: Path | None, wait: bool, as_json: bool) -> None:
+    """Score every answer of JOB 1-10 with a one-line reason, on the judge tier's workers;
+    then `distillery reduce JOB --min-score N`."""
+    from producer.judge import judge_job, print_run
+
+    summary = judge_job(
+        job_id,
+        settings=settings(),
+        engine=engine(),
+        tier=tier,
+        rubric_path=rubric_path,
+        wait=wait,
+        console=None if as_json else console,
+    )
+    if as_json:
+        emit_json(summary)
+    else:
+        print_run(out, summary)
+        if not wait:
+            out.print(f"it runs on the workers; the scores so far: distillery report {job_id}")
+
+
+COMMANDS = [submit, status, results, report, reduce, resume, cancel, jobs, judge]
