@@ -94,12 +94,9 @@ def reduce(
     with Session(engine) as session:
         job = get_job(session, job_id)
     params = reducible_params(job, settings)  # teacher jobs, and live jobs' teacher answers
-    changes = {
-        **(changes or {}),
-        "min_length": min_length,
-        "validation_fraction": validation_fraction,
-    }
-    updates = {k: v for k, v in changes.items() if v is not None}
+    given = {"min_length": min_length, "validation_fraction": validation_fraction}
+    given.update(changes or {})  # the CLI's options, None where not given
+    updates = {k: v for k, v in given.items() if v is not None}
     config = settings.reducer.model_validate({**settings.reducer.model_dump(), **updates})
     out = out or settings.training_path(job_id).with_suffix(SUFFIXES[config.format])
     counter = teacher_counter(params, settings)

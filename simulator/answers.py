@@ -12,6 +12,8 @@ Markers, looked for in the last user message, let downstream tests know what the
     [refuse]   content is exactly "I'm sorry, but I can't help with that."
     [short]    content is exactly "OK."
     [long]     about 3000 words (still cut by max_tokens)
+    [loop]     one sentence of the answer said 12 times over (a degenerate loop)
+    [junk]     a line of symbols and emoji, nearly no words
     [hard]     difficulty 1.0 (low confidence from a weak model; router says HARD)
     [easy]     difficulty 0.0 (high confidence from any model; router says EASY)
 
@@ -55,6 +57,9 @@ SHORT_ANSWER = "OK."
 REFUSE_MARKER = "[refuse]"
 SHORT_MARKER = "[short]"
 LONG_MARKER = "[long]"
+LOOP_MARKER = "[loop]"
+JUNK_MARKER = "[junk]"
+JUNK_ANSWER = "✨🔥💯 ### >>> <<< ~~~ 🎉🎉🎉 ### ||| ~~~ 💥💥 *** " * 3  # 140 characters, no word
 ROUTER_PHRASE = "easy, medium, or hard"
 JUDGE_PHRASE = "agree in meaning"
 SCORE_PHRASE = "score the answer from 1 to 10"
@@ -130,6 +135,10 @@ def _full_content(messages: Sequence[Message], rng: random.Random) -> tuple[str,
         return SHORT_ANSWER, score
     if LONG_MARKER in lowered:
         return _echo(last) + _prose(rng, LONG_ANSWER_WORDS), score
+    if LOOP_MARKER in lowered:
+        return _echo(last) + " ".join([_sentence(rng, 10)] * 12), score
+    if JUNK_MARKER in lowered:
+        return JUNK_ANSWER, score
     return _echo(last) + _prose(rng, rng.randint(BODY_WORDS_MIN, BODY_WORDS_MAX)), score
 
 

@@ -119,6 +119,8 @@ def test_loops_and_junk_have_their_own_measure() -> None:
     assert non_text_fraction("🎉🎉🎉🎉🎉🎉 ok") > 0.5
     assert non_text_fraction("data: " + "QUJD" * 40) > 0.9  # a base64 blob
     assert non_text_fraction("x = (a + b) * c; if x > 0: return x") == 0.0  # code is text
+    assert non_text_fraction('{"a": 1, "b": [2, 3]}') == 0.0  # and JSON
+    assert non_text_fraction("### >>> ~~~ ||| ***") == 1.0  # no word at all
 
 
 # --------------------------------------------------------------- the reducer end to end

@@ -57,9 +57,12 @@ def _is_text_char(char: str) -> bool:
 
 def non_text_fraction(answer: str) -> float:
     """The share of characters that are not text, counting every character of a run of
-    BLOB_RUN or more without whitespace as not text."""
+    BLOB_RUN or more without whitespace as not text; 1.0 when the answer has no letter or
+    digit at all (a line of punctuation and symbols says nothing)."""
     if not answer:
         return 0.0
+    if not any(c.isalnum() for c in answer):
+        return 1.0
     blob = sum(len(run) for run in answer.split() if len(run) >= BLOB_RUN)
     rest = sum(
         1 for run in answer.split() if len(run) < BLOB_RUN for c in run if not _is_text_char(c)

@@ -104,10 +104,10 @@ class Filters:
             return "too_short"
         if example_over(example["messages"], self.counter, config.max_example_tokens):
             return "too_long"
-        if repeat_fraction(answer) >= config.degenerate_repeat_fraction:
-            return "degenerate"
         if non_text_fraction(answer) > config.max_non_text_fraction:
             return "non_text"
+        if repeat_fraction(answer) >= config.degenerate_repeat_fraction:
+            return "degenerate"
         return None
 
     def _score_reason(self, row: Row) -> str | None:
@@ -138,8 +138,13 @@ class Filters:
 
 
 def prompt_text(row: Row) -> str:
-    """What the student is given: every message's text, in order."""
-    return "\n".join(str(m.get("content") or "") for m in row.messages)
+    """What the prompt asks: its messages' text in order, system messages left out (one
+    system prompt shared by every row would make every prompt look alike)."""
+    return "\n".join(
+        str(m.get("content") or "")
+        for m in row.messages
+        if m.get("role") not in ("system", "developer")
+    )
 
 
 def texts_of(row: Row, field: str) -> list[str]:
