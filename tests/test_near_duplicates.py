@@ -16,7 +16,7 @@ from models import Prompt
 from models.tables import Rejection
 from tests.helpers.services import make_engine, shared_data
 from tests.test_training_data_quality import store_job
-from workers.quality import jaccard, normalise_text, shingles
+from workers.quality import jaccard, normalise_text, shingle_hashes
 from workers.reducer import reduce_job
 from workers.settings import ReducerConfig
 
@@ -96,7 +96,7 @@ def test_planted_near_duplicates_found_with_high_recall_and_precision(
     prompts = [row["prompt"] for row in rows]
 
     def truly_similar(idx: int, other: int) -> bool:
-        return jaccard(shingles(prompts[idx]), shingles(prompts[other])) >= THRESHOLD
+        return jaccard(shingle_hashes(prompts[idx]), shingle_hashes(prompts[other])) >= THRESHOLD
 
     found = [idx for idx in planted if idx in flagged]
     right = [

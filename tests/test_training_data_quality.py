@@ -255,8 +255,13 @@ def test_no_near_duplicate_prompt_of_training_lands_in_validation(
     in validation moves to training, and the move is counted."""
     engine = make_engine(database_url)
     rows = []
-    for i in range(40):
-        question = f"Explain in plain words how concept {i} of the course works, with an example."
+    import random
+
+    from simulator.vocabulary import WORDS
+
+    rng = random.Random(7)
+    for i in range(40):  # 40 questions unlike each other, each asked twice
+        question = "Why does " + " ".join(rng.sample(WORDS, 8)) + " matter?"
         rows.append({"prompt": question, "response": f"{PROSE} ({i})"})
         rows.append({"prompt": question.upper() + "!", "response": f"{OTHER} ({i})"})
     job_id = store_job(engine, rows)

@@ -5,6 +5,9 @@ how to change it."""
 import re
 import unicodedata
 from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
 
 # Where the first sentence ends: a full stop, question or exclamation mark followed by
 # whitespace, or a line break. A refusal that far in is a refusal; one further in is
@@ -41,8 +44,8 @@ def repeat_fraction(answer: str) -> float:
     words = answer.casefold().split()
     if len(words) < LOOP_MIN_WORDS:
         return 0.0
-    grams = [tuple(words[i : i + LOOP_NGRAM]) for i in range(len(words) - LOOP_NGRAM + 1)]
-    return 1.0 - len(set(grams)) / len(grams)
+    grams = len(words) - LOOP_NGRAM + 1
+    return 1.0 - len(set(zip(words, words[1:], words[2:], words[3:], strict=False))) / grams
 
 
 def _is_text_char(char: str) -> bool:
@@ -55,19 +58,27 @@ def _is_text_char(char: str) -> bool:
     return category[0] in "LMNPZ" or category in ("Sm", "Sc") or char in "\n\t\r"
 
 
+# ASCII control characters other than tab and line ends; other ASCII is text.
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+_ALNUM = re.compile(r"[^\W_]")
+
+
 def non_text_fraction(answer: str) -> float:
     """The share of characters that are not text, counting every character of a run of
     BLOB_RUN or more without whitespace as not text; 1.0 when the answer has no letter or
-    digit at all (a line of punctuation and symbols says nothing)."""
+    digit at all (a line of punctuation and symbols says nothing). Only the non-ASCII
+    characters are looked up one by one (the reducer runs this on every answer)."""
     if not answer:
         return 0.0
-    if not any(c.isalnum() for c in answer):
+    if _ALNUM.search(answer) is None:
         return 1.0
-    blob = sum(len(run) for run in answer.split() if len(run) >= BLOB_RUN)
-    rest = sum(
-        1 for run in answer.split() if len(run) < BLOB_RUN for c in run if not _is_text_char(c)
-    )
-    return (blob + rest) / len(answer)
+    runs = answer.split()
+    blobs = [run for run in runs if len(run) >= BLOB_RUN]
+    rest = " ".join(run for run in runs if len(run) < BLOB_RUN) if blobs else answer
+    non_text = sum(len(run) for run in blobs) + len(_ASCII_CONTROL.findall(rest))
+    non_text += sum(1 for c in _NON_ASCII.findall(rest) if not _is_text_char(c))
+    return non_text / len(answer)
 
 
 _WORDS = re.compile(r"[^\W_]+")
@@ -79,17 +90,27 @@ def normalise_text(text: str) -> str:
     return " ".join(_WORDS.findall(unicodedata.normalize("NFKC", text).casefold()))
 
 
-SHINGLE = 5  # characters: one changed word moves few shingles, however short the words
+SHINGLE = 5  # bytes of the normalised UTF-8 text: one changed word moves few shingles
+_SPREAD = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads a 40-bit window to 64
 
 
-def shingles(text: str) -> set[bytes]:
-    """Character 5-grams of the normalised text (the text itself when shorter)."""
-    norm = normalise_text(text)
-    if len(norm) <= SHINGLE:
-        return {norm.encode()} if norm else set()
-    return {norm[i : i + SHINGLE].encode() for i in range(len(norm) - SHINGLE + 1)}
+def shingle_hashes(text: str) -> "np.ndarray[Any, np.dtype[np.uint32]]":
+    """The 32-bit hashes of the normalised text's 5-byte windows (the whole text
+    when shorter), computed with numpy in one pass: no Python work per shingle, which is
+    what near-duplicate detection spends most of its time on otherwise."""
+    data = np.frombuffer(normalise_text(text).encode(), dtype=np.uint8)
+    if len(data) == 0:
+        return np.empty(0, dtype=np.uint32)
+    if len(data) < SHINGLE:
+        data = np.concatenate([data, np.zeros(SHINGLE - len(data), dtype=np.uint8)])
+    count = len(data) - SHINGLE + 1
+    window = np.zeros(count, dtype=np.uint64)
+    for i in range(SHINGLE):
+        window |= data[i : i + count].astype(np.uint64) << np.uint64(8 * i)
+    return ((window * _SPREAD) >> np.uint64(32)).astype(np.uint32)  # repeats do no harm
 
 
-def jaccard(a: set[bytes], b: set[bytes]) -> float:
-    union = a | b
-    return len(a & b) / len(union) if union else 1.0
+def jaccard(a: "np.ndarray[Any, Any]", b: "np.ndarray[Any, Any]") -> float:
+    """Exact Jaccard similarity of the shingle sets of two shingle_hashes arrays."""
+    union = len(np.union1d(a, b))
+    return len(np.intersect1d(a, b)) / union if union else 1.0

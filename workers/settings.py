@@ -143,7 +143,7 @@ class ReducerConfig(_Strict):
     # over the normalised text); None: exact duplicates only.
     near_duplicates: float | None = Field(None, gt=0, le=1)
     near_duplicate_field: Literal["prompt", "answer", "both"] = "both"
-    minhash_permutations: int = Field(128, ge=16, le=1024)
+    minhash_permutations: int = Field(64, ge=16, le=1024)
     # An answer of at least 20 words whose word 4-grams repeat this much is a loop.
     degenerate_repeat_fraction: float = Field(0.5, gt=0, le=1)
     # An answer with more than this share of non-text characters (symbols, emoji, control
