@@ -13,7 +13,7 @@ Near-duplicate detection (issue 17) is measured the same way: the project's redu
 `near_duplicates = 0.85` (MinHash-LSH over prompt and answer) against the same reducer
 without it, in the same run (targets: <= 60 s, <= 600 MB).
 
-    python -m bench.reducer [--rows 100000] [--quick] [--no-postgres]
+    python -m bench.reducer [--rows 100000] [--quick] [--no-postgres] [--untraced]
 """
 
 import argparse
@@ -229,9 +229,12 @@ def run_child(case: str, url: str, job_id: int, workdir: Path, *, traced: bool) 
     return result
 
 
+TRACED = True  # --untraced: skip the tracemalloc children (they take several times longer)
+
+
 def measure(case: str, url: str, job_id: int, workdir: Path) -> Measured:
     plain = run_child(case, url, job_id, workdir, traced=False)
-    traced = run_child(case, url, job_id, workdir, traced=True)
+    traced = run_child(case, url, job_id, workdir, traced=True) if TRACED else {"traced_peak": 0}
     return Measured(
         seconds=plain["seconds"],
         cpu_seconds=plain["cpu_seconds"],
@@ -336,7 +339,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--job", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--traced", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--untraced", action="store_true", help="skip the tracemalloc runs")
     args = parser.parse_args(argv)
+    global TRACED
+    TRACED = not args.untraced
     if args.child:
         child_main(args.child, args.url, args.job, args.out, args.traced)
         return

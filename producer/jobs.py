@@ -215,6 +215,9 @@ def print_summary(out: Console, s: dict[str, Any]) -> None:
 
 def print_reduction(out: Console, r: dict[str, Any]) -> None:
     rejected = ", ".join(f"{k} {v}" for k, v in sorted(r["rejected"].items())) or "none"
+    if not r["examples"]:
+        out.print(f"[yellow]no training file:[/] every row was left out ({rejected})")
+        return
     out.print(f"training file: [bold]{r['path']}[/] ({r['examples']} examples)")
     if r.get("validation_path"):
         out.print(f"validation file: {r['validation_path']} ({r['validation_examples']} examples)")

@@ -110,3 +110,20 @@ def test_planted_near_duplicates_found_with_high_recall_and_precision(
     assert recall >= 0.95
     assert precision >= 0.99
     assert result.record.rejected.get("near_duplicate") == len(flagged)
+
+
+def test_signatures_are_datasketchs_own() -> None:
+    """The index computes signatures in one numpy expression; they must be exactly what
+    datasketch's MinHash.update_batch computes for the same shingles."""
+    from datasketch import MinHash
+
+    from workers.near_duplicates import SEED, NearDuplicateIndex
+
+    index = NearDuplicateIndex(0.85)
+    for text in ["A short one.", "Ünïcödé 🧪 text, with marks\u0301 and RTL: مرحبا", "x" * 3000]:
+        ours = index.signature([text])
+        assert ours is not None
+        theirs = MinHash(num_perm=index.num_perm, seed=SEED, hashfunc=int)
+        theirs.update_batch(shingle_hashes(text).tolist())
+        assert (ours.hashvalues == theirs.hashvalues).all()
+        assert ours.jaccard(theirs) == 1.0

@@ -180,6 +180,8 @@ def test_results_rejected_on_the_command_line(
     job_id = store_job(engine, ROWS)
     use_database(monkeypatch, tmp_path, database_url, "[reducer]\nmin_length = 20\n")
     before = attempt_count(engine)
+    early = invoke("results", str(job_id), "--rejected")
+    assert early.exit_code == 6 and f"distillery reduce {job_id}" in early.output
 
     reduced = invoke("reduce", str(job_id), "--near-duplicates", "0.85", "--json")
     assert reduced.exit_code == 0, reduced.output

@@ -9,6 +9,7 @@ such row is the one named. Candidates are checked against the signatures kept he
 alone also returns pairs somewhat below the threshold."""
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from datasketch import MinHash, MinHashLSH
@@ -44,15 +45,24 @@ class NearDuplicateIndex:
         grams = hashes[0] if len(hashes) == 1 else np.concatenate(hashes)
         if not len(grams):
             return None
-        minhash = MinHash(
+        return MinHash(
             num_perm=self.num_perm,
             seed=SEED,
             hashfunc=int,
+            hashvalues=self.hashvalues(grams),
             permutations=self._permutations,
             scheme=self._scheme,
         )
-        minhash.update_batch(grams.tolist())
-        return minhash
+
+    def hashvalues(self, grams: "np.ndarray[Any, np.dtype[np.uint32]]") -> Any:
+        """What datasketch's `MinHash.update_batch(grams.tolist())` computes with the
+        identity hash function (the murmur3 finaliser, then the affine permutations mod
+        2^32, then the minimum per permutation), as one numpy expression over the array:
+        update_batch calls the hash function once per shingle in Python, which was most of
+        the reducer's time. tests/test_near_duplicates.py checks the two agree."""
+        a, b = self._permutations
+        mixed = _fmix32(grams.astype(np.uint32))
+        return (mixed[:, None] * a + b).min(axis=0)
 
     def match(self, minhash: MinHash) -> tuple[int, float] | None:
         """(key of the earliest indexed row this one near-duplicates, estimated Jaccard)."""
@@ -80,3 +90,12 @@ class NearDuplicateIndex:
 
     def __len__(self) -> int:
         return len(self._keys)
+
+
+def _fmix32(values: "np.ndarray[Any, np.dtype[np.uint32]]") -> Any:
+    """MurmurHash3's 32-bit finaliser, as datasketch applies it before permuting."""
+    values = values ^ (values >> np.uint32(16))
+    values = values * np.uint32(0x85EBCA6B)
+    values = values ^ (values >> np.uint32(13))
+    values = values * np.uint32(0xC2B2AE35)
+    return values ^ (values >> np.uint32(16))
