@@ -77,12 +77,16 @@ def start_run(
 
 
 def send_batches(run_id: int, prompt_ids: list[int], tier: str, batch: int) -> int:
+    from kombu import Queue
+
     from workers.app import app
 
     sent = 0
     for start in range(0, len(prompt_ids), batch):
         chunk = prompt_ids[start : start + batch]
-        app.send_task(JUDGE_TASK, args=(run_id, chunk, tier), queue=tier)
+        # The queue itself, not its name: the process's app may have been built from
+        # another config than the one naming this tier (a worker consumes it all the same).
+        app.send_task(JUDGE_TASK, args=(run_id, chunk, tier), queue=Queue(tier))
         sent += 1
     return sent
 

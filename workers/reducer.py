@@ -2,9 +2,12 @@
 from the teacher tier (the gateway's frontier answers), so live traffic trains the next
 student.
 
-Streams the job's rows in input order (memory stays flat however large the job), drops
-and counts what should not be trained on, splits a deterministic validation set, and
-records a `training_files` row with the counts and the file's sha256.
+Streams the job's rows in input order, drops what should not be trained on (the content
+rules of workers.quality, the judge's scores, exact and near duplicates: docs/
+training-data.md), records each dropped row and why (`rejections`), splits a deterministic
+validation set without prompt leakage (workers.split), writes the chosen format
+(workers.exports) and its dataset card, and records a `training_files` row with the counts
+and the file's sha256.
 """
 
 import hashlib
