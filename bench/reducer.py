@@ -9,7 +9,11 @@ tracemalloc for the Python-heap peak (slower, so its time is not reported). The 
 reads the same rows with one plain SELECT into a list and writes the answered ones as
 JSONL, naively.
 
-    python -m bench.reducer [--rows 100000] [--quick] [--no-postgres]
+Near-duplicate detection (issue 17) is measured the same way: the project's reducer with
+`near_duplicates = 0.85` (MinHash-LSH over prompt and answer) against the same reducer
+without it, in the same run (targets: <= 60 s, <= 600 MB).
+
+    python -m bench.reducer [--rows 100000] [--quick] [--no-postgres] [--untraced]
 """
 
 import argparse
@@ -45,9 +49,11 @@ from bench.common import (
 BENCH = "reducer"
 TARGET_S = 10.0
 TARGET_RSS_MIB = 300.0
+NEAR_TARGET_S = 60.0
+NEAR_TARGET_RSS_MIB = 600.0
 INSERT_CHUNK = 5000
 # Of every 100 rows: how many the reducer must drop, and why (the rest are kept).
-REJECTS = {"failed": 2, "refusal": 1, "short": 1, "duplicate": 1}
+REJECTS = {"failed": 2, "refusal": 1, "short": 1, "duplicate": 1, "near": 1}
 REFUSAL = "I'm sorry, but I can't help with that."
 
 
@@ -71,6 +77,9 @@ def row_content(idx: int) -> tuple[list[dict[str, str]], str | None]:
     kind = kind_of_row(idx)
     if kind == "duplicate":
         return row_content(idx + 1)
+    if kind == "near":  # the next row shouted, without its commas: a near-duplicate
+        messages, response = row_content(idx + 1)
+        return messages, (response or "").upper().replace(",", "")
     prompt = f"Explain idea {idx} to a student, with an example."
     if kind == "failed":
         return [{"role": "user", "content": prompt}], None
@@ -158,7 +167,22 @@ def reduce_naively(url: str, job_id: int, out: Path) -> dict[str, Any]:
     return {"examples": examples}
 
 
-CASES = {"project": reduce_with_project, "naive": reduce_naively}
+def reduce_near_duplicates(url: str, job_id: int, out: Path) -> dict[str, Any]:
+    from models import get_engine
+    from workers.reducer import reduce_job
+    from workers.settings import ReducerConfig
+
+    config = ReducerConfig(near_duplicates=0.85)
+    result = reduce_job(engine=get_engine(url), job_id=job_id, out=out, config=config)
+    record = result.record
+    return {"examples": record.examples, "rejected": record.rejected}
+
+
+CASES = {
+    "project": reduce_with_project,
+    "naive": reduce_naively,
+    "near_duplicates": reduce_near_duplicates,
+}
 
 
 def child_main(case: str, url: str, job_id: int, out: Path, traced: bool) -> None:
@@ -205,9 +229,12 @@ def run_child(case: str, url: str, job_id: int, workdir: Path, *, traced: bool) 
     return result
 
 
+TRACED = True  # --untraced: skip the tracemalloc children (they take several times longer)
+
+
 def measure(case: str, url: str, job_id: int, workdir: Path) -> Measured:
     plain = run_child(case, url, job_id, workdir, traced=False)
-    traced = run_child(case, url, job_id, workdir, traced=True)
+    traced = run_child(case, url, job_id, workdir, traced=True) if TRACED else {"traced_peak": 0}
     return Measured(
         seconds=plain["seconds"],
         cpu_seconds=plain["cpu_seconds"],
@@ -271,7 +298,35 @@ def run_one(kind: str, rows: int) -> None:
         dispose_engine(url)
         naive = measure("naive", url, job_id, workdir)
         project = measure("project", url, job_id, workdir)
+        near = measure("near_duplicates", url, job_id, workdir)
     report_case(kind, rows, project, naive)
+    report_near_duplicates(kind, rows, near, project)
+
+
+def report_near_duplicates(kind: str, rows: int, near: Measured, plain: Measured) -> None:
+    base = "the same reducer, near-duplicates off"
+    for what, value, baseline, unit, target in (
+        ("time", near.seconds, plain.seconds, "s", NEAR_TARGET_S),
+        ("peak RSS", near.peak_mib, plain.peak_mib, "MiB", NEAR_TARGET_RSS_MIB),
+    ):
+        report(
+            Figure(
+                BENCH,
+                f"reduce {rows:,} rows, {kind}, near-duplicates 0.85: {what}",
+                value,
+                unit,
+                baseline=baseline,
+                baseline_name=base,
+                ratio=value / baseline,
+                ratio_name="near-dup/plain",
+                target=f"<= {target:.0f} {'s' if unit == 's' else 'MB'}",
+                met=value <= target,
+                note=(
+                    f"CPU {near.cpu_seconds:.2f} s (plain {plain.cpu_seconds:.2f} s); "
+                    f"{near.examples:,} examples kept (plain {plain.examples:,})"
+                ),
+            )
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -284,7 +339,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--job", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--traced", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--untraced", action="store_true", help="skip the tracemalloc runs")
     args = parser.parse_args(argv)
+    global TRACED
+    TRACED = not args.untraced
     if args.child:
         child_main(args.child, args.url, args.job, args.out, args.traced)
         return

@@ -29,7 +29,7 @@ from models.tables import (
 from models.types import utcnow
 
 # What a final outcome sets on its prompt (every one, so one executemany UPDATE fits all).
-OUTCOME_FIELDS = ("final_tier", "response", "confidence", "error")
+OUTCOME_FIELDS = ("final_tier", "response", "confidence", "error", "finish_reason")
 TOTAL_FIELDS = ("prompt_tokens", "completion_tokens", "cost_usd", "latency_ms", "fell_back")
 _COUNTERS = {
     PromptStatus.SUCCEEDED: "completed",

@@ -76,6 +76,7 @@ TERMINAL_BATCH_STATUSES = frozenset(
 class AttemptPurpose(StrEnum):
     ANSWER = "answer"
     ROUTE = "route"
+    JUDGE = "judge"  # a judge tier scoring an answer (`distillery judge`)
 
 
 class FallbackReason(StrEnum):
@@ -153,6 +154,9 @@ class Prompt(SQLModel, table=True):
     cost_usd: float = 0.0
     latency_ms: float | None = None
     error: str | None = Field(default=None, sa_column=Column(Text))
+    # The final answer's "stop", "length" (cut at max_tokens), "content_filter", ...: the
+    # reducer drops a cut-off answer (reason truncated).
+    finish_reason: str | None = None
     finished_at: datetime | None = _time()
     # The provider batch this prompt is in right now (teacher jobs `--via batch`); cleared
     # when that batch's results are committed and the prompt still needs an answer.
@@ -180,6 +184,7 @@ class Attempt(SQLModel, table=True):
     cost_usd: float = 0.0
     confidence: float | None = None
     error: str | None = Field(default=None, sa_column=Column(Text))
+    finish_reason: str | None = None  # as the model sent it; None for a failed call
     started_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
     )
@@ -279,6 +284,65 @@ class TrainingFile(SQLModel, table=True):
     )
     sha256: str
     fine_tune_job_id: str | None = None
+    # openai (chat JSONL), trl (messages JSONL), trl-prompt-completion (JSONL), parquet
+    format: str = "openai"
+    card_path: str | None = None  # the dataset card written beside the file
+    # The settings it was reduced with, the validation leakage check, the score spread:
+    # what the card says, for scripts.
+    details: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSONType, nullable=False)
+    )
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
+
+
+class Rejection(SQLModel, table=True):
+    """A row a reduction left out, and why: `distillery results JOB --rejected`."""
+
+    __tablename__ = "rejections"
+    __table_args__ = (Index("ix_rejections_file_reason", "training_file_id", "reason"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    training_file_id: int = Field(foreign_key="training_files.id")
+    prompt_id: int = Field(foreign_key="prompts.id")
+    # no_answer, truncated, refusal, too_short, too_long, degenerate, non_text, duplicate,
+    # near_duplicate, low_score, unscored
+    reason: str
+    duplicate_of: int | None = Field(default=None, foreign_key="prompts.id")  # the kept row
+    score: int | None = None  # the judge's, when the job was judged
+
+
+class JudgeRun(SQLModel, table=True):
+    """`distillery judge JOB`: one rubric applied by one tier to a job's answers."""
+
+    __tablename__ = "judge_runs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    tier: str
+    model: str
+    rubric: str = Field(sa_column=Column(Text, nullable=False))
+    rubric_sha256: str
+    total: int = 0  # answers sent to the judge
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
+
+
+class Judgement(SQLModel, table=True):
+    """The judge's verdict on one answer: a score 1-10 and a one-line reason, or None
+    (unscored) with what went wrong."""
+
+    __tablename__ = "judgements"
+    __table_args__ = (UniqueConstraint("judge_run_id", "prompt_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    judge_run_id: int = Field(foreign_key="judge_runs.id")
+    prompt_id: int = Field(foreign_key="prompts.id")
+    score: int | None = None
+    reason: str | None = Field(default=None, sa_column=Column(Text))
+    error: str | None = Field(default=None, sa_column=Column(Text))
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
     )
@@ -354,3 +418,5 @@ TRAINING_FILES: Table = SQLModel.metadata.tables["training_files"]
 FINE_TUNES: Table = SQLModel.metadata.tables["fine_tunes"]
 BATCHES: Table = SQLModel.metadata.tables["batches"]
 RESPONSE_CACHE: Table = SQLModel.metadata.tables["response_cache"]
+REJECTIONS: Table = SQLModel.metadata.tables["rejections"]
+JUDGEMENTS: Table = SQLModel.metadata.tables["judgements"]

@@ -24,6 +24,9 @@ class AnswerRow(NamedTuple):
     status: str
     messages: list[dict[str, Any]]
     response: str | None
+    prompt_id: int = 0
+    finish_reason: str | None = None
+    metadata: str | None = None  # the JSON text, parsed only by a stratified split
 
 
 def answer_rows(
@@ -58,7 +61,7 @@ def shadow_answer_rows(*, session: Session, live_job_id: int) -> Iterator[Answer
     return _answers(session, query)
 
 
-def _answer_columns() -> Select[tuple[int, str, str, str | None]]:
+def _answer_columns() -> Select[Any]:
     # Per row, the cheapest way measured: Core on the table, not the ORM entity (no ORM row
     # loading); the status as the plain string it is stored as (a str enum compares equal to
     # it), not an enum built per row; and messages as text parsed here, which on PostgreSQL
@@ -68,12 +71,15 @@ def _answer_columns() -> Select[tuple[int, str, str, str | None]]:
         type_coerce(PROMPTS.c.status, String),
         cast(PROMPTS.c.messages, Text),
         PROMPTS.c.response,
+        PROMPTS.c.id,
+        PROMPTS.c.finish_reason,
+        cast(PROMPTS.c.metadata, Text),
     )
 
 
 def _answers(session: Session, query: Select[Any]) -> Iterator[AnswerRow]:
-    for idx, status, messages, response in session.connection().execute(query):
-        yield AnswerRow(idx, status, json.loads(messages), response)
+    for idx, status, messages, response, pid, finish, meta in session.connection().execute(query):
+        yield AnswerRow(idx, status, json.loads(messages), response, pid, finish, meta)
 
 
 def low_confidence_prompt_ids(*, session: Session, job_id: int) -> set[int]:

@@ -18,6 +18,7 @@ from producer.progress import wait_for_job, wait_for_training_file
 from producer.status import cache_and_budget_rows, get_job, job_summary, list_jobs
 from producer.submit import print_notice, resume_job, submit_job
 from workers.errors import ExitCode
+from workers.exports import SUFFIXES
 from workers.settings import Settings
 
 
@@ -82,32 +83,56 @@ def reduce(
     *,
     settings: Settings,
     engine: Engine,
-    out: Path | None,
-    min_length: int | None,
-    validation_fraction: float | None,
+    out: Path | str | None,
+    changes: dict[str, Any] | None = None,
+    min_length: int | None = None,
+    validation_fraction: float | None = None,
 ) -> dict[str, Any]:
+    """Reduce again with the config's [reducer] settings and `changes` (None: unchanged).
+    Every row left out is a `rejections` row (`distillery results JOB --rejected`); when all
+    are, nothing is written and the error says why and what to do."""
     from workers.reducer import reduce_job, reducible_params, teacher_counter
 
     with Session(engine) as session:
         job = get_job(session, job_id)
     params = reducible_params(job, settings)  # teacher jobs, and live jobs' teacher answers
-    changes = {"min_length": min_length, "validation_fraction": validation_fraction}
-    config = settings.reducer.model_copy(update={k: v for k, v in changes.items() if v is not None})
-    out = out or settings.training_path(job_id)
+    given = {"min_length": min_length, "validation_fraction": validation_fraction}
+    given.update(changes or {})  # the CLI's options, None where not given
+    updates = {k: v for k, v in given.items() if v is not None}
+    config = settings.reducer.model_validate({**settings.reducer.model_dump(), **updates})
+    out = out or settings.training_path(job_id).with_suffix(SUFFIXES[config.format])
     counter = teacher_counter(params, settings)
     result = reduce_job(engine=engine, job_id=job_id, out=out, config=config, counter=counter)
     record = result.record
-    return {
+    summary = {
         "job_id": job_id,
-        "path": record.path,
+        "path": record.path if record.examples else None,
+        "format": record.format,
         "examples": record.examples,
         "validation_path": record.validation_path,
         "validation_examples": record.validation_examples,
         "rejected": record.rejected,
         "sha256": record.sha256,
+        "card_path": record.card_path,
+        "split": record.details.get("split"),
+        "scores": record.details.get("scores"),
         "warnings": result.warnings,
         "unfinished_prompts": job.total - job.done,
     }
+    if result.empty:
+        raise UserError(nothing_kept_message(job_id, record.rejected), ExitCode.BAD_INPUT)
+    return summary
+
+
+def nothing_kept_message(job_id: int, rejected: dict[str, int]) -> str:
+    if not rejected:
+        return f"job {job_id} has no answers to reduce (no prompts); nothing was written"
+    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(rejected.items()))
+    return (
+        f"job {job_id}: all {sum(rejected.values())} answers were left out ({reasons}), so no "
+        f"training file was written. See each one: distillery results {job_id} --rejected; "
+        "then reduce again with other settings (no model calls are made)"
+    )
 
 
 def resume(job_id: int, *, settings: Settings, engine: Engine) -> int:
@@ -203,10 +228,26 @@ def print_summary(out: Console, s: dict[str, Any]) -> None:
 
 def print_reduction(out: Console, r: dict[str, Any]) -> None:
     rejected = ", ".join(f"{k} {v}" for k, v in sorted(r["rejected"].items())) or "none"
+    if not r["examples"]:
+        out.print(f"[yellow]no training file:[/] every row was left out ({rejected})")
+        return
     out.print(f"training file: [bold]{r['path']}[/] ({r['examples']} examples)")
     if r.get("validation_path"):
         out.print(f"validation file: {r['validation_path']} ({r['validation_examples']} examples)")
+    leakage = (r.get("split") or {}).get("leakage") or {}
+    if leakage.get("checked"):
+        out.print(
+            f"validation leakage: {leakage['moved_to_train']} of {leakage['checked']} "
+            f"candidates moved to training (prompt similarity >= {leakage['threshold']})"
+        )
+    if r.get("card_path"):
+        out.print(f"dataset card: {r['card_path']}")
+    if r.get("scores"):
+        spread = ", ".join(f"{k}: {v}" for k, v in r["scores"].items())
+        out.print(f"judge scores: {spread}")
     out.print(f"rejected: {rejected}")
+    if r["rejected"] and r.get("job_id") is not None:
+        out.print(f"each one, with its reason: distillery results {r['job_id']} --rejected")
     for warning in r.get("warnings", []):
         out.print(f"[yellow]warning:[/] {warning}")
     if r.get("unfinished_prompts"):

@@ -66,6 +66,27 @@ def build_report(
         "shadow": _shadow(session, job) if job.mode == JobMode.LIVE else None,
         "answers_by_path": answers_by_path(session, job_id, tiers),
         **cache_and_budget(session, job),
+        "judge": judge_scores(session, job_id),
+    }
+
+
+def judge_scores(session: Session, job_id: int) -> dict[str, Any] | None:
+    """The newest judge run's score distribution (`distillery judge`), None if never judged."""
+    from models.quality import latest_judge_run, latest_scores
+    from workers.reducer import score_distribution
+
+    run = latest_judge_run(session=session, job_id=job_id)
+    if run is None:
+        return None
+    scores = latest_scores(session=session, job_id=job_id) or {}
+    judged = [s for s in scores.values() if s is not None]
+    return {
+        "judge_run_id": run.id,
+        "tier": run.tier,
+        "total": run.total,
+        "judged": len(scores),
+        "scores": score_distribution(scores),
+        "mean_score": sum(judged) / len(judged) if judged else None,
     }
 
 
@@ -243,6 +264,17 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
             f"shadow: {shadow['sent']:,} sent to the teacher, {shadow['answered']:,} answered, "
             f"agreement with the served answer {agreement}"
         )
+    if report.get("judge"):
+        print_scores(console, report["judge"])
+
+
+def print_scores(console: Console, judge: dict[str, Any]) -> None:
+    spread = ", ".join(f"{k}: {v}" for k, v in judge["scores"].items()) or "none yet"
+    mean = "-" if judge["mean_score"] is None else f"{judge['mean_score']:.2f}"
+    console.print(
+        f"judge scores (run {judge['judge_run_id']} on '{judge['tier']}', "
+        f"{judge['judged']}/{judge['total']} judged, mean {mean}): {spread}"
+    )
 
 
 def _print_header(console: Console, report: dict[str, Any]) -> None:

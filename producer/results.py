@@ -8,7 +8,10 @@ from typing import IO, Any
 from sqlmodel import Session
 
 from models import Prompt, PromptStatus
+from models.quality import newest_training_file, rejected_rows
 from models.queries import stream_prompts
+from producer.errors import UserError
+from workers.errors import ExitCode
 
 COLUMNS = [
     "idx",
@@ -84,8 +87,8 @@ def write_jsonl(rows: Iterator[dict[str, Any]], out: IO[str]) -> int:
     return count
 
 
-def write_csv(rows: Iterator[dict[str, Any]], out: IO[str]) -> int:
-    writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore")
+def write_csv(rows: Iterator[dict[str, Any]], out: IO[str], columns: list[str] = COLUMNS) -> int:
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     count = 0
     for row in rows:
@@ -95,3 +98,37 @@ def write_csv(rows: Iterator[dict[str, Any]], out: IO[str]) -> int:
 
 
 WRITERS = {"jsonl": write_jsonl, "csv": write_csv}
+
+REJECTED_COLUMNS = [
+    "idx",
+    "custom_id",
+    "reason",
+    "duplicate_of",
+    "score",
+    "finish_reason",
+    "prompt",
+    "response",
+    "duplicate_response",
+]
+
+
+def rejected_records(
+    session: Session, job_id: int, *, reason: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """The rows the job's newest reduce left out (models.quality.rejected_rows), each with
+    its prompt's last user message as `prompt`. No reduce yet: a clear error."""
+    record = newest_training_file(session=session, job_id=job_id)
+    if record is None:
+        raise UserError(
+            f"job {job_id} has not been reduced yet: distillery reduce {job_id}", ExitCode.NOT_FOUND
+        )
+    assert record.id is not None
+    for row in rejected_rows(session=session, training_file_id=record.id, reason=reason):
+        yield {"prompt": last_user_text(row["messages"]), **row}
+
+
+def write_rejected_csv(rows: Iterator[dict[str, Any]], out: IO[str]) -> int:
+    return write_csv(rows, out, REJECTED_COLUMNS)
+
+
+REJECTED_WRITERS = {"jsonl": write_jsonl, "csv": write_rejected_csv}

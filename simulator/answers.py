@@ -12,6 +12,8 @@ Markers, looked for in the last user message, let downstream tests know what the
     [refuse]   content is exactly "I'm sorry, but I can't help with that."
     [short]    content is exactly "OK."
     [long]     about 3000 words (still cut by max_tokens)
+    [loop]     one sentence of the answer said 12 times over (a degenerate loop)
+    [junk]     a line of symbols and emoji, nearly no words
     [hard]     difficulty 1.0 (low confidence from a weak model; router says HARD)
     [easy]     difficulty 0.0 (high confidence from any model; router says EASY)
 
@@ -28,6 +30,15 @@ answers are read from the last user message's lines `Reference answer: "..."` an
 runs of letters and digits) share more than half of all the words either uses (Jaccard
 similarity > 0.5), NO otherwise, and NO when either line is missing or not a JSON string.
 This takes precedence over the router instruction and the content markers.
+
+Score instruction (a test stand-in for `distillery judge`, not a real judge): when any
+message contains "score the answer from 1 to 10" (any case), the answer is one line,
+`SCORE: N - reason`, read from the last user message's `Question: "..."` and `Answer: "..."`
+lines (JSON strings). N comes from the answer's text: 1 for a refusal (it starts with
+"I'm sorry" or "I can't") or an answer under 5 words; otherwise 2 points for using any of
+the question's words of 4+ letters, plus up to 8 for length (one per 12 words, 96+ words
+earn all 8), at most 10. Without both lines the reply is "I cannot score this." (which no
+score parser reads). This takes precedence over the judge instruction and everything else.
 """
 
 import hashlib
@@ -46,8 +57,13 @@ SHORT_ANSWER = "OK."
 REFUSE_MARKER = "[refuse]"
 SHORT_MARKER = "[short]"
 LONG_MARKER = "[long]"
+LOOP_MARKER = "[loop]"
+JUNK_MARKER = "[junk]"
+JUNK_ANSWER = "✨🔥💯 ### >>> <<< ~~~ 🎉🎉🎉 ### ||| ~~~ 💥💥 *** " * 3  # 140 characters, no word
 ROUTER_PHRASE = "easy, medium, or hard"
 JUDGE_PHRASE = "agree in meaning"
+SCORE_PHRASE = "score the answer from 1 to 10"
+GARBAGE = "~~ ### ?? ~~"  # what a model gone wrong says (garbage_rate): nothing reads it
 
 LONG_ANSWER_WORDS = 3000
 ECHO_WORDS = 6
@@ -61,6 +77,8 @@ _MARKER = re.compile(r"\[[a-z]+\]", re.IGNORECASE)
 _ROUTER = re.compile(re.escape(ROUTER_PHRASE), re.IGNORECASE)
 _JUDGE = re.compile(re.escape(JUDGE_PHRASE), re.IGNORECASE)
 _JUDGED = re.compile(r"^(Reference|Candidate) answer: (.*)$", re.MULTILINE)
+_SCORE = re.compile(re.escape(SCORE_PHRASE), re.IGNORECASE)
+_SCORED = re.compile(r"^(Question|Answer): (.*)$", re.MULTILINE)
 
 Message = tuple[str, str]  # (role, text)
 
@@ -94,7 +112,14 @@ def stable_key(model: str, messages: Sequence[Message], seed: int | None) -> int
     return int.from_bytes(digest, "big")
 
 
+def garbage_answer(result: Answer) -> Answer:
+    tokens = split_tokens(GARBAGE)
+    return Answer(GARBAGE, tokens, "stop", result.difficulty, result.key)
+
+
 def _full_content(messages: Sequence[Message], rng: random.Random) -> tuple[str, float]:
+    if any(_SCORE.search(text) for _, text in messages):
+        return score_reply(last_user_text(messages)), 0.0
     if any(_JUDGE.search(text) for _, text in messages):
         return judge_verdict(last_user_text(messages)), 0.0
     router_text = _router_subject(messages)
@@ -110,6 +135,10 @@ def _full_content(messages: Sequence[Message], rng: random.Random) -> tuple[str,
         return SHORT_ANSWER, score
     if LONG_MARKER in lowered:
         return _echo(last) + _prose(rng, LONG_ANSWER_WORDS), score
+    if LOOP_MARKER in lowered:
+        return _echo(last) + " ".join([_sentence(rng, 10)] * 12), score
+    if JUNK_MARKER in lowered:
+        return JUNK_ANSWER, score
     return _echo(last) + _prose(rng, rng.randint(BODY_WORDS_MIN, BODY_WORDS_MAX)), score
 
 
@@ -137,6 +166,29 @@ def judge_verdict(text: str) -> str:
     ref, cand = (set(re.findall(r"[^\W_]+", quoted[k].lower())) for k in ("Reference", "Candidate"))
     union = ref | cand
     return "YES" if union and 2 * len(ref & cand) > len(union) else "NO"
+
+
+def score_reply(text: str) -> str:
+    """`SCORE: N - reason` from the quoted question and answer (see the module docstring)."""
+    quoted: dict[str, str] = {}
+    for which, raw in _SCORED.findall(text):
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(value, str):
+            quoted[which] = value
+    if set(quoted) != {"Question", "Answer"}:
+        return "I cannot score this."
+    answer_text = quoted["Answer"]
+    words = re.findall(r"[^\W_]+", answer_text.lower())
+    if answer_text.lstrip().lower().startswith(("i'm sorry", "i can't")) or len(words) < 5:
+        return f"SCORE: 1 - a refusal or next to nothing ({len(words)} words)"
+    asked = {w for w in re.findall(r"[^\W_]+", quoted["Question"].lower()) if len(w) >= 4}
+    on_topic = bool(asked & set(words))
+    score = min(10, 2 * on_topic + min(8, len(words) // 12))
+    topic = "uses the question's words" if on_topic else "none of the question's words"
+    return f"SCORE: {max(score, 1)} - {len(words)} words, {topic}"
 
 
 def _router_subject(messages: Sequence[Message]) -> str | None:

@@ -33,6 +33,8 @@ class ModelBehaviour:
     burst_s: float | None = None
     error_rate: float = 0
     timeout_rate: float = 0
+    # Share of 200 answers whose content is junk no parser reads (a model gone wrong).
+    garbage_rate: float = 0
     hang_s: float = 30
     skill: float = 0.9
     context_tokens: int | None = None
@@ -46,7 +48,7 @@ class ModelBehaviour:
         rate = self.tokens_per_s
         if rate is not None and (not _is_number(rate) or rate <= 0):
             raise ValueError(f"tokens_per_s must be a number > 0 or null, got {rate!r}")
-        for name in ("error_rate", "timeout_rate", "skill"):
+        for name in ("error_rate", "timeout_rate", "garbage_rate", "skill"):
             _check_fraction(name, getattr(self, name))
         for name in ("rpm", "tpm", "context_tokens"):
             _check_optional_positive_int(name, getattr(self, name))

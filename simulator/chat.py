@@ -10,6 +10,7 @@
                                         token's latency and the rest's generation time
                                         (`tokens_per_s`); or, with `stream: true`, the
                                         same answer as SSE chunks (`simulator.streaming`)
+       (garbage_rate of them: 200 with junk content instead, GARBAGE)
 
 Latency applies only to requests that reach "the model" (5-7); rejections are immediate,
 as they are from real providers' gateways.
@@ -23,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from simulator.answers import Answer, answer
+from simulator.answers import Answer, answer, garbage_answer
 from simulator.behaviour import ModelBehaviour
 from simulator.limits import LimitRefusal
 from simulator.logprobs import logprobs_content, target_confidence
@@ -77,6 +78,8 @@ async def _serve(state: SimState, stopping: asyncio.Event, chat: ChatRequest) ->
     if state.happens(behaviour.timeout_rate):
         await _hang(stopping, behaviour.hang_s)
     latency = state.latency_s(behaviour)
+    if state.happens(behaviour.garbage_rate):
+        result = garbage_answer(result)
     logprobs = _logprobs(chat, behaviour, result) if chat.logprobs else None
     if chat.stream:
         streamed = StreamedAnswer(

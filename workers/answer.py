@@ -273,6 +273,7 @@ def accept_or_escalate(
         final_tier=tier.name,
         response=completion.text,
         confidence=score,
+        finish_reason=completion.finish_reason,
     )
 
 

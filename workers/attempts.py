@@ -25,6 +25,7 @@ def _attempt(prompt_id: int, tier: TierConfig, latency_ms: float, **fields: Any)
         "error": None,
         "batch_id": None,  # an online call (workers/batches sets its batch's id)
         "cached_from": None,
+        "finish_reason": None,
         # The call's start: it ended now, after its latency.
         "started_at": utcnow() - timedelta(milliseconds=latency_ms),
     }
@@ -44,6 +45,7 @@ def attempt_from_completion(
         prompt_tokens=completion.prompt_tokens,
         completion_tokens=completion.completion_tokens,
         cost_usd=tier.cost_usd(completion.prompt_tokens, completion.completion_tokens),
+        finish_reason=completion.finish_reason,
         **fields,
     )
 

@@ -152,12 +152,45 @@ class TeacherConfig(_Strict):
     max_cost_usd: float | None = Field(None, gt=0)
 
 
+# Phrases that make an answer a refusal when its first sentence contains one (any case;
+# curly apostrophes count as straight ones). docs/training-data.md explains each filter.
+DEFAULT_REFUSAL_PHRASES = [
+    "as an ai", "as a language model", "i can't help", "i cannot help", "i can't assist",
+    "i cannot assist", "i'm unable to", "i am unable to", "i'm not able to", "i am not able to",
+    "i'm sorry, but", "i am sorry, but", "i'm sorry, i can't", "i'm sorry, i cannot",
+    "i am sorry, i can't", "i am sorry, i cannot", "i apologize, but", "i won't be able to",
+    "i can't do that", "i cannot do that",
+    "i can't provide", "i cannot provide", "i must decline", "i can't comply", "i cannot comply",
+    "i'm afraid i can't", "i cannot fulfill", "i can't fulfill",
+]  # fmt: skip
+EXPORT_FORMATS = ("openai", "trl", "trl-prompt-completion", "parquet")
+
+
 class ReducerConfig(_Strict):
     min_length: int = Field(50, ge=0)
     max_example_tokens: int = Field(16384, gt=0)
     validation_fraction: float = Field(0.0, ge=0, lt=1)
-    refusal_prefixes: list[str] = ["I cannot", "I can't", "I'm sorry", "I am sorry", "As an AI"]
+    refusal_phrases: list[str] = DEFAULT_REFUSAL_PHRASES
     include_system_prompt: bool = True
+    # finish_reason values that mean the answer was cut off (empty: keep them all)
+    truncated_finish_reasons: list[str] = ["length", "content_filter"]
+    # Jaccard similarity at or above which a row duplicates an earlier kept one (MinHash-LSH
+    # over the normalised text); None: exact duplicates only.
+    near_duplicates: float | None = Field(None, gt=0, le=1)
+    near_duplicate_field: Literal["prompt", "answer", "both"] = "both"
+    minhash_permutations: int = Field(64, ge=16, le=1024)
+    # An answer of at least 20 words whose word 4-grams repeat this much is a loop.
+    degenerate_repeat_fraction: float = Field(0.5, gt=0, le=1)
+    # An answer with more than this share of non-text characters (symbols, emoji, control
+    # characters, unbroken runs of 80+ characters) is rejected as non_text.
+    max_non_text_fraction: float = Field(0.5, gt=0, le=1)
+    # A metadata field: the validation split takes the same share of each of its values.
+    stratify_by: str | None = None
+    # Validation prompts this similar to a training prompt move to the training split.
+    leakage_threshold: float = Field(0.85, gt=0, le=1)
+    # The judge's score below which a row is dropped (`distillery judge` first); None: off.
+    min_score: int | None = Field(None, ge=1, le=10)
+    format: Literal["openai", "trl", "trl-prompt-completion", "parquet"] = "openai"
 
 
 ROUTER_PHRASE = "EASY, MEDIUM, or HARD"  # the one-word answers the llm router parses

@@ -27,6 +27,7 @@ from workers.app import (
     BATCH_POLL_TASK,
     BATCH_SUBMIT_TASK,
     CONTROL_QUEUE,
+    JUDGE_TASK,
     REDUCE_TASK,
     ROUTE_TASK,
     TRAIN_TASK,
@@ -40,6 +41,7 @@ from workers.context import start_worker_context, stop_worker_context, worker_co
 from workers.errors import DistilleryError
 from workers.heap import settle_for_serving
 from workers.job_settings import TeacherSettings, load_job_settings
+from workers.judge import judge_message, load_judge_work
 from workers.recovery import recovering, start_recovery, stop_recovery
 from workers.routing import route_message
 from workers.settings import get_settings
@@ -195,6 +197,17 @@ def batch_poll(batch_id: int, delay_s: float) -> None:
         send_batch_poll(batch_id, polled.next_delay_s)
     if polled.ingested is not None:
         send_batch_follow_ups(polled.ingested, row.job_id, tier.name)
+
+
+@app.task(name=JUDGE_TASK, **RELIABLE)
+def judge(run_id: int, prompt_ids: list[int], tier: str) -> None:
+    """Score a batch of a job's answers on the judge tier (workers.judge); sent to that
+    tier's queue, so its workers, limits and retries apply."""
+    ctx = worker_context()
+    tier_config = ctx.settings.require_tier(tier)
+    work = load_judge_work(ctx.engine, run_id, prompt_ids)
+    if work:
+        ctx.loop.run(judge_message(run_id, work, tier_config, ctx))
 
 
 @app.task(name=TRAIN_TASK, acks_late=True, reject_on_worker_lost=True)

@@ -4,6 +4,7 @@ and their exit codes). What they do is in producer/jobs.py; here they parse and 
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -199,6 +200,12 @@ def status(job_id: int, watch: bool, as_json: bool) -> None:
     default=None,
     help="only prompts that escalated / that did not (default: both)",
 )
+@click.option(
+    "--rejected",
+    is_flag=True,
+    help="the rows the newest reduce left out, with reason, duplicate_of and score",
+)
+@click.option("--reason", help="with --rejected: only this reason (e.g. near_duplicate)")
 @handle_errors
 def results(
     job_id: int,
@@ -207,52 +214,105 @@ def results(
     statuses: tuple[str, ...],
     tiers: tuple[str, ...],
     fell_back: bool | None,
+    rejected: bool,
+    reason: str | None,
 ) -> None:
-    """Every prompt of a job with its answer, tiers, tokens, cost and error."""
+    """Every prompt of a job with its answer, tiers, tokens, cost and error (or, with
+    --rejected, every row its reduce left out and why)."""
     from sqlmodel import Session
 
-    from producer.results import WRITERS, records
+    from producer.report import judge_scores, print_scores
+    from producer.results import REJECTED_WRITERS, WRITERS, records, rejected_records
     from producer.status import get_job
 
+    if reason and not rejected:
+        raise UserError("--reason goes with --rejected", ExitCode.USAGE)
     with Session(engine()) as session:
         get_job(session, job_id)
-        rows = records(session, job_id, statuses=statuses, final_tiers=tiers, fell_back=fell_back)
+        if rejected:
+            rows = rejected_records(session, job_id, reason=reason)
+            writer = REJECTED_WRITERS[fmt]
+        else:
+            rows = records(
+                session, job_id, statuses=statuses, final_tiers=tiers, fell_back=fell_back
+            )
+            writer = WRITERS[fmt]
         if out_path is None:
-            WRITERS[fmt](rows, sys.stdout)
-            return
-        with out_path.open("w", encoding="utf-8", newline="") as handle:
-            count = WRITERS[fmt](rows, handle)
-    console.print(f"wrote {count} rows to {out_path}")
+            writer(rows, sys.stdout)
+        else:
+            with out_path.open("w", encoding="utf-8", newline="") as handle:
+                count = writer(rows, handle)
+            console.print(f"wrote {count} rows to {out_path}")
+        judged = judge_scores(session, job_id)
+    if judged:  # on stderr, beside the rows: scripts reading stdout get only the rows
+        print_scores(console, judged)
 
 
 @click.command()
 @click.argument("job_id", type=JOB)
-@click.option("--out", "out_path", type=click.Path(path_type=Path), help="training file path")
+@click.option(
+    "--out",
+    "out_path",
+    # a str: a trailing slash (a directory to create) must survive
+    type=click.Path(),
+    help="training file path, or a directory (DIR/: job-ID.jsonl or .parquet inside it)",
+)
 @click.option(
     "--min-length", type=click.IntRange(0), help="drop answers shorter than this (characters)"
 )
 @click.option(
     "--validation-fraction", type=click.FloatRange(0, 1, max_open=True), help="share held out"
 )
+@click.option(
+    "--near-duplicates",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="drop rows this similar (Jaccard, in (0, 1]) to an earlier kept row",
+)
+@click.option(
+    "--near-duplicate-field",
+    type=click.Choice(["prompt", "answer", "both"]),
+    help="what near-duplicates compare (default: both)",
+)
+@click.option("--min-score", type=click.IntRange(1, 10), help="drop answers the judge scored lower")
+@click.option("--stratify-by", help="metadata field the validation split is stratified by")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["openai", "trl", "trl-prompt-completion", "parquet"]),
+    help="output format (default: [reducer] format, openai)",
+)
+@click.option("--keep-truncated", is_flag=True, help="keep answers cut off at max_tokens")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def reduce(
     job_id: int,
-    out_path: Path | None,
+    out_path: str | None,
     min_length: int | None,
     validation_fraction: float | None,
+    near_duplicates: float | None,
+    near_duplicate_field: str | None,
+    min_score: int | None,
+    stratify_by: str | None,
+    fmt: str | None,
+    keep_truncated: bool,
     as_json: bool,
 ) -> None:
-    """Filter a teacher job's answers into an OpenAI chat fine-tuning JSONL file."""
+    """Filter a teacher job's answers into a training file (OpenAI or TRL JSONL, or Parquet)
+    with a dataset card beside it. Makes no model calls: run it again with other settings."""
     from producer import jobs
 
+    changes: dict[str, Any] = {
+        "min_length": min_length,
+        "validation_fraction": validation_fraction,
+        "near_duplicates": near_duplicates,
+        "near_duplicate_field": near_duplicate_field,
+        "min_score": min_score,
+        "stratify_by": stratify_by,
+        "format": fmt,
+        "truncated_finish_reasons": [] if keep_truncated else None,
+    }
     summary = jobs.reduce(
-        job_id,
-        settings=settings(),
-        engine=engine(),
-        out=out_path,
-        min_length=min_length,
-        validation_fraction=validation_fraction,
+        job_id, settings=settings(), engine=engine(), out=out_path, changes=changes
     )
     if as_json:
         emit_json(summary)
@@ -328,4 +388,38 @@ def jobs(limit: int, as_json: bool) -> None:
         job_commands.print_jobs(out, rows)
 
 
-COMMANDS = [submit, status, results, report, reduce, resume, cancel, jobs]
+@click.command()
+@click.argument("job_id", type=JOB)
+@click.option("--tier", required=True, help="the judge tier (its queue, limits and prices)")
+@click.option(
+    "--rubric",
+    "rubric_path",
+    type=click.Path(path_type=Path),
+    help="what a good answer is (default: a general rubric, see docs/training-data.md)",
+)
+@click.option("--wait", is_flag=True, help="show progress until every answer is judged")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def judge(job_id: int, tier: str, rubric_path: Path | None, wait: bool, as_json: bool) -> None:
+    """Score every answer of JOB 1-10 with a one-line reason, on the judge tier's workers;
+    then `distillery reduce JOB --min-score N`."""
+    from producer.judge import judge_job, print_run
+
+    summary = judge_job(
+        job_id,
+        settings=settings(),
+        engine=engine(),
+        tier=tier,
+        rubric_path=rubric_path,
+        wait=wait,
+        console=None if as_json else console,
+    )
+    if as_json:
+        emit_json(summary)
+    else:
+        print_run(out, summary)
+        if not wait:
+            out.print(f"it runs on the workers; the scores so far: distillery report {job_id}")
+
+
+COMMANDS = [submit, status, results, report, reduce, resume, cancel, jobs, judge]
