@@ -7,7 +7,9 @@ inputs, never from Python's per-process `hash`.
 Normal answers are 40-120 words of plausible prose, opening with a sentence that echoes
 the first words of the last user message: `Regarding "how do I bake bread": ...`.
 
-Markers, looked for in the last user message, let downstream tests know what they get:
+A behaviour's answer key (simulator.answer_key) comes first: a prompt it holds gets its
+answer. Otherwise, markers, looked for in the last user message, let downstream tests know
+what they get:
 
     [refuse]   content is exactly "I'm sorry, but I can't help with that."
     [short]    content is exactly "OK."
@@ -48,6 +50,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from simulator.answer_key import load_answer_key
 from simulator.difficulty import difficulty, difficulty_label
 from simulator.tokens import split_tokens
 from simulator.vocabulary import WORDS
@@ -93,10 +96,19 @@ class Answer:
 
 
 def answer(
-    model: str, messages: Sequence[Message], seed: int | None, max_tokens: int | None
+    model: str,
+    messages: Sequence[Message],
+    seed: int | None,
+    max_tokens: int | None,
+    answer_key: str | None = None,
 ) -> Answer:
+    """`answer_key`: a behaviour's `answers` file, whose prompts get its answers."""
     key = stable_key(model, messages, seed)
-    content, prompt_difficulty = _full_content(messages, random.Random(key))
+    scripted = _scripted(messages, answer_key)
+    if scripted is not None:
+        content, prompt_difficulty = scripted
+    else:
+        content, prompt_difficulty = _full_content(messages, random.Random(key))
     tokens = split_tokens(content)
     finish_reason = "stop"
     if max_tokens is not None and len(tokens) > max_tokens:
@@ -115,6 +127,14 @@ def stable_key(model: str, messages: Sequence[Message], seed: int | None) -> int
 def garbage_answer(result: Answer) -> Answer:
     tokens = split_tokens(GARBAGE)
     return Answer(GARBAGE, tokens, "stop", result.difficulty, result.key)
+
+
+def _scripted(messages: Sequence[Message], answer_key: str | None) -> tuple[str, float] | None:
+    if answer_key is None:
+        return None
+    last = last_user_text(messages)
+    known = load_answer_key(answer_key).get(last.strip())
+    return None if known is None else (known, difficulty(last))
 
 
 def _full_content(messages: Sequence[Message], rng: random.Random) -> tuple[str, float]:

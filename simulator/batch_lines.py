@@ -128,11 +128,12 @@ def _error(code: str, message: str, line: int | None, param: str | None = None) 
 # --- running lines -----------------------------------------------------------------------
 
 
-def answered_line(line: InputLine) -> tuple[dict[str, Any], int]:
-    """The line's output, as the chat endpoint answers the same body; and its tokens."""
+def answered_line(line: InputLine, answer_key: str | None = None) -> tuple[dict[str, Any], int]:
+    """The line's output, as the chat endpoint answers the same body (`answer_key`: the
+    model's answer key, simulator.answer_key); and its tokens."""
     request = parse_chat_request(json.dumps(line.body).encode("utf-8"))
     prompt_tokens = count_prompt_tokens([text for _, text in request.messages])
-    result = answer(request.model, request.messages, request.seed, request.max_tokens)
+    result = answer(request.model, request.messages, request.seed, request.max_tokens, answer_key)
     body = completion_body(request, result, prompt_tokens, None)
     return _output(line.custom_id, 200, body), prompt_tokens + len(result.tokens)
 

@@ -234,7 +234,7 @@ class BatchStore:
             if self._state.happens(behaviour.error_rate):
                 errors.append(failed_line(line))
             else:
-                outputs.append(answered_line(line)[0])
+                outputs.append(answered_line(line, behaviour.answers)[0])
         if unreached:
             errors.extend(unreached_line(line.custom_id, unreached) for line in order[reached:])
         batch.completed, batch.failed = len(outputs), len(errors)

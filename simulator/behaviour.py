@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from simulator.answer_key import load_answer_key
+
 
 @dataclass(frozen=True, slots=True)
 class ModelBehaviour:
@@ -38,6 +40,8 @@ class ModelBehaviour:
     hang_s: float = 30
     skill: float = 0.9
     context_tokens: int | None = None
+    # a JSONL answer key (simulator.answer_key): prompts it holds get its answers
+    answers: str | None = None
 
     def __post_init__(self) -> None:
         _check_non_negative("latency_ms", self.latency_ms)
@@ -52,6 +56,10 @@ class ModelBehaviour:
             _check_fraction(name, getattr(self, name))
         for name in ("rpm", "tpm", "context_tokens"):
             _check_optional_positive_int(name, getattr(self, name))
+        if self.answers is not None:
+            if not isinstance(self.answers, str):
+                raise ValueError(f"answers must be a file path, got {self.answers!r}")
+            load_answer_key(self.answers)  # a bad file fails here, when the config loads
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelBehaviour:
@@ -94,18 +102,19 @@ class SimConfig:
         )
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SimConfig:
+    def from_dict(cls, data: dict[str, Any], base_dir: Path | None = None) -> SimConfig:
+        """`base_dir`: where relative `answers` paths start (the config file's folder)."""
         _check_table("the simulator config", data)
         _check_table("models", data.get("models", {}))
         unknown = set(data) - {"default", "models", "seed"}
         if unknown:
             raise ValueError(f"unknown config key(s): {', '.join(sorted(unknown))}")
         models = {
-            name: ModelBehaviour.from_dict(settings)
+            name: ModelBehaviour.from_dict(_resolved(settings, base_dir))
             for name, settings in data.get("models", {}).items()
         }
         return cls(
-            default=ModelBehaviour.from_dict(data.get("default", {})),
+            default=ModelBehaviour.from_dict(_resolved(data.get("default", {}), base_dir)),
             models=models,
             seed=int(data.get("seed", 0)),
         )
@@ -118,7 +127,7 @@ class SimConfig:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         else:
             data = json.loads(path.read_text(encoding="utf-8"))
-        return cls.from_dict(data)
+        return cls.from_dict(data, base_dir=path.resolve().parent)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -126,6 +135,13 @@ class SimConfig:
             "models": {name: b.to_dict() for name, b in self.models.items()},
             "seed": self.seed,
         }
+
+
+def _resolved(settings: Any, base_dir: Path | None) -> Any:
+    answers = settings.get("answers") if isinstance(settings, dict) else None
+    if base_dir is None or not isinstance(answers, str) or Path(answers).is_absolute():
+        return settings
+    return {**settings, "answers": str(base_dir / answers)}
 
 
 def _check_table(what: str, data: object) -> None:

@@ -67,7 +67,7 @@ async def _serve(state: SimState, stopping: asyncio.Event, chat: ChatRequest) ->
     prompt_tokens = count_prompt_tokens([text for _, text in chat.messages])
     if behaviour.context_tokens is not None and prompt_tokens > behaviour.context_tokens:
         return _context_reply(behaviour.context_tokens, prompt_tokens), 0
-    result = answer(chat.model, chat.messages, chat.seed, chat.max_tokens)
+    result = answer(chat.model, chat.messages, chat.seed, chat.max_tokens, behaviour.answers)
     total_tokens = prompt_tokens + len(result.tokens)
     refusal = state.admit(chat.model, behaviour, total_tokens)
     if refusal is not None:

@@ -545,3 +545,57 @@ def test_500_concurrent_requests_with_latency_all_succeed() -> None:
         statuses = asyncio.run(fire(sim.base_url))
         assert statuses == [200] * 500
         assert sim.stats()["by_model"]["load"] == {"requests": 500, "200": 500}
+
+
+def test_an_answer_key_scripts_the_prompts_it_holds(tmp_path: Path) -> None:
+    """A teacher for a narrow task: known prompts get the key's answer (with logprobs, cut
+    by max_tokens like any answer), other prompts the usual prose."""
+    key = tmp_path / "labels.jsonl"
+    chat_example = {
+        "messages": [
+            {"role": "system", "content": "Label it."},
+            {"role": "user", "content": "Very disappointing!!!"},
+            {"role": "assistant", "content": "negative"},
+        ]
+    }
+    lines = [json.dumps({"prompt": "Loved it.", "answer": "positive"}), json.dumps(chat_example)]
+    key.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config_file = tmp_path / "sim.toml"
+    config_file.write_text('[models.teacher]\nanswers = "labels.jsonl"\n', encoding="utf-8")
+    config = SimConfig.from_file(config_file)  # the path is relative to the config's folder
+    assert config.models["teacher"].answers == str(key)
+    with start_in_thread(config) as running:
+        client = openai.OpenAI(base_url=running.base_url, api_key="x", max_retries=0)
+        known = chat(client, "  Loved it. ", model="teacher", logprobs=True)
+        assert known.choices[0].message.content == "positive"
+        assert known.choices[0].logprobs.content
+        messages: Any = [
+            {"role": "system", "content": "Another system prompt."},
+            {"role": "user", "content": "Very disappointing!!!"},
+        ]
+        reply = client.chat.completions.create(model="teacher", messages=messages)
+        assert reply.choices[0].message.content == "negative"
+        other = chat(client, "Loved it?", model="teacher").choices[0].message.content
+        assert other.startswith('Regarding "Loved it?"')
+        plain = chat(client, "Loved it.", model="someone-else").choices[0].message.content
+        assert plain != "positive"
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("", "has no answers"),
+        ("{not json\n", "line 1"),
+        ('{"prompt": "a"}\n', "line 1"),
+        ('{"prompt": "a", "answer": "b"}\n{"messages": [{"role": "user"}]}\n', "line 2"),
+    ],
+)
+def test_a_bad_answer_key_fails_when_the_config_loads(
+    tmp_path: Path, content: str, problem: str
+) -> None:
+    key = tmp_path / "key.jsonl"
+    key.write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError, match=problem):
+        SimConfig.from_dict({"models": {"t": {"answers": str(key)}}})
+    with pytest.raises(ValueError, match="No such file"):
+        SimConfig.from_dict({"models": {"t": {"answers": str(tmp_path / "missing.jsonl")}}})

@@ -5,6 +5,7 @@ original GGUF's tensors byte for byte, and llama.cpp gives the same greedy answe
 Then a real LoRA run on SmolLM2 exports a student that `distillery student serve` serves
 with logprobs, and `finetune status --add-tier` writes its tier block."""
 
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers.cli import invoke
+from tests.helpers.cli import invoke, use_config_text
 from tests.helpers.config import write_config
 from tests.helpers.realmodel import MODEL_ALIAS, llama_server, require_real_model
 from tests.helpers.services import free_port, make_engine
@@ -203,30 +204,60 @@ def test_serving_a_run_without_a_student_is_refused(
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sentiment"
 
 
+def sentiment_teacher_file(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """The example's first step as run.sh does it: a teacher job over the 160 training
+    sentences, the simulator playing the teacher from the example's answer key, reduced with
+    the example's settings. Returns the training file it wrote."""
+    from simulator import SimConfig, start_in_thread
+
+    monkeypatch.delenv("REDIS_URL", raising=False)  # embedded: the job runs in process
+    text = (EXAMPLE / "sentiment.toml").read_text(encoding="utf-8")
+    text = text.replace("sqlite:///sentiment.db", sqlite_url)
+    text = text.replace('output_dir = "output"', f'output_dir = "{tmp_path / "output"}"')
+    with start_in_thread(SimConfig.from_file(EXAMPLE / "teacher-sim.toml")) as teacher:
+        text = text.replace("http://127.0.0.1:8917/v1", teacher.base_url)
+        use_config_text(monkeypatch, tmp_path / "distillery.toml", text)
+        result = invoke("submit", str(EXAMPLE / "prompts.jsonl"), "--mode", "teacher", "--wait")
+    assert result.exit_code == 0, result.output
+    (train_file,) = (tmp_path / "output").glob("job-*/train.jsonl")
+    return train_file
+
+
+def test_the_example_teacher_job_writes_the_labelled_examples(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Teacher job → reduce gives exactly the labelled examples, in order: the file the
+    README's measurements were trained on is the one this pipeline writes."""
+    train_file = sentiment_teacher_file(tmp_path, sqlite_url, monkeypatch)
+    written = [json.loads(line) for line in train_file.read_text(encoding="utf-8").splitlines()]
+    labelled = (EXAMPLE / "labelled.jsonl").read_text(encoding="utf-8").splitlines()
+    assert written == [json.loads(line) for line in labelled]
+    assert len(written) == 160
+
+
 @pytest.mark.slow
 def test_the_sentiment_example_student_agrees_more_than_the_base(
     smollm2_loader: Any, tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The shipped example, shortened for CI (8 LoRA steps instead of 40, 40 held-out
-    sentences instead of 100): the student answers with the people's label measurably more
-    often than the untrained base, both served by llama.cpp and measured by eval agreement."""
+    sentences instead of 100): trained on what the example's teacher job wrote, the student
+    answers with the people's label measurably more often than the untrained base, both
+    served by llama.cpp and measured by eval agreement."""
     from producer import local_finetune as local
     from producer.agreement import measure_agreement
     from workers.settings import get_settings, load_settings
     from workers.training.run import train_fine_tune
 
     require_real_model()
-    monkeypatch.delenv("REDIS_URL", raising=False)
-    config = write_config(
-        tmp_path / "distillery.toml", base_url="http://127.0.0.1:9/v1", database_url=sqlite_url
-    )
-    monkeypatch.setenv("DISTILLERY_CONFIG", str(config))
-    get_settings.cache_clear()
+    train_file = sentiment_teacher_file(tmp_path, sqlite_url, monkeypatch)
+    config = tmp_path / "distillery.toml"
     engine = make_engine(sqlite_url)
     params = local.hyperparameters(
         epochs=1, batch_size=8, learning_rate=None, max_steps=8, export="q8_0"
     )
-    request = local.LocalRequest(EXAMPLE / "train.jsonl", None, None, params)
+    request = local.LocalRequest(train_file, None, None, params)
     row = local.submit_local(request, settings=get_settings(), engine=engine)
     assert row.id is not None
     ended = train_fine_tune(engine, row.id, loader=smollm2_loader)

@@ -16,6 +16,7 @@ from sqlmodel import Session, func, select
 from models import FineTune, FineTuneStatus
 from tests.helpers.cli import invoke
 from tests.helpers.config import write_config
+from tests.helpers.flower import PASSWORD, USER, Flower, start_flower, stop
 from tests.helpers.services import make_engine
 from tests.helpers.training import (
     example,
@@ -25,6 +26,7 @@ from tests.helpers.training import (
 )
 from tests.helpers.workers import Workers, wait_until
 from workers.errors import ExitCode
+from workers.task_names import TRAIN_TASK
 
 __all__ = ["tiny_model_dir"]  # a fixture, used by name
 
@@ -246,6 +248,7 @@ def test_a_training_worker_runs_it_from_the_queue(
     monkeypatch.setenv("REDIS_URL", TEST_REDIS_URL)
     get_settings.cache_clear()
     workers = Workers(tmp_path)
+    flower = start_flower(tmp_path, config, [], {"FLOWER_BASIC_AUTH": f"{USER}:{PASSWORD}"})
     try:
         workers.start(config, tiers="training")
         training = write_training_file(tmp_path / "train.jsonl", 12)
@@ -262,9 +265,28 @@ def test_a_training_worker_runs_it_from_the_queue(
         watched = invoke("finetune", "status", str(rows(engine)[0].id), "--watch")
         assert watched.exit_code == 0, watched.output
         assert "succeeded, step 2/2" in watched.stdout
+        check_flower_shows_the_run(flower)
     finally:
         workers.stop()
+        stop(flower)
         get_settings.cache_clear()
+
+
+def check_flower_shows_the_run(flower: Flower) -> None:
+    """The run is Celery work like any other: Flower lists the training worker on its queue
+    and the task, succeeded, from the worker's events."""
+    workers_seen = flower.get("/api/workers?refresh=1").raise_for_status().json()
+    queues = {q["name"] for info in workers_seen.values() for q in info["active_queues"]}
+    assert "training" in queues, workers_seen
+    found: list[dict[str, Any]] = []
+
+    def succeeded() -> bool:
+        tasks = flower.get(f"/api/tasks?taskname={TRAIN_TASK}").raise_for_status().json()
+        found[:] = [task for task in tasks.values() if task.get("state") == "SUCCESS"]
+        return bool(found)
+
+    wait_until(succeeded, timeout=60, what="Flower to show the training task", logs=flower.log_text)
+    assert found[0]["name"] == TRAIN_TASK
 
 
 def test_the_training_queue_needs_a_worker_of_its_own(env: dict[str, Any]) -> None:

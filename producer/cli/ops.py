@@ -68,7 +68,10 @@ def sim(host: str, port: int, config_file: Path | None) -> None:
     """Run the OpenAI-compatible model simulator."""
     from simulator import SimConfig, run
 
-    config = SimConfig.from_file(config_file) if config_file else SimConfig.tiered()
+    try:
+        config = SimConfig.from_file(config_file) if config_file else SimConfig.tiered()
+    except (ValueError, OSError) as exc:  # tomllib's and json's errors are ValueErrors
+        raise UserError(f"simulator config {config_file}: {exc}", ExitCode.BAD_CONFIG) from exc
     console.print(f"simulator on http://{host}:{port}/v1 (Ctrl-C to stop)")
     run(config, host=host, port=port)
 
