@@ -141,6 +141,31 @@ def _train_from_job(
 )
 @classifier_option()
 @click.option("--sample", "sample_size", type=click.IntRange(1), help="evaluate a seeded sample")
+@click.option(
+    "--leave-domains-out",
+    is_flag=True,
+    help="cross-validate the classifier: folds over rows (in-domain) and over domains "
+    "(out-of-domain), with bootstrap intervals, random and the oracle beside",
+)
+@click.option("--domain-column", default="domain", show_default=True)
+@click.option("--folds", type=click.IntRange(2), default=5, show_default=True)
+@click.option(
+    "--features",
+    "feature_sets",
+    default="tfidf",
+    show_default=True,
+    help="with --leave-domains-out: comma-separated feature sets to compare, each of "
+    "tfidf, structural, embedding or a '+' stack (tfidf+structural)",
+)
+@click.option("--bootstrap", type=click.IntRange(0), default=1000, show_default=True)
+@click.option(
+    "--at-share",
+    type=click.FloatRange(0, 1),
+    default=0.2,
+    show_default=True,
+    help="with --leave-domains-out: also report quality at this share on the last tier",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @plot_option()
 @handle_errors
@@ -149,16 +174,32 @@ def router_eval(
     router_names: str,
     classifier: Path | None,
     sample_size: int | None,
+    leave_domains_out: bool,
+    domain_column: str,
+    folds: int,
+    feature_sets: str,
+    bootstrap: int,
+    at_share: float,
+    seed: int,
     as_json: bool,
     plot_path: Path | None,
 ) -> None:
     """Evaluate routers on LABELED prompts (CSV or JSONL with `label` and/or
     `weak_correct` and `strong_correct` columns): latency, last-tier share, accuracy and
-    confusion matrix, quality and the cost-quality curve."""
+    confusion matrix, quality and the cost-quality curve. With --leave-domains-out, how
+    well the classifier generalises to domains it never saw."""
     from producer.evaluation import evaluate, plot_evaluation, print_evaluation, sample_rows
     from producer.evaluation import read_labelled as read
 
     conf = settings()
+    if leave_domains_out:
+        if plot_path:
+            raise UserError(
+                "--plot draws the plain evaluation; drop --leave-domains-out", ExitCode.USAGE
+            )
+        options = {"folds": folds, "bootstrap": bootstrap, "share": at_share, "seed": seed}
+        _generalisation(labeled, conf, domain_column, feature_sets, sample_size, options, as_json)
+        return
     names = _router_names(router_names)
     with reported_as(ExitCode.BAD_INPUT):
         data = sample_rows(read(labeled, list(conf.tiers)), sample_size)
@@ -167,6 +208,38 @@ def router_eval(
         result = evaluate(data, routers, settings=conf, skipped=skipped)
     result["source"] = str(labeled)
     finish(result, as_json, plot_path, plot_evaluation, print_evaluation)
+
+
+def _generalisation(
+    labeled: Path,
+    conf: Any,
+    column: str,
+    feature_text: str,
+    sample_size: int | None,
+    options: dict[str, Any],
+    as_json: bool,
+) -> None:
+    from producer.generalisation import (
+        evaluate_generalisation,
+        read_domain_labelled,
+        subsample,
+    )
+    from producer.generalisation_report import print_generalisation
+    from workers.routers.features import parse_features
+
+    with reported_as(ExitCode.USAGE):
+        names = ["+".join(parse_features(text)) for text in feature_text.split(",") if text.strip()]
+    with reported_as(ExitCode.BAD_INPUT):
+        data = subsample(read_domain_labelled(labeled, list(conf.tiers), column), sample_size)
+    with console.status("cross-validating...") as status, reported_as(ExitCode.USAGE):
+        result = evaluate_generalisation(
+            data, feature_sets=names, progress=lambda text: status.update(text), **options
+        )
+    result["source"] = str(labeled)
+    if as_json:
+        emit_json(result)
+        return
+    print_generalisation(out, result, source=str(labeled))
 
 
 def _router_names(text: str) -> list[str]:

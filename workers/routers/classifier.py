@@ -21,6 +21,7 @@ import joblib
 import numpy as np
 
 from workers.routers.base import Decision, RouterError, elapsed_ms, tier_for_score
+from workers.routers.features import DEFAULT_FEATURES, require_features
 
 FILE_VERSION = 1
 KINDS = ("binary", "levels")  # two difficulty levels present in training, or three
@@ -31,19 +32,41 @@ TRAIN_COMMAND = "distillery router train LABELED.csv --out {path}"
 class DifficultyModel:
     """A fitted pipeline plus where it came from; `score` is the batch entry point."""
 
-    def __init__(self, pipeline: Any, *, kind: str, trained_on: str, rows: int) -> None:
+    def __init__(
+        self,
+        pipeline: Any,
+        *,
+        kind: str,
+        trained_on: str,
+        rows: int,
+        features: Sequence[str] = DEFAULT_FEATURES,
+        platt: tuple[float, float] | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.kind = kind
         self.trained_on = trained_on
         self.rows = rows
+        self.features = tuple(features)
+        self.platt = platt  # (slope, intercept) on the raw score; None: raw scores
         self._step_values = np.asarray(pipeline.classes_, dtype=float) / HARDEST_STEP
 
+    def raw_score(self, texts: Sequence[str]) -> np.ndarray:
+        """The pipeline's expected difficulty in [0, 1] (uncalibrated)."""
+        probabilities = self.pipeline.predict_proba(list(texts))
+        return np.clip(probabilities @ self._step_values, 0.0, 1.0)
+
     def score(self, texts: Sequence[str]) -> list[float]:
-        """Expected difficulty in [0, 1] for each text (one vectorised pass for all)."""
+        """Difficulty in [0, 1] for each text (one vectorised pass for all): with Platt
+        scaling, the held-out probability that the prompt needs the last tier."""
         if not texts:
             return []
-        probabilities = self.pipeline.predict_proba(list(texts))
-        return [min(1.0, max(0.0, float(value))) for value in probabilities @ self._step_values]
+        return [float(value) for value in self.calibrated(self.raw_score(texts))]
+
+    def calibrated(self, raw: np.ndarray) -> np.ndarray:
+        if self.platt is None:
+            return raw
+        slope, intercept = self.platt
+        return 1.0 / (1.0 + np.exp(-(slope * raw + intercept)))
 
     def to_file_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +75,8 @@ class DifficultyModel:
             "pipeline": self.pipeline,
             "trained_on": self.trained_on,
             "rows": self.rows,
+            "features": list(self.features),
+            "platt": None if self.platt is None else list(self.platt),
         }
 
 
@@ -80,14 +105,25 @@ class ClassifierRouter:
         return self.model.score(texts)
 
 
-def save_classifier(path: Path, model: DifficultyModel) -> None:
+def save_classifier(
+    path: Path,
+    model: DifficultyModel,
+    *,
+    thresholds: Sequence[float] | None = None,
+    calibration: dict[str, Any] | None = None,
+) -> None:
     """Written beside the target and renamed into place, so a worker loading the file while
-    it is being retrained sees the old model or the new one, never half of one."""
+    it is being retrained sees the old model or the new one, never half of one.
+    `thresholds` (chosen at training time) are stored as `router calibrate` stores them."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    data = model.to_file_dict()
+    if thresholds is not None:
+        data["thresholds"] = list(thresholds)
+        data["calibration"] = calibration or {}
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(handle)
     try:
-        joblib.dump(model.to_file_dict(), temporary)
+        joblib.dump(data, temporary)
         os.chmod(temporary, 0o644)  # mkstemp makes it private; workers may run as another user
         os.replace(temporary, path)
     except BaseException:
@@ -130,11 +166,19 @@ def _model_from(path: Path, data: Any) -> DifficultyModel:
         raise _invalid(path, "its pipeline is not a fitted probabilistic classifier")
     if data.get("kind") not in KINDS:
         raise _invalid(path, f"unknown kind {data.get('kind')!r}")
+    features = tuple(data.get("features") or DEFAULT_FEATURES)
+    try:
+        require_features(features)
+    except RouterError as exc:
+        raise RouterError(f"classifier file {path}: {exc}") from None
+    platt = data.get("platt")
     return DifficultyModel(
         pipeline,
         kind=str(data["kind"]),
         trained_on=str(data.get("trained_on", "")),
         rows=int(data.get("rows", 0)),
+        features=features,
+        platt=None if platt is None else (float(platt[0]), float(platt[1])),
     )
 
 
