@@ -52,6 +52,19 @@ def router() -> None:
 )
 @click.option("--test-fraction", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="seeds the train/test split")
+@click.option(
+    "--features",
+    default="tfidf",
+    show_default=True,
+    help="what the classifier sees: tfidf, structural, embedding, or a '+' stack "
+    "(embedding needs the llama extra)",
+)
+@click.option(
+    "--target-frontier-share",
+    type=click.FloatRange(0, 1),
+    help="thresholds chosen on the held-out rows so this share goes to the last tier "
+    "(default: the share labelled hard), stored in the router file",
+)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def router_train(
@@ -60,6 +73,8 @@ def router_train(
     out_path: Path,
     test_fraction: float,
     seed: int,
+    features: str,
+    target_frontier_share: float | None,
     as_json: bool,
 ) -> None:
     """Train the classifier router on LABELED (CSV or JSONL), on a route job's own
@@ -69,18 +84,27 @@ def router_train(
     `strong_correct` as in RouteLLM's data."""
     import dataclasses
 
+    from workers.routers import router_thresholds
+    from workers.routers.features import parse_features
     from workers.routers.training import train_classifier
 
-    tiers = list(settings().tiers)
+    conf = settings()
+    tiers = list(conf.tiers)
+    with reported_as(ExitCode.USAGE):
+        chosen: dict[str, Any] = {
+            "features": parse_features(features),
+            "frontier_share": target_frontier_share,
+            "thresholds": router_thresholds(conf.router, tiers),
+        }
     sources = None  # --from-job: where the rows came from
     with console.status("training the classifier router..."):
         if from_job is not None:
             result, sources = _train_from_job(
-                from_job, labeled, out_path, tiers, test_fraction, seed
+                from_job, labeled, out_path, tiers, test_fraction, seed, chosen
             )
         elif labeled is not None:
             result = train_classifier(
-                labeled, out_path, test_fraction=test_fraction, seed=seed, tiers=tiers
+                labeled, out_path, test_fraction=test_fraction, seed=seed, tiers=tiers, **chosen
             )
         else:
             raise UserError("give a LABELED file, --from-job JOB, or both", ExitCode.USAGE)
@@ -94,11 +118,21 @@ def router_train(
         f"held-out accuracy {result.held_out_accuracy:.3f}"
         + (f", AUC {result.held_out_auc:.3f}" if result.held_out_auc is not None else "")
     )
+    if result.thresholds is not None:
+        out.print(
+            f"thresholds {result.thresholds} (stored in the file): "
+            f"{_share(result.held_out_frontier_share)} of the held-out rows go to {tiers[-1]}, "
+            f"target {_share(result.target_frontier_share)}"
+        )
     out.print(f"router file: [bold]{result.path}[/]")
     out.print(
         "use it: distillery submit FILE --mode route --router classifier "
         f"--classifier {result.path}"
     )
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f} %"
 
 
 def _train_from_job(
@@ -108,6 +142,7 @@ def _train_from_job(
     tiers: list[str],
     test_fraction: float,
     seed: int,
+    chosen: dict[str, Any],
 ) -> tuple["TrainReport", str]:
     """The report of a router trained on JOB's outcomes, and where its rows came from."""
     from sqlmodel import Session
@@ -126,6 +161,7 @@ def _train_from_job(
         tiers=tiers,
         test_fraction=test_fraction,
         seed=seed,
+        **chosen,
     )
     return report, report.sources()
 
