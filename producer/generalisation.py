@@ -32,7 +32,12 @@ from producer.costs import read_records
 from producer.evaluation import latency_summary, read_labelled
 from producer.route_stats import figures, percentile_interval, resample_weights
 from workers.routers.base import RouterError, elapsed_ms
-from workers.routers.features import clear_embedding_cache, parse_features
+from workers.routers.features import (
+    VocabularyNovelty,
+    clear_embedding_cache,
+    novelty_threshold,
+    parse_features,
+)
 from workers.routers.training import fit_model
 
 DOMAIN_COLUMN = "domain"
@@ -139,6 +144,22 @@ class FoldScores:
     test: Indices
     scores: dict[str, NDArray[np.float64]]  # feature set → the fold's test scores
     domains: list[str]
+    deferred: NDArray[np.bool_] | None = None  # test rows the novelty score sends to the cascade
+
+
+NOVELTY_HOLD_OUT = 0.1  # of a fold's training rows, to set its novelty threshold on
+
+
+def fold_novelty(
+    data: DomainLabelled, train: Indices, test: Indices, seed: int
+) -> NDArray[np.bool_]:
+    """Which test rows are out of distribution, as a router trained on `train` would judge:
+    the vocabulary from 90 % of its rows, the threshold from the other 10 % (in-domain)."""
+    order = np.random.default_rng(seed).permutation(train)
+    cut = max(1, int(len(order) * NOVELTY_HOLD_OUT))
+    novelty = VocabularyNovelty.fit([data.texts[i] for i in order[cut:]])
+    threshold = novelty_threshold(novelty.score([data.texts[i] for i in order[:cut]]))
+    return novelty.score([data.texts[i] for i in test]) > threshold
 
 
 def cross_validated_scores(
@@ -155,6 +176,7 @@ def cross_validated_scores(
         train = np.setdiff1d(np.arange(len(data.texts)), test)
         _require_both_levels(steps, train, number)
         fold = FoldScores(test, {}, sorted({data.domains[i] for i in test}))
+        fold.deferred = fold_novelty(data, train, test, seed=number)
         for name in feature_sets:
             progress(f"fold {number}/{len(folds)}: training {name}")
             model = fit_model(
@@ -214,6 +236,23 @@ def summarise(
     return {
         "rows": rows,
         "folds": [_fold_entry(data, fold, names, share) for fold in folds],
+        "deferral": _deferral(data, folds),
+    }
+
+
+def _deferral(data: DomainLabelled, folds: Sequence[FoldScores]) -> dict[str, Any]:
+    """How often the novelty score would defer to the cascade, and how hard those prompts
+    are (share needing the last tier) against the rest."""
+    flags = [fold.deferred for fold in folds if fold.deferred is not None]
+    if not flags:
+        return {}
+    rows = np.concatenate([fold.test for fold in folds if fold.deferred is not None])
+    deferred = np.concatenate(flags)
+    hard = np.asarray(data.steps)[rows] > 0
+    return {
+        "share": round(float(deferred.mean()), 6),
+        "hard_share_deferred": round(float(hard[deferred].mean()), 6) if deferred.any() else None,
+        "hard_share_kept": round(float(hard[~deferred].mean()), 6) if (~deferred).any() else None,
     }
 
 
@@ -278,7 +317,8 @@ def _saving(
     differences = [r["random"][0] - r[key][0] for r in replicates]
     value = point["random"][0] - point[key][0]
     interval = _interval(differences, value)
-    return {"share": round(value, 6), "ci": interval, "clear": interval[0] > 0}
+    clear = interval[0] > 0 if differences else None  # no resamples: no interval to judge
+    return {"share": round(value, 6), "ci": interval, "clear": clear}
 
 
 def _interval(values: list[float], point: float) -> list[float]:

@@ -19,10 +19,13 @@ def print_generalisation(console: Console, data: dict[str, Any], *, source: str)
         f"{source}: {data['rows']:,} prompts in {data['domains']} domains; {data['folds']} "
         f"folds, {data['bootstrap']:,} bootstrap resamples (95 % intervals)"
     )
+    console.print(
+        "in-domain: folds over rows; out-of-domain: folds over domains (test domains unseen)"
+    )
     table = Table(
         "protocol", "router", "p50 ms", "p95 ms", "frontier share at 95 %",
-        f"quality at {_pct(data['quality_share'])} share", "saves vs random",
-        title="generalisation",
+        f"quality at {_pct(data['quality_share'])}", "saves vs random",
+        title="generalisation (quality as a share of all-frontier quality)",
     )  # fmt: skip
     for protocol, title in TITLES.items():
         if protocol not in data:
@@ -35,6 +38,15 @@ def print_generalisation(console: Console, data: dict[str, Any], *, source: str)
     for protocol in TITLES:
         for row in data.get(protocol, {}).get("rows", []):
             _verdict(console, protocol, row)
+    for protocol, title in TITLES.items():
+        deferral = data.get(protocol, {}).get("deferral")
+        if deferral:
+            console.print(
+                f"{title}: out-of-distribution prompts deferred to the cascade: "
+                f"{_pct(deferral['share'])} (needing the last tier: "
+                f"{_maybe(deferral['hard_share_deferred'])} of them, "
+                f"{_maybe(deferral['hard_share_kept'])} of the rest)"
+            )
 
 
 def _cells(row: dict[str, Any], latency: dict[str, Any] | None) -> list[str]:
@@ -53,12 +65,18 @@ def _verdict(console: Console, protocol: str, row: dict[str, Any]) -> None:
     saving = row.get("saves_vs_random")
     if not saving:
         return
-    where = TITLES[protocol].split(" ")[0]
+    where = TITLES[protocol]
     clear = "clear of random" if saving["clear"] else "[yellow]not clear of random[/]"
+    if saving["clear"] is None:
+        clear = "no interval without --bootstrap"
     console.print(
         f"{where} {row['router']}: {_pct(saving['share'])} less frontier share than random, "
         f"interval {_pct(saving['ci'][0])} to {_pct(saving['ci'][1])}: {clear}"
     )
+
+
+def _maybe(value: float | None) -> str:
+    return "-" if value is None else _pct(value)
 
 
 def _with_interval(value: float, interval: list[float]) -> str:

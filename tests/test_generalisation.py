@@ -93,6 +93,9 @@ def test_structure_carries_to_unseen_domains(tmp_path: Path) -> None:
     assert structural["quality_at_share"] > baseline["quality_at_share"]
     for fold in result["out_of_domain"]["folds"]:
         assert len(fold["domains"]) == 2 and fold["rows"] == 80
+    # every domain has its own words: unseen ones are out of distribution, seen ones are not
+    assert result["out_of_domain"]["deferral"]["share"] > 0.9
+    assert result["in_domain"]["deferral"]["share"] < 0.2
     latency = result["out_of_domain"]["latency_ms"]["structural"]
     assert latency["rows"] == 80 and latency["p50"] <= latency["p95"]
 

@@ -121,3 +121,29 @@ def test_an_embedding_router_without_llama_names_the_extra(
         load_classifier(path)
     with pytest.raises(RouterError, match="install the llama extra"):
         fit_model(["a", "b"], [0, 2], features=("embedding",))
+
+
+def test_a_prompt_unlike_the_training_data_is_deferred_to_the_cascade(
+    tmp_path: Path, use_config: Any
+) -> None:
+    from tests.test_generalisation import synthetic_rows
+
+    use_config(EXAMPLE_CONFIG)
+    rows = [r for r in synthetic_rows(per_domain=60) if r["domain"] in ("cooking", "law")]
+    out = tmp_path / "router.joblib"
+    run_json("router", "train", str(write_csv(tmp_path / "t.csv", rows)), "--out", str(out))
+    model = load_classifier(out)
+    assert model.novelty is not None and model.novelty_threshold is not None
+    settings = load_settings(EXAMPLE_CONFIG)
+    router = build_router("classifier", settings=settings, classifier_path=out)
+    known = router.decide_now("Tell me about the onion simmer saffron pastry in a sentence")
+    unknown = router.decide_now("Describe quasar redshift spectroscopy photometry briefly")
+    assert not known.deferred
+    assert unknown.deferred and unknown.tier == "small" and unknown.score is not None
+    batch = router.decisions(["Tell me about the tort appeal", "Explain quasar photometry"])  # type: ignore[attr-defined]
+    assert [d.deferred for d in batch] == [False, True]
+    kept = settings.model_copy(
+        update={"router": settings.router.model_copy(update={"defer_out_of_distribution": False})}
+    )
+    trusting = build_router("classifier", settings=kept, classifier_path=out)
+    assert not trusting.decide_now("Describe quasar redshift spectroscopy photometry").deferred

@@ -153,6 +153,9 @@ class RouterConfig(_Strict):
         "pros and cons", "critique", "assess", "implications", "reasoning",
     ]  # fmt: skip
     llm_router_tier: str | None = None  # None: the first (cheapest) tier
+    # classifier: a prompt unlike its training data goes to the cheapest tier, where the
+    # cascade's confidence decides, instead of trusting the score (files trained with one)
+    defer_out_of_distribution: bool = True
     llm_router_prompt: str = DEFAULT_LLM_ROUTER_PROMPT
 
     @field_validator("thresholds")

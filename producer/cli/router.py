@@ -345,7 +345,12 @@ def router_calibrate(
     """Set the router's thresholds so that the target share of SAMPLE's prompts (CSV or
     JSONL with a `prompt` column) goes to the last tier. Without --write-config or
     --write-router, prints the TOML line to put in [router]."""
-    from workers.routers.calibration import build_router, calibrate, has_scores
+    from workers.routers.calibration import (
+        build_router,
+        calibrate,
+        calibration_scores,
+        has_scores,
+    )
 
     if write_config and write_router:
         raise UserError("choose one of --write-config and --write-router", ExitCode.USAGE)
@@ -357,7 +362,9 @@ def router_calibrate(
     assert has_scores(router)  # the --router choices are the routers with a score
     with console.status("scoring the sample..."):
         result = calibrate(
-            router.score(texts), target_share=target_frontier_share, previous=router.thresholds
+            calibration_scores(router, texts),
+            target_share=target_frontier_share,
+            previous=router.thresholds,
         )
     written = _write_thresholds(result, conf, classifier, write_config, write_router)
     _show_calibration(result, router_name, conf, written, as_json)

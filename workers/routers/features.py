@@ -219,3 +219,45 @@ def require_features(features: Sequence[str]) -> None:
     """RouterError now, when a router file's features cannot be computed here."""
     if "embedding" in features and not llama_available():
         raise RouterError(f"this router file uses embedding features; {LLAMA_EXTRA_HINT}")
+
+
+# --- novelty: how far a prompt is from what the router was trained on -------------------
+
+_WORD = re.compile(r"\b[^\W\d_]{2,}\b")  # words of letters, as TF-IDF sees them (no numbers)
+NOVELTY_MIN_DOCUMENTS = 2  # a word seen in one training prompt only is not "known"
+NOVELTY_QUANTILE = 0.95  # the threshold: this share of held-out in-domain prompts are below
+
+
+class VocabularyNovelty:
+    """The share of a prompt's distinct words that no two training prompts shared: 0 for
+    a prompt in the training data's own words, near 1 for one from a field it never saw.
+    Cheap (a set lookup per word) and independent of the classifier's features, so it also
+    flags prompts that a structural or embedding router would score with false confidence."""
+
+    def __init__(self, known: frozenset[str]) -> None:
+        self.known = known
+
+    @classmethod
+    def fit(cls, texts: Sequence[str]) -> "VocabularyNovelty":
+        counts: dict[str, int] = {}
+        for text in texts:
+            for word in _words(text):
+                counts[word] = counts.get(word, 0) + 1
+        return cls(frozenset(w for w, n in counts.items() if n >= NOVELTY_MIN_DOCUMENTS))
+
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        return np.asarray([self._one(text) for text in texts], dtype=float)
+
+    def _one(self, text: str) -> float:
+        words = _words(text)
+        return sum(1 for w in words if w not in self.known) / len(words) if words else 1.0
+
+
+def _words(text: str) -> set[str]:
+    return {match.group(0).lower() for match in _WORD.finditer(text)}
+
+
+def novelty_threshold(held_out_novelty: Sequence[float] | np.ndarray) -> float:
+    """The NOVELTY_QUANTILE of held-out in-domain novelty: above it a prompt is unlike the
+    training data (by construction about 5 % of in-domain traffic is)."""
+    return float(np.quantile(np.asarray(held_out_novelty, dtype=float), NOVELTY_QUANTILE))

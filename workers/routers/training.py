@@ -33,6 +33,8 @@ from workers.routers.features import (
     DEFAULT_FEATURES,
     EmbeddingFeatures,
     StructuralFeatures,
+    VocabularyNovelty,
+    novelty_threshold,
     require_features,
 )
 from workers.routers.labeled import load_labeled
@@ -203,7 +205,12 @@ def fit_model(
     pipeline.fit(list(texts), list(steps))
     _drop_pruned_terms(pipeline)
     return DifficultyModel(
-        pipeline, kind=kind, trained_on=trained_on, rows=len(texts), features=features
+        pipeline,
+        kind=kind,
+        trained_on=trained_on,
+        rows=len(texts),
+        features=features,
+        novelty=VocabularyNovelty.fit(texts),
     )
 
 
@@ -223,6 +230,8 @@ def _fit(
     )
     model.rows = rows
     model.platt = platt_fit(model.raw_score(split.test_texts), split.test_steps)
+    if model.novelty is not None and split.test_texts:
+        model.novelty_threshold = novelty_threshold(model.novelty.score(split.test_texts))
     return model
 
 
