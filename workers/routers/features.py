@@ -188,8 +188,9 @@ class EmbeddingFeatures(BaseEstimator, TransformerMixin):
         if cached is not None:
             return cached
         model = _embedder(path, self.max_tokens + 8, self.threads)
-        tokens = model.tokenize(text.encode("utf-8"), add_bos=True)[: self.max_tokens]
-        vector = np.asarray(model.embed(tokens, normalize=True), dtype=np.float32)
+        tokens = model.tokenize(text.encode("utf-8"), add_bos=False)[: self.max_tokens]
+        opening = model.detokenize(tokens).decode("utf-8", errors="ignore")  # embed takes text
+        vector = np.asarray(model.embed(opening or " ", normalize=True), dtype=np.float32)
         if vector.ndim > 1:  # a model without pooling returns one vector per token
             vector = vector.mean(axis=0)
         _remember(path, self.max_tokens, text, vector)
