@@ -63,7 +63,28 @@ def build_report(
             router_latency(session=session, job_id=job_id, percentiles=PERCENTILES), "count"
         ),
         "shadow": _shadow(session, job) if job.mode == JobMode.LIVE else None,
+        "drift": _drift(job, routed, prompts, tiers),
     }
+
+
+def _drift(
+    job: Job, routed: Mapping[str, int], prompts: int, tiers: Mapping[str, TierConfig]
+) -> dict[str, Any] | None:
+    """The last tier's routed share against the classifier's calibrated one (a classifier
+    job whose file records it), flagged past the margin."""
+    if job.router != "classifier" or not tiers:
+        return None
+    from workers.routers.drift import calibrated_share, tier_drift
+
+    params = job.params or {}
+    last = list(params.get("tiers") or tiers)[-1]
+    drift = tier_drift(
+        tier=last,
+        routed=routed.get(last, 0),
+        total=prompts,
+        calibrated=calibrated_share(params.get("classifier")),
+    )
+    return None if drift is None else drift.as_dict()
 
 
 def _shadow(session: Session, job: Job) -> dict[str, Any]:
@@ -229,6 +250,7 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
     _print_fallbacks(console, report["fallbacks"])
     console.print(_cost_table(report["cost"]))
     _print_router_latency(console, report["router_latency_ms"])
+    _print_drift(console, report.get("drift"))
     if report.get("shadow") and report["shadow"]["sent"]:
         shadow = report["shadow"]
         agreement = "-" if shadow["agreement"] is None else f"{shadow['agreement']:.1%}"
@@ -236,6 +258,23 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
             f"shadow: {shadow['sent']:,} sent to the teacher, {shadow['answered']:,} answered, "
             f"agreement with the served answer {agreement}"
         )
+
+
+def _print_drift(console: Console, drift: dict[str, Any] | None) -> None:
+    if not drift:
+        return
+    line = (
+        f"drift: {_pct(drift['routed_share'] * 100)} routed to {drift['tier']}, calibrated "
+        f"for {_pct(drift['calibrated_share'] * 100)}"
+    )
+    if drift["drifted"]:
+        console.print(
+            f"[yellow]{line}: more than {drift['margin'] * 100:g} points apart[/]; re-fit the "
+            "thresholds on this traffic: distillery router calibrate SAMPLE "
+            "--target-frontier-share S --write-router"
+        )
+    else:
+        console.print(f"{line} (within {drift['margin'] * 100:g} points)")
 
 
 def _print_header(console: Console, report: dict[str, Any]) -> None:
