@@ -160,6 +160,7 @@ def _evaluate_one(
         "frontier_share": _share(routed, tiers[-1]),
         "tier_shares": {tier: _share(routed, tier) for tier in tiers},
         "router_errors": sum(1 for d in decisions if d.error is not None),
+        "deferred_share": _mean([d.deferred for d in decisions]),
     }
     if data.label_tiers is not None:
         result["accuracy"] = _mean([a == b for a, b in zip(routed, data.label_tiers, strict=True)])
@@ -300,6 +301,12 @@ def print_evaluation(console: Console, data: dict[str, Any], *, source: str) -> 
             console.print(
                 f"note: {entry['router']}: {entry['router_errors']:,} router call(s) failed "
                 "and went to the fallback tier"
+            )
+    for entry in data["routers"]:
+        if entry.get("deferred_share"):
+            console.print(
+                f"{entry['router']}: {_pct(entry['deferred_share'])} of prompts were out of "
+                f"distribution and deferred to the cascade (sent to {data['tiers'][0]})"
             )
     for entry in data["skipped"]:
         console.print(f"[yellow]skipped {entry['router']}:[/] {entry['reason']}")

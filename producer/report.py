@@ -67,6 +67,7 @@ def build_report(
         "answers_by_path": answers_by_path(session, job_id, tiers),
         **cache_and_budget(session, job),
         "judge": judge_scores(session, job_id),
+        "drift": _drift(job, routed, prompts, tiers),
     }
 
 
@@ -88,6 +89,26 @@ def judge_scores(session: Session, job_id: int) -> dict[str, Any] | None:
         "scores": score_distribution(scores),
         "mean_score": sum(judged) / len(judged) if judged else None,
     }
+
+
+def _drift(
+    job: Job, routed: Mapping[str, int], prompts: int, tiers: Mapping[str, TierConfig]
+) -> dict[str, Any] | None:
+    """The last tier's routed share against the classifier's calibrated one (a classifier
+    job whose file records it), flagged past the margin."""
+    if job.router != "classifier" or not tiers:
+        return None
+    from workers.routers.drift import calibrated_share, tier_drift
+
+    params = job.params or {}
+    last = list(params.get("tiers") or tiers)[-1]
+    drift = tier_drift(
+        tier=last,
+        routed=routed.get(last, 0),
+        total=prompts,
+        calibrated=calibrated_share(params.get("classifier")),
+    )
+    return None if drift is None else drift.as_dict()
 
 
 def _shadow(session: Session, job: Job) -> dict[str, Any]:
@@ -257,6 +278,7 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
     _print_router_latency(console, report["router_latency_ms"])
     if report["answers_by_path"]["batch"]["answers"]:
         console.print(answer_paths_line(report["answers_by_path"]))
+    _print_drift(console, report.get("drift"))
     if report.get("shadow") and report["shadow"]["sent"]:
         shadow = report["shadow"]
         agreement = "-" if shadow["agreement"] is None else f"{shadow['agreement']:.1%}"
@@ -275,6 +297,23 @@ def print_scores(console: Console, judge: dict[str, Any]) -> None:
         f"judge scores (run {judge['judge_run_id']} on '{judge['tier']}', "
         f"{judge['judged']}/{judge['total']} judged, mean {mean}): {spread}"
     )
+
+
+def _print_drift(console: Console, drift: dict[str, Any] | None) -> None:
+    if not drift:
+        return
+    line = (
+        f"drift: {_pct(drift['routed_share'] * 100)} routed to {drift['tier']}, calibrated "
+        f"for {_pct(drift['calibrated_share'] * 100)}"
+    )
+    if drift["drifted"]:
+        console.print(
+            f"[yellow]{line}: more than {drift['margin'] * 100:g} points apart[/]; re-fit the "
+            "thresholds on this traffic: distillery router calibrate SAMPLE "
+            "--target-frontier-share S --write-router"
+        )
+    else:
+        console.print(f"{line} (within {drift['margin'] * 100:g} points)")
 
 
 def _print_header(console: Console, report: dict[str, Any]) -> None:

@@ -223,6 +223,9 @@ class RouterConfig(_Strict):
     llm_router_tier: str | None = None  # None: the first (cheapest) tier
     # A route job's default cap in USD on its answer calls (`submit --max-cost`); None: none.
     max_cost_usd: float | None = Field(None, gt=0)
+    # classifier: a prompt unlike its training data goes to the cheapest tier, where the
+    # cascade's confidence decides, instead of trusting the score (files trained with one)
+    defer_out_of_distribution: bool = True
     llm_router_prompt: str = DEFAULT_LLM_ROUTER_PROMPT
 
     @field_validator("thresholds")

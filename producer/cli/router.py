@@ -52,6 +52,19 @@ def router() -> None:
 )
 @click.option("--test-fraction", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="seeds the train/test split")
+@click.option(
+    "--features",
+    default="tfidf",
+    show_default=True,
+    help="what the classifier sees: tfidf, structural, embedding, or a '+' stack "
+    "(embedding needs the llama extra)",
+)
+@click.option(
+    "--target-frontier-share",
+    type=click.FloatRange(0, 1),
+    help="thresholds chosen on the held-out rows so this share goes to the last tier "
+    "(default: the share labelled hard), stored in the router file",
+)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def router_train(
@@ -60,6 +73,8 @@ def router_train(
     out_path: Path,
     test_fraction: float,
     seed: int,
+    features: str,
+    target_frontier_share: float | None,
     as_json: bool,
 ) -> None:
     """Train the classifier router on LABELED (CSV or JSONL), on a route job's own
@@ -69,18 +84,27 @@ def router_train(
     `strong_correct` as in RouteLLM's data."""
     import dataclasses
 
+    from workers.routers import router_thresholds
+    from workers.routers.features import parse_features
     from workers.routers.training import train_classifier
 
-    tiers = list(settings().tiers)
+    conf = settings()
+    tiers = list(conf.tiers)
+    with reported_as(ExitCode.USAGE):
+        chosen: dict[str, Any] = {
+            "features": parse_features(features),
+            "frontier_share": target_frontier_share,
+            "thresholds": router_thresholds(conf.router, tiers),
+        }
     sources = None  # --from-job: where the rows came from
     with console.status("training the classifier router..."):
         if from_job is not None:
             result, sources = _train_from_job(
-                from_job, labeled, out_path, tiers, test_fraction, seed
+                from_job, labeled, out_path, tiers, test_fraction, seed, chosen
             )
         elif labeled is not None:
             result = train_classifier(
-                labeled, out_path, test_fraction=test_fraction, seed=seed, tiers=tiers
+                labeled, out_path, test_fraction=test_fraction, seed=seed, tiers=tiers, **chosen
             )
         else:
             raise UserError("give a LABELED file, --from-job JOB, or both", ExitCode.USAGE)
@@ -94,11 +118,21 @@ def router_train(
         f"held-out accuracy {result.held_out_accuracy:.3f}"
         + (f", AUC {result.held_out_auc:.3f}" if result.held_out_auc is not None else "")
     )
+    if result.thresholds is not None:
+        out.print(
+            f"thresholds {result.thresholds} (stored in the file): "
+            f"{_share(result.held_out_frontier_share)} of the held-out rows go to {tiers[-1]}, "
+            f"target {_share(result.target_frontier_share)}"
+        )
     out.print(f"router file: [bold]{result.path}[/]")
     out.print(
         "use it: distillery submit FILE --mode route --router classifier "
         f"--classifier {result.path}"
     )
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f} %"
 
 
 def _train_from_job(
@@ -108,6 +142,7 @@ def _train_from_job(
     tiers: list[str],
     test_fraction: float,
     seed: int,
+    chosen: dict[str, Any],
 ) -> tuple["TrainReport", str]:
     """The report of a router trained on JOB's outcomes, and where its rows came from."""
     from sqlmodel import Session
@@ -126,6 +161,7 @@ def _train_from_job(
         tiers=tiers,
         test_fraction=test_fraction,
         seed=seed,
+        **chosen,
     )
     return report, report.sources()
 
@@ -141,6 +177,31 @@ def _train_from_job(
 )
 @classifier_option()
 @click.option("--sample", "sample_size", type=click.IntRange(1), help="evaluate a seeded sample")
+@click.option(
+    "--leave-domains-out",
+    is_flag=True,
+    help="cross-validate the classifier: folds over rows (in-domain) and over domains "
+    "(out-of-domain), with bootstrap intervals, random and the oracle beside",
+)
+@click.option("--domain-column", default="domain", show_default=True)
+@click.option("--folds", type=click.IntRange(2), default=5, show_default=True)
+@click.option(
+    "--features",
+    "feature_sets",
+    default="tfidf",
+    show_default=True,
+    help="with --leave-domains-out: comma-separated feature sets to compare, each of "
+    "tfidf, structural, embedding or a '+' stack (tfidf+structural)",
+)
+@click.option("--bootstrap", type=click.IntRange(0), default=1000, show_default=True)
+@click.option(
+    "--at-share",
+    type=click.FloatRange(0, 1),
+    default=0.2,
+    show_default=True,
+    help="with --leave-domains-out: also report quality at this share on the last tier",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @plot_option()
 @handle_errors
@@ -149,16 +210,32 @@ def router_eval(
     router_names: str,
     classifier: Path | None,
     sample_size: int | None,
+    leave_domains_out: bool,
+    domain_column: str,
+    folds: int,
+    feature_sets: str,
+    bootstrap: int,
+    at_share: float,
+    seed: int,
     as_json: bool,
     plot_path: Path | None,
 ) -> None:
     """Evaluate routers on LABELED prompts (CSV or JSONL with `label` and/or
     `weak_correct` and `strong_correct` columns): latency, last-tier share, accuracy and
-    confusion matrix, quality and the cost-quality curve."""
+    confusion matrix, quality and the cost-quality curve. With --leave-domains-out, how
+    well the classifier generalises to domains it never saw."""
     from producer.evaluation import evaluate, plot_evaluation, print_evaluation, sample_rows
     from producer.evaluation import read_labelled as read
 
     conf = settings()
+    if leave_domains_out:
+        if plot_path:
+            raise UserError(
+                "--plot draws the plain evaluation; drop --leave-domains-out", ExitCode.USAGE
+            )
+        options = {"folds": folds, "bootstrap": bootstrap, "share": at_share, "seed": seed}
+        _generalisation(labeled, conf, domain_column, feature_sets, sample_size, options, as_json)
+        return
     names = _router_names(router_names)
     with reported_as(ExitCode.BAD_INPUT):
         data = sample_rows(read(labeled, list(conf.tiers)), sample_size)
@@ -167,6 +244,38 @@ def router_eval(
         result = evaluate(data, routers, settings=conf, skipped=skipped)
     result["source"] = str(labeled)
     finish(result, as_json, plot_path, plot_evaluation, print_evaluation)
+
+
+def _generalisation(
+    labeled: Path,
+    conf: Any,
+    column: str,
+    feature_text: str,
+    sample_size: int | None,
+    options: dict[str, Any],
+    as_json: bool,
+) -> None:
+    from producer.generalisation import (
+        evaluate_generalisation,
+        read_domain_labelled,
+        subsample,
+    )
+    from producer.generalisation_report import print_generalisation
+    from workers.routers.features import parse_features
+
+    with reported_as(ExitCode.USAGE):
+        names = ["+".join(parse_features(text)) for text in feature_text.split(",") if text.strip()]
+    with reported_as(ExitCode.BAD_INPUT):
+        data = subsample(read_domain_labelled(labeled, list(conf.tiers), column), sample_size)
+    with console.status("cross-validating...") as status, reported_as(ExitCode.USAGE):
+        result = evaluate_generalisation(
+            data, feature_sets=names, progress=lambda text: status.update(text), **options
+        )
+    result["source"] = str(labeled)
+    if as_json:
+        emit_json(result)
+        return
+    print_generalisation(out, result, source=str(labeled))
 
 
 def _router_names(text: str) -> list[str]:
@@ -236,7 +345,12 @@ def router_calibrate(
     """Set the router's thresholds so that the target share of SAMPLE's prompts (CSV or
     JSONL with a `prompt` column) goes to the last tier. Without --write-config or
     --write-router, prints the TOML line to put in [router]."""
-    from workers.routers.calibration import build_router, calibrate, has_scores
+    from workers.routers.calibration import (
+        build_router,
+        calibrate,
+        calibration_scores,
+        has_scores,
+    )
 
     if write_config and write_router:
         raise UserError("choose one of --write-config and --write-router", ExitCode.USAGE)
@@ -248,7 +362,9 @@ def router_calibrate(
     assert has_scores(router)  # the --router choices are the routers with a score
     with console.status("scoring the sample..."):
         result = calibrate(
-            router.score(texts), target_share=target_frontier_share, previous=router.thresholds
+            calibration_scores(router, texts),
+            target_share=target_frontier_share,
+            previous=router.thresholds,
         )
     written = _write_thresholds(result, conf, classifier, write_config, write_router)
     _show_calibration(result, router_name, conf, written, as_json)

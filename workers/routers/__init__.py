@@ -117,7 +117,10 @@ def _classifier_router(
 
     path = classifier_path or settings.router.classifier
     model = load_classifier(path)
-    return ClassifierRouter(model, tiers, classifier_thresholds(path, settings.router, tiers))
+    thresholds = classifier_thresholds(path, settings.router, tiers)
+    return ClassifierRouter(
+        model, tiers, thresholds, defer=settings.router.defer_out_of_distribution
+    )
 
 
 def _llm_router(settings: Settings, tiers: Sequence[str], caller: "Caller | None") -> Router:

@@ -35,6 +35,7 @@ class Decision:
     call: Completion | None = None  # the llm router's own model call, when it succeeded
     failures: tuple[CallError, ...] = ()  # ... and its tries that failed, in order
     asked_tier: str | None = None  # the tier that call went to
+    deferred: bool = False  # out of the router's depth: sent to the cascade's first tier
 
     @property
     def error(self) -> CallError | None:
@@ -93,6 +94,10 @@ async def decide_all(router: Router, texts: Sequence[str], *, concurrency: int) 
 
 
 def batch_decisions(router: ScoringRouter, texts: Sequence[str]) -> list[Decision]:
+    own = getattr(router, "decisions", None)
+    if own is not None:  # the classifier: its own batch path, which can defer
+        decided: list[Decision] = own(texts)
+        return decided
     started = time.perf_counter()
     scores = router.score(texts)
     per_prompt = elapsed_ms(started) / max(1, len(texts))

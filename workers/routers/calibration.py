@@ -86,6 +86,15 @@ def usable_router(
 # --- calibrating -------------------------------------------------------------------------
 
 
+def calibration_scores(router: ScoringRouter, texts: Sequence[str]) -> list[float]:
+    """The router's scores, with 0 for prompts it defers (out of distribution): those go to
+    the first tier whatever the thresholds, so they cannot count toward the last tier's share."""
+    decide = getattr(router, "decisions", None)
+    if decide is None:
+        return router.score(texts)
+    return [0.0 if d.deferred else float(d.score) for d in decide(texts)]
+
+
 @dataclass(frozen=True)
 class Calibration:
     thresholds: tuple[float, ...]
@@ -237,7 +246,9 @@ def build_router(
     assert isinstance(router, ClassifierRouter)
     path = classifier_path or settings.router.classifier
     thresholds = classifier_thresholds(path, settings.router, router.tiers)
-    return ClassifierRouter(router.model, router.tiers, thresholds)
+    return ClassifierRouter(
+        router.model, router.tiers, thresholds, defer=settings.router.defer_out_of_distribution
+    )
 
 
 def write_file_thresholds(

@@ -38,9 +38,18 @@ from models import Job, JobMode, JobStatus, Prompt, PromptStatus
 from models.queries import stream_prompts
 from models.training_data import low_confidence_prompt_ids
 from workers.routers.base import RouterError
-from workers.routers.classifier import HARDEST_STEP, save_classifier
+from workers.routers.classifier import HARDEST_STEP
+from workers.routers.features import DEFAULT_FEATURES
 from workers.routers.labeled import load_labeled
-from workers.routers.training import TrainReport, _fit, _report, _split
+from workers.routers.training import (
+    TrainReport,
+    _fit,
+    _report,
+    _split,
+    choose_thresholds,
+    save_with_thresholds,
+    with_choice,
+)
 from workers.routing import last_user_text
 
 HARD, EASY = 1.0, 0.0
@@ -100,6 +109,9 @@ def train_from_job(
     tiers: Sequence[str],
     test_fraction: float = 0.2,
     seed: int = 0,
+    features: Sequence[str] = DEFAULT_FEATURES,
+    frontier_share: float | None = None,
+    thresholds: Sequence[float] | None = None,
 ) -> HistoryTrainReport:
     """Label job `job_id`'s prompts by their outcomes (plus `labeled`'s rows), fit on a
     seeded split, measure on the rest, save to `out`. `tiers`: the configured tier names,
@@ -115,7 +127,8 @@ def train_from_job(
     steps = [round(d * HARDEST_STEP) for d in difficulties]
     _require_two_levels(job_labels, steps, labeled)
     source = _source_name(job_id, labeled)
-    return _train(texts, steps, Path(out), source, job_labels, test_fraction, seed)
+    choice = TrainingChoice(features, frontier_share, thresholds, tiers)
+    return _train(texts, steps, Path(out), source, job_labels, test_fraction, seed, choice)
 
 
 def label_job(engine: Engine, job_id: int, *, default_tiers: Sequence[str]) -> JobLabels:
@@ -193,17 +206,30 @@ def _train(
     labels: JobLabels,
     test_fraction: float,
     seed: int,
+    choice: "TrainingChoice",
 ) -> HistoryTrainReport:
     # training's helpers take a path only to name the data in their messages
     split = _split(Path(source), texts, steps, test_fraction, seed)
     kind = "binary" if len(set(steps)) == 2 else "levels"
     try:
-        model = _fit(split, kind=kind, trained_on=source, rows=len(texts))
+        model = _fit(split, kind=kind, trained_on=source, rows=len(texts), features=choice.features)
     except ValueError as exc:  # e.g. prompts with no words in them: nothing to learn from
         raise RouterError(f"{source}: cannot train on these prompts: {exc}") from None
-    save_classifier(out, model)
+    thresholds = choose_thresholds(model, split, choice.frontier_share, choice.thresholds)
+    save_with_thresholds(out, model, thresholds, choice.tiers)
     report = _report(model, split, out, rows=len(texts), positive=steps.count(HARDEST_STEP))
+    report = with_choice(report, thresholds)
     return _with_sources(report, labels, labeled_rows=len(texts) - len(labels.texts))
+
+
+@dataclass(frozen=True)
+class TrainingChoice:
+    """What `router train` was asked for, beyond the rows."""
+
+    features: Sequence[str]
+    frontier_share: float | None
+    thresholds: Sequence[float] | None
+    tiers: Sequence[str]
 
 
 def _with_sources(
