@@ -147,6 +147,49 @@ def test_filters_match_the_database(ui: str, engine: Any, job: LedgerJob) -> Non
     assert answered_on_medium == ids_where(engine, job.job_id, PROMPTS.c.final_tier == "medium")
 
 
+def judge_and_reduce(engine: Any, job_id: int, ids: list[int]) -> None:
+    """An older and a newer judge run and training file, as `distillery judge` and `reduce`
+    write them: the pages must use only the newest of each."""
+    from models.tables import Judgement, JudgeRun, Rejection
+
+    with Session(engine) as session:
+        runs = [JudgeRun(job_id=job_id, tier="frontier", model="m", rubric="r", rubric_sha256="x")]
+        runs.append(
+            JudgeRun(job_id=job_id, tier="frontier", model="m", rubric="r", rubric_sha256="y")
+        )
+        files = [
+            TrainingFile(job_id=job_id, path=f"/tmp/t{n}.jsonl", examples=1, sha256="z")
+            for n in range(2)
+        ]
+        session.add_all([*runs, *files])
+        session.flush()
+        old_run, new_run = (run.id for run in runs)
+        old_file, new_file = (file.id for file in files)
+        assert old_run and new_run and old_file and new_file
+        for n, prompt_id in enumerate(ids):
+            session.add(Judgement(judge_run_id=old_run, prompt_id=prompt_id, score=10))
+            session.add(Judgement(judge_run_id=new_run, prompt_id=prompt_id, score=n + 1))
+            session.add(Rejection(training_file_id=old_file, prompt_id=prompt_id, reason="refusal"))
+        for prompt_id in ids[:3]:
+            session.add(
+                Rejection(training_file_id=new_file, prompt_id=prompt_id, reason="low_score")
+            )
+        session.commit()
+
+
+def test_judge_scores_and_rejections_filter_and_show(ui: str, engine: Any, job: LedgerJob) -> None:
+    ids = ids_where(engine, job.job_id, PROMPTS.c.idx < 8)
+    judge_and_reduce(engine, job.job_id, ids)
+    base = f"/ui/jobs/{job.job_id}/prompts"
+    assert walk(ui, base + "?min_score=6") == ids[5:]  # newest run's scores: 1..8
+    assert walk(ui, base + "?reason=low_score") == ids[:3]
+    assert walk(ui, base + "?reason=refusal") == []  # only the older file said so
+    assert walk(ui, base + "?reason=low_score&min_score=3") == ids[2:3]
+    page = get(ui, base + "?min_score=8").text
+    assert "<th>judge_score</th>" in page and "<th>reject_reason</th>" in page
+    assert data_ids(page, "prompt") == ids[7:]
+
+
 @pytest.mark.parametrize(
     ("query", "message"),
     [
@@ -154,7 +197,7 @@ def test_filters_match_the_database(ui: str, engine: Any, job: LedgerJob) -> Non
         ("fell_back=maybe", "fell_back must be yes or no"),
         ("after=abc", "after must be a prompt index"),
         ("q=" + "x" * 201, "q: at most 200 characters"),
-        ("min_score=7", "min_score: this database has no judge_score column yet"),
+        ("min_score=high", "min_score must be a number"),
     ],
 )
 def test_bad_filters_say_what_is_wrong(ui: str, job: LedgerJob, query: str, message: str) -> None:

@@ -2,17 +2,25 @@
 condition on `prompts`.
 
 Adding a filter is one entry in FILTERS. A filter whose column does not exist (yet) is left
-out of the form and refuses its parameter with a clear message: `judge_score` and
-`reject_reason` are declared here for the reducer's per-row judgements, and appear as soon
-as `prompts` has those columns (their values are listed too, in EXTRA_COLUMNS)."""
+out of the form and refuses its parameter with a clear message. The judge's score and the
+reducer's rejection reason live in their own tables (`judgements`, `rejections`): a prompt's
+are those of its job's newest judge run and newest training file, the same ones `results
+--rejected` and `report` show, and the listing shows them as two more columns."""
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, exists, func, select
 
-from models.tables import PROMPTS, PromptStatus
+from models.tables import (
+    JUDGE_RUNS,
+    JUDGEMENTS,
+    PROMPTS,
+    REJECTIONS,
+    TRAINING_FILES,
+    PromptStatus,
+)
 from models.ui_queries import text_search
 
 
@@ -61,6 +69,51 @@ def _column(name: str) -> Any:
     return PROMPTS.c[name]
 
 
+def _newest_judge_run() -> Any:
+    newest = func.max(JUDGE_RUNS.c.id)
+    return select(newest).where(JUDGE_RUNS.c.job_id == PROMPTS.c.job_id).scalar_subquery()
+
+
+def _newest_training_file() -> Any:
+    newest = func.max(TRAINING_FILES.c.id)
+    return select(newest).where(TRAINING_FILES.c.job_id == PROMPTS.c.job_id).scalar_subquery()
+
+
+def _judged() -> tuple[ColumnElement[bool], ...]:
+    """A judgement of this prompt from its job's newest judge run."""
+    return (
+        JUDGEMENTS.c.prompt_id == PROMPTS.c.id,
+        JUDGEMENTS.c.judge_run_id == _newest_judge_run(),
+    )
+
+
+def _min_score(value: str) -> ColumnElement[bool]:
+    minimum = _number("min_score", value)
+    return exists().where(*_judged(), JUDGEMENTS.c.score >= minimum)
+
+
+def _rejected_for(value: str) -> ColumnElement[bool]:
+    return exists().where(
+        REJECTIONS.c.prompt_id == PROMPTS.c.id,
+        REJECTIONS.c.training_file_id == _newest_training_file(),
+        REJECTIONS.c.reason == value,
+    )
+
+
+def judge_score_column() -> Any:
+    """The prompt's score from its job's newest judge run (None: not judged, or unscored)."""
+    return select(JUDGEMENTS.c.score).where(*_judged()).scalar_subquery().label("judge_score")
+
+
+def reject_reason_column() -> Any:
+    """Why the job's newest training file left the prompt out (None: kept, or not reduced)."""
+    query = select(REJECTIONS.c.reason).where(
+        REJECTIONS.c.prompt_id == PROMPTS.c.id,
+        REJECTIONS.c.training_file_id == _newest_training_file(),
+    )
+    return query.limit(1).scalar_subquery().label("reject_reason")
+
+
 YES_NO = (("yes", "yes"), ("no", "no"))
 FILTERS: tuple[Filter, ...] = (
     Filter(
@@ -79,25 +132,11 @@ FILTERS: tuple[Filter, ...] = (
         lambda v: PROMPTS.c.fell_back.is_(_yes_no(v)),
         choices=YES_NO,
     ),
-    Filter(
-        "min_score",
-        "judge score \u2265",
-        "number",
-        lambda v: _column("judge_score") >= _number("min_score", v),
-        column="judge_score",
-    ),
-    Filter(
-        "reason",
-        "rejected for",
-        "text",
-        lambda v: _column("reject_reason") == v,
-        column="reject_reason",
-    ),
+    Filter("min_score", "judge score \u2265", "number", _min_score),
+    Filter("reason", "rejected for", "text", _rejected_for),
     Filter("q", "text", "text", lambda v: text_search(v)),
 )
 BY_NAME = {f.name: f for f in FILTERS}
-# Columns shown in the listing when they exist: the judge's score and the reducer's reason.
-EXTRA_COLUMNS = tuple(name for name in ("judge_score", "reject_reason") if name in PROMPTS.c)
 MAX_TEXT = 200
 
 
@@ -125,4 +164,6 @@ def conditions(params: Mapping[str, str]) -> tuple[dict[str, str], list[ColumnEl
 
 
 def extra_columns() -> list[Any]:
-    return [_column(name) for name in EXTRA_COLUMNS]
+    """Columns the listing shows beside the prompts' own: the judge's score and the reason
+    a reduction left the prompt out."""
+    return [judge_score_column(), reject_reason_column()]
