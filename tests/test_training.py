@@ -372,3 +372,42 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_last_one(tmp_path: Path) 
         checkpoints.save(Fails(), 10, [])
     assert checkpoints.latest_step() == 5
     assert (tmp_path / "checkpoints" / "step-5" / "trainer.pt").read_bytes() == b"state"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs: a disk that really fills up (mounting needs root, as here and in CI)."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_last_one(small_disk: Path) -> None:
+    """The kernel's own ENOSPC, not a simulated one: the failed checkpoint is a clear error
+    naming the one kept, its partial files are gone, and the kept one still loads."""
+    from workers.training.run import CheckpointFailed, Checkpoints
+
+    class Writes:
+        def __init__(self, size: int) -> None:
+            self.size = size
+
+        def save_state(self, directory: Path) -> None:
+            (directory / "trainer.pt").write_bytes(b"s" * self.size)
+
+    checkpoints = Checkpoints(small_disk / "checkpoints")
+    checkpoints.save(Writes(16_000), 5, [{"step": 5}])
+    with pytest.raises(CheckpointFailed, match="the checkpoint at step 5 is kept"):
+        checkpoints.save(Writes(1_000_000), 10, [])  # four times the whole disk
+    assert checkpoints.latest_step() == 5
+    assert (small_disk / "checkpoints" / "step-5" / "trainer.pt").stat().st_size == 16_000
+    assert not (small_disk / "checkpoints" / "step-10").exists()
