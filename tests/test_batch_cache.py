@@ -3,6 +3,7 @@ Redis, worker processes, SQLite and PostgreSQL: a batch job answers its cache hi
 packing (only the misses go into a batch file), and every answered batch line goes into the
 cache at the batch price, for later batch and online jobs alike."""
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from models import AttemptStatus, CachedResponse, JobStatus, PromptStatus
 from simulator import RunningSimulator
 from tests.helpers.batches import FAST_POLLS, batches_of, provider_batches, rows
 from tests.helpers.config import write_config
+from tests.helpers.faults import run_cli
 from tests.helpers.pipeline import (
     attempts_of,
     prompts_of,
@@ -23,6 +25,7 @@ from tests.helpers.pipeline import (
 )
 
 BATCH = {"via": "batch"}
+MONTHLY = ("--monthly-requests", "1000", "--strategies", "all-frontier")
 
 
 def start(tmp_path: Path, sim: RunningSimulator, database_url: str, workers: Any) -> Path:
@@ -74,6 +77,13 @@ def test_batch_answers_feed_later_batch_and_online_jobs(
         cached = {row.attempt_id: row for row in session.exec(select(CachedResponse))}
     assert sorted(cached) == sorted(a.id for a in paid.values())
     assert all(cached[a.id].cost_usd == pytest.approx(a.cost_usd) for a in paid.values())
+    simulated = run_cli(config, "cost", "simulate", "--job", str(first), *MONTHLY, "--json")
+    answers = json.loads(simulated)["recorded"]["answers"]
+    assert (answers["batch"]["answers"], answers["batch"]["share"]) == (12, 1.0)
+    assert answers["batch"]["cost_usd"] == pytest.approx(sum(a.cost_usd for a in paid.values()))
+    assert answers["online"]["answers"] == 0
+    shown = run_cli(config, "cost", "simulate", "--job", str(first), *MONTHLY)
+    assert "answers: 12 by batch (100%" in shown and "0 online" in shown
 
     again, _, _ = submit_file(source, config, overrides=BATCH)  # the same prompts by batch
     job = wait_for_job(engine, again, workers)
