@@ -28,7 +28,9 @@ BATCH = {"via": "batch"}
 MONTHLY = ("--monthly-requests", "1000", "--strategies", "all-frontier")
 
 
-def start(tmp_path: Path, sim: RunningSimulator, database_url: str, workers: Any) -> Path:
+def start(
+    tmp_path: Path, sim: RunningSimulator, database_url: str, workers: Any, **tier: Any
+) -> Path:
     config = write_config(
         tmp_path / "distillery.toml",
         base_url=sim.base_url,
@@ -36,6 +38,7 @@ def start(tmp_path: Path, sim: RunningSimulator, database_url: str, workers: Any
         extra="[reducer]\nmin_length = 0\n",
         batch_max_requests=5,
         **FAST_POLLS,
+        **tier,
     )
     workers.start(config, concurrency=4)
     return config
@@ -131,3 +134,18 @@ def test_batch_sends_only_its_misses_and_no_cache_sends_all(
     assert {a.status for a in attempts_of(engine, fresh)} == {AttemptStatus.OK}
     with Session(engine) as session:  # neither read nor written
         assert len(session.exec(select(CachedResponse)).all()) == stored
+
+
+def test_tier_cache_off_batches_every_time_and_stores_nothing(
+    tmp_path: Path, batch_sim: RunningSimulator, sqlite_url: str, workers: Any
+) -> None:
+    config = start(tmp_path, batch_sim, sqlite_url, workers, cache=False)
+    source = write_jsonl(tmp_path / "prompts.jsonl", rows(3))
+    for runs in (1, 2):
+        job_id, engine, _ = submit_file(source, config, overrides=BATCH)
+        assert wait_for_job(engine, job_id, workers).completed == 3
+        assert [b.lines for b in batches_of(engine, job_id)] == [3]
+        assert {a.status for a in attempts_of(engine, job_id)} == {AttemptStatus.OK}
+        assert len(provider_batches(batch_sim)) == runs
+    with Session(engine) as session:
+        assert session.exec(select(CachedResponse)).all() == []
