@@ -24,6 +24,7 @@ from rich.table import Table
 from sqlmodel import Session
 
 from models.reports import fallback_tally, final_answers
+from producer.batch_status import answer_paths_line
 from producer.report import TIMES
 from producer.status import get_job
 from workers.errors import BadInput
@@ -534,8 +535,11 @@ def print_simulation(console: Console, data: dict[str, Any], *, source: str) -> 
 
 
 def _print_recorded(console: Console, recorded: dict[str, Any], monthly: int) -> None:
-    """The job's own cache hits and budget, beside the strategies' projections."""
+    """The job's own cache hits, budget and batch vs online share, beside the strategies'
+    projections."""
     cache, budget = recorded["cache"], recorded["budget"]
+    if recorded.get("answers"):
+        console.print(answer_paths_line(recorded["answers"]))
     console.print(
         f"response cache: {cache['hits']:,} hits ({percent(cache['hit_rate'] * 100, 1)} of the "
         f"job), saved {usd(cache['saved_usd'])}; at that rate {usd(cache['monthly_saved_usd'])} "

@@ -174,6 +174,7 @@ def batch_submit(job_id: int) -> None:
     tier = ctx.settings.require_tier(job.tier)
     with BatchClient(tier) as client:
         started = start_job_batches(engine, job_id, tier, client)
+    send_follow_ups(started.cached)  # the reducer, when the cache answered the job's last
     for batch_id in started.polling:
         send_batch_poll(batch_id, tier.batch_poll_s)
     for batch_id, refused in started.refused:

@@ -126,14 +126,17 @@ def cost_simulate(
 
 def _recorded(job_id: int, monthly_requests: int) -> dict[str, Any]:
     """What the job itself recorded beside its routing: its cache hits and what they saved
-    (and that saving at the same hit rate over `monthly_requests`), its budget used."""
+    (and that saving at the same hit rate over `monthly_requests`), its budget used, and
+    its answers by batch and online."""
     from sqlmodel import Session
 
+    from producer.batch_status import answers_by_path
     from producer.status import cache_and_budget, get_job
 
     with Session(engine()) as session:
         job = get_job(session, job_id)
         recorded = cache_and_budget(session, job)
+        recorded["answers"] = answers_by_path(session, job_id, settings().tiers)
     cache = recorded["cache"]
     per_request = cache["saved_usd"] / job.total if job.total else 0.0
     cache["hit_rate"] = round(cache["hits"] / job.total, 4) if job.total else 0.0

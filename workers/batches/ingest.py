@@ -39,6 +39,7 @@ from workers.batches.client import ProviderBatch
 from workers.batches.lines import LineResult, Results, read_results
 from workers.chat import CallError, Completion
 from workers.job_settings import TeacherSettings
+from workers.response_cache import cache_key, cache_row, caches
 from workers.settings import TierConfig
 
 log = logging.getLogger(__name__)
@@ -58,11 +59,14 @@ def answered_record(
     item: WorkItem, tier: TierConfig, completion: Completion, batch_id: int
 ) -> Record:
     """One answered line, recorded exactly as an online answer is (workers.answer), at the
-    batch price and marked with its batch. The one step per answered line: a response
-    cache would record its hit here instead of a line having been sent."""
+    batch price and marked with its batch; its answer goes into the response cache (at
+    the price paid) when the tier and the job allow it, for any later job, batch or online."""
     record = accept_or_escalate(item, tier.at_batch_price(), completion, escalation=None)
     for attempt in record.attempts:
         attempt["batch_id"] = batch_id
+    if caches(tier, item.job.cache):
+        key = cache_key(tier, item.chat_request())
+        record.cache = cache_row(tier, key, completion, record.attempts[-1]["cost_usd"])
     return record
 
 

@@ -6,7 +6,10 @@ anything is uploaded, so a second packer (a redelivered message, `distillery res
 never sends them again. A row left preparing by a worker that died before recording the
 provider's batch id is finished by the next packer: it first asks the provider for a batch
 carrying the row's id in its metadata, and creates one only if there is none, so a batch is
-never paid for twice."""
+never paid for twice.
+
+The prompts the response cache knows are answered from it first (`workers.batches.cached`):
+only the misses are claimed and packed, and a job the cache answers whole makes no batch."""
 
 import logging
 from collections.abc import Sequence
@@ -16,8 +19,10 @@ from sqlalchemy.engine import Engine
 
 from models import BatchStatus
 from models.batches import claim_batch, held_prompts, job_batches, unclaimed_prompts, update_batch
+from models.outcomes import Record
 from models.types import utcnow
 from workers.answer import WorkItem
+from workers.batches.cached import answer_cache_hits
 from workers.batches.client import BatchClient, BatchRejected, ProviderBatch
 from workers.batches.ingest import load_held_work
 from workers.batches.lines import Line, pack, request_line
@@ -28,23 +33,24 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class Started:
-    """Batches now at the provider (to poll), and batches it refused at once (to ingest)."""
+    """Batches now at the provider (to poll), batches it refused at once (to ingest), and
+    the prompts the response cache answered (committed; their follow-ups are to send)."""
 
     polling: list[int] = field(default_factory=list)
     refused: list[tuple[int, ProviderBatch]] = field(default_factory=list)
+    cached: list[Record] = field(default_factory=list)
 
 
 def request_lines(work: Sequence[WorkItem], tier: TierConfig) -> list[Line]:
-    """The input-file line of each prompt to send. A response cache would answer its hits
-    here, before they are packed, and pass on only the misses."""
+    """The input-file line of each prompt to send (the cache's misses)."""
     return [request_line(item, tier) for item in work]
 
 
 def start_job_batches(
     engine: Engine, job_id: int, tier: TierConfig, client: BatchClient
 ) -> Started:
-    """Finish the job's batches left preparing, then pack and start the rest of its
-    unanswered prompts."""
+    """Finish the job's batches left preparing, answer the rest of its unanswered prompts
+    that the response cache knows, then pack and start the others."""
     started = Started()
     with engine.connect() as conn:
         preparing = [
@@ -54,7 +60,9 @@ def start_job_batches(
         unclaimed = unclaimed_prompts(conn=conn, job_id=job_id)
     for batch_id in preparing:
         _start(engine, job_id, batch_id, _lines_held(engine, batch_id, tier), client, started)
-    lines = request_lines(load_held_work(engine, unclaimed, tier.name), tier)
+    split = answer_cache_hits(engine, load_held_work(engine, unclaimed, tier.name), tier)
+    started.cached = split.hits
+    lines = request_lines(split.misses, tier)
     limits = {"max_requests": tier.batch_max_requests, "max_bytes": tier.batch_max_bytes}
     for group in pack(lines, **limits):
         with engine.begin() as conn:
