@@ -13,10 +13,11 @@ from sqlalchemy.engine import Engine
 from models import Job, JobMode, session_scope
 from models.queries import create_job
 from producer.context_window import context_limit, fit_to_context
-from producer.errors import BrokerUnavailable
+from producer.errors import BrokerUnavailable, UserError
 from producer.readers import PromptInput, read_prompts
 from workers.app import ANSWER_TASK, ROUTE_TASK
 from workers.dispatch import Progress, enqueue, send_unfinished
+from workers.errors import ExitCode
 from workers.job_settings import AnyJobSettings, RouteSettings, TeacherSettings
 from workers.routers import validate_router
 from workers.settings import Settings
@@ -58,6 +59,14 @@ def job_settings(
     job: AnyJobSettings
     if mode == JobMode.TEACHER:
         job = TeacherSettings.from_config(settings, **overrides)
+        if job.batched and job.budgeted:
+            # The batch path reserves nothing yet: a cap it ignored would be a false promise.
+            raise UserError(
+                "budget caps (--max-cost, max_cost_usd) are not applied on the Batch API path "
+                "yet; submit with --via online to cap this job, or leave the cap out "
+                "(--dry-run shows the batch estimate)",
+                ExitCode.USAGE,
+            )
     else:
         teacher_only = ("tier", "via", "batch_fallback")
         overrides = {k: v for k, v in overrides.items() if k not in teacher_only}

@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -192,3 +193,18 @@ def test_via_batch_is_for_teacher_jobs(tmp_path: Path) -> None:
         result = run_cli("submit", str(source), *args, "--wait", env=env, cwd=tmp_path)
         assert result.returncode == 2, result.stderr
         assert "--via" in result.stderr or "--batch-fallback" in result.stderr
+
+
+def test_a_budget_cap_on_the_batch_path_is_refused_not_ignored(tmp_path: Path) -> None:
+    """Batch lines reserve nothing in the budget yet, so a capped batch job is refused
+    before anything is stored, with the way out."""
+    source = tmp_path / "p.jsonl"
+    source.write_text('{"prompt": "hi"}\n', encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    args = ("--via", "batch", "--max-cost", "40", "--wait")
+    result = run_cli("submit", str(source), *args, env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "not applied on the Batch API path" in result.stderr
+    assert "--via online" in result.stderr
+    with sqlite3.connect(tmp_path / "distillery.db") as db:  # the CLI made its tables, no job
+        assert db.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
