@@ -412,6 +412,11 @@ def test_a_mid_stream_fault_breaks_off_with_an_error_event(
         for chunk in chat(client, "How do I bake bread?", stream=True):
             received.append(chunk)
     assert len(received) == 1 + 4  # the role, then four tokens
+    # The broken stream is counted once its handler returns, which may be just after the
+    # client has read the error event.
+    deadline = time.monotonic() + 30
+    while sim.stats()["by_status"].get("503") is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert sim.stats()["by_status"] == {"200": 1, "503": 1}
     assert "".join(c.choices[0].delta.content or "" for c in chat(client, "x", stream=True))
     assert post(sim, "/admin/fail", {"count": 1, "after_tokens": -1}).status_code == 400

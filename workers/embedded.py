@@ -11,6 +11,11 @@ from celery.worker import state
 
 @contextmanager
 def embedded_worker(app: Celery, *, queues: list[str], concurrency: int = 16) -> Iterator[None]:
+    for name in queues:
+        # The app's queues come from the settings it was made with; a process that loads
+        # another config later (a test session, a script) may name tiers it has not seen.
+        if name not in app.amqp.queues:
+            app.amqp.queues.add(name)
     worker = app.WorkController(
         pool="threads",
         concurrency=concurrency,
