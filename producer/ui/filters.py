@@ -65,10 +65,6 @@ def _number(name: str, value: str) -> float:
         raise BadFilter(f"{name} must be a number, not {value!r}") from None
 
 
-def _column(name: str) -> Any:
-    return PROMPTS.c[name]
-
-
 def _newest_judge_run() -> Any:
     newest = func.max(JUDGE_RUNS.c.id)
     return select(newest).where(JUDGE_RUNS.c.job_id == PROMPTS.c.job_id).scalar_subquery()
